@@ -1,0 +1,1 @@
+"""Data: multi-resolution transforms and the built-in datasets."""

@@ -1,0 +1,165 @@
+"""Built-in backbones: torchvision ResNets and MobileNetV2, and CIFAR-style ResNets.
+
+Each returns its stage features (see :mod:`rsvision.models`); the classifier head pools
+the last one. torchvision's definitions are used as they are (He et al. 2016; Sandler et
+al. 2018); their BatchNorms become switchable when the model is wrapped in an RSNet.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+from torchvision.models.resnet import BasicBlock
+
+from rsvision.registry import register_backbone
+
+
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet without its pooling and fc, returning the outputs of layer1..layer4."""
+
+    output_stride = 32
+
+    def __init__(self, arch: str, **kwargs) -> None:
+        super().__init__()
+        net = getattr(tvm, arch)(weights=None, **kwargs)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        self.out_channels = [_last_channels(layer) for layer in self.layers]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features = []
+        for layer in self.layers:
+            x = layer(x)
+            features.append(x)
+        return features
+
+    def load_torchvision_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a torchvision ResNet state dict (its fc is dropped)."""
+        rename = {"conv1": "stem.0", "bn1": "stem.1"} | {f"layer{i}": f"layers.{i - 1}" for i in range(1, 5)}
+        mapped = {}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            if head != "fc":
+                mapped[f"{rename.get(head, head)}.{rest}"] = value
+        self.load_state_dict(mapped)
+
+
+def _last_channels(layer: nn.Sequential) -> int:
+    block = layer[-1]
+    return (block.conv3 if hasattr(block, "conv3") else block.conv2).out_channels
+
+
+class TorchvisionMobileNetV2(nn.Module):
+    """torchvision's MobileNetV2 features, split after the stride-4, 8, 16 and 32 blocks."""
+
+    output_stride = 32
+    _stage_ends = (4, 7, 14, 19)
+
+    def __init__(self, width_mult: float = 1.0) -> None:
+        super().__init__()
+        net = tvm.mobilenet_v2(weights=None, width_mult=width_mult)
+        starts = (0,) + self._stage_ends[:-1]
+        self.stages = nn.ModuleList([net.features[a:b] for a, b in zip(starts, self._stage_ends)])
+        self.out_channels = [_conv_out(stage) for stage in self.stages]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def load_torchvision_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a torchvision MobileNetV2 state dict (its classifier is dropped)."""
+        mapped = {}
+        for key, value in state.items():
+            parts = key.split(".")
+            if parts[0] != "features":
+                continue
+            index = int(parts[1])
+            stage = next(i for i, end in enumerate(self._stage_ends) if index < end)
+            start = (0,) + self._stage_ends[:-1]
+            mapped[".".join(["stages", str(stage), str(index - start[stage]), *parts[2:]])] = value
+        self.load_state_dict(mapped)
+
+
+def _conv_out(module: nn.Module) -> int:
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+
+class CifarResNet(nn.Module):
+    """ResNet for small images (He et al. 2016, §4.2): 3x3 stem, no max-pool.
+
+    ``widths`` gives the channels of each stage (first stage at stride 1, then 2 each).
+    """
+
+    def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...]) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+        )
+        stages, in_ch = [], widths[0]
+        for i, (n, ch) in enumerate(zip(blocks, widths)):
+            stride = 1 if i == 0 else 2
+            down = None
+            if stride != 1 or in_ch != ch:
+                down = nn.Sequential(nn.Conv2d(in_ch, ch, 1, stride, bias=False), nn.BatchNorm2d(ch))
+            layers = [BasicBlock(in_ch, ch, stride, down)] + [BasicBlock(ch, ch) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*layers))
+            in_ch = ch
+        self.layers = nn.ModuleList(stages)
+        self.out_channels = list(widths)
+        self.output_stride = 2 ** (len(widths) - 1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features = []
+        for layer in self.layers:
+            x = layer(x)
+            features.append(x)
+        return features
+
+
+@register_backbone("resnet18")
+def resnet18(**kwargs) -> nn.Module:
+    return TorchvisionResNet("resnet18", **kwargs)
+
+
+@register_backbone("resnet34")
+def resnet34(**kwargs) -> nn.Module:
+    return TorchvisionResNet("resnet34", **kwargs)
+
+
+@register_backbone("resnet50")
+def resnet50(**kwargs) -> nn.Module:
+    return TorchvisionResNet("resnet50", **kwargs)
+
+
+@register_backbone("resnet101")
+def resnet101(**kwargs) -> nn.Module:
+    return TorchvisionResNet("resnet101", **kwargs)
+
+
+@register_backbone("mobilenet_v2")
+def mobilenet_v2(*, width_mult: float = 1.0) -> nn.Module:
+    return TorchvisionMobileNetV2(width_mult)
+
+
+@register_backbone("resnet20")
+def resnet20(*, width: int = 16) -> nn.Module:
+    """The 3-stage CIFAR ResNet-20 (0.27M parameters at width 16)."""
+    return CifarResNet((3, 3, 3), (width, 2 * width, 4 * width))
+
+
+@register_backbone("resnet8")
+def resnet8(*, width: int = 16) -> nn.Module:
+    """A 3-stage CIFAR ResNet with one block per stage, for quick CPU runs and tests."""
+    return CifarResNet((1, 1, 1), (width, 2 * width, 4 * width))
+
+
+@register_backbone("resnet18_cifar")
+def resnet18_cifar(*, width: int = 64) -> nn.Module:
+    """ResNet-18's four stages with a CIFAR stem (3x3 conv, no max-pool)."""
+    return CifarResNet((2, 2, 2, 2), (width, 2 * width, 4 * width, 8 * width))

@@ -1,0 +1,1 @@
+"""Low-bit quantizers plugged into any backbone (registered with ``register_quantizer``)."""
