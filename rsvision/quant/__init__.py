@@ -1,1 +1,18 @@
-"""Low-bit quantizers plugged into any backbone (registered with ``register_quantizer``)."""
+"""Low-bit quantizers plugged into any backbone (registered with ``register_quantizer``).
+
+Built in: ``lq`` (LQ-Nets learned quantization, :mod:`rsvision.quant.lq`). Packed export
+of a quantized RS-Net lives in :mod:`rsvision.quant.export`.
+"""
+
+from rsvision.quant.lq import LQActQuantizer, LQWeightQuantizer, quantize_model
+from rsvision.quant.modules import QuantConv2d, QuantLinear, QuantPoint, quantize_layers
+
+__all__ = [
+    "LQActQuantizer",
+    "LQWeightQuantizer",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantPoint",
+    "quantize_layers",
+    "quantize_model",
+]

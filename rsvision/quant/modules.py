@@ -1,0 +1,116 @@
+"""Quantized layers and the model-conversion pass shared by every quantizer.
+
+A quantizer is two factories: one building a weight quantizer for a layer (a module
+mapping the float weight to its quantized value, gradients straight through) and one
+building an activation quantizer (a module mapping a tensor to its quantized value).
+:func:`quantize_layers` swaps ``nn.Conv2d`` / ``nn.Linear`` for :class:`QuantConv2d` /
+:class:`QuantLinear` carrying those modules, so the float weights stay the trained
+parameters (and the state-dict keys of a float model are kept).
+
+Activation quantizers go where the model says: a backbone declares its quantization
+points with :class:`QuantPoint` placeholders (the pre-activation ResNet does, following
+LQ-Nets). A model without any gets one on the input of every quantized layer except the
+model's first layer (whose input is the image); in ReLU networks such as ResNets that is
+the output of each ReLU feeding a conv, which is where LQ-Nets quantizes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WeightQuantizerFactory = Callable[[nn.Module], nn.Module]
+ActQuantizerFactory = Callable[[], nn.Module]
+
+
+class QuantPoint(nn.Identity):
+    """Marks where a backbone wants its activations quantized; identity until converted."""
+
+
+class QuantConv2d(nn.Conv2d):
+    """``conv(input_quantizer(x), weight_quantizer(weight))``; the float weight is the parameter."""
+
+    weight_quantizer: nn.Module
+    input_quantizer: nn.Module
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_quantizer: nn.Module, input_quantizer: nn.Module | None = None) -> "QuantConv2d":
+        q = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+            device=conv.weight.device, dtype=conv.weight.dtype,
+        )
+        q.weight, q.bias = conv.weight, conv.bias
+        q.weight_quantizer = weight_quantizer
+        q.input_quantizer = input_quantizer if input_quantizer is not None else nn.Identity()
+        return q
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quantizer(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
+
+
+class QuantLinear(nn.Linear):
+    """``linear(input_quantizer(x), weight_quantizer(weight))``."""
+
+    weight_quantizer: nn.Module
+    input_quantizer: nn.Module
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_quantizer: nn.Module, input_quantizer: nn.Module | None = None) -> "QuantLinear":
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
+        q.weight, q.bias = linear.weight, linear.bias
+        q.weight_quantizer = weight_quantizer
+        q.input_quantizer = input_quantizer if input_quantizer is not None else nn.Identity()
+        return q
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quantizer(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
+
+
+QUANT_LAYERS = (QuantConv2d, QuantLinear)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def quantize_layers(
+    model: nn.Module,
+    weight_quantizer: WeightQuantizerFactory,
+    act_quantizer: ActQuantizerFactory | None = None,
+    *,
+    quantize_first: bool = False,
+    quantize_last: bool = False,
+) -> nn.Module:
+    """Swap the model's convs and linears for quantized ones (in place; returns ``model``).
+
+    The first and the last layer (in module order: the stem conv and the classifier of a
+    classification network) stay in float unless ``quantize_first`` / ``quantize_last``.
+    With ``act_quantizer``, every :class:`QuantPoint` becomes one; a model without quant
+    points gets one on the input of each quantized layer but the model's first layer.
+    """
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QUANT_LAYERS)]
+    if not layers:
+        return model
+    points = [n for n, m in model.named_modules() if isinstance(m, QuantPoint)]
+    first, last = layers[0][0], layers[-1][0]
+    for name, layer in layers:
+        if (name == first and not quantize_first) or (name == last and not quantize_last):
+            continue
+        act = act_quantizer() if act_quantizer is not None and not points and name != first else None
+        cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+        _set(model, name, cls.from_float(layer, weight_quantizer(layer), act))
+    if act_quantizer is not None:
+        for name in points:
+            _set(model, name, act_quantizer())
+    return model

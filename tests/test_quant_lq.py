@@ -1,0 +1,160 @@
+"""LQ-Nets quantizers: levels, initial bases, QEM, straight-through gradients, checkpoints."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from rsvision.quant import LQActQuantizer, LQWeightQuantizer, QuantConv2d, QuantLinear, quantize_model
+from rsvision.quant.lq import code_table
+
+
+def test_code_tables():
+    assert code_table(2, signed=True).tolist() == [[-1, -1], [1, -1], [-1, 1], [1, 1]]
+    assert code_table(2, signed=False).tolist() == [[0, 0], [1, 0], [0, 1], [1, 1]]
+
+
+def test_weight_init_basis_and_levels_by_hand():
+    # 3x3 conv with 8 outputs: n = 72, sqrt(2/n) = 1/6, so v = 0.6745/6 * (1/2, 1).
+    q = LQWeightQuantizer(2, out_channels=8, fan_out=72)
+    assert torch.allclose(q.basis[:, 0], torch.tensor([0.6745 / 12, 0.6745 / 6]))
+    levels = q.levels()[0].sort().values
+    assert torch.allclose(levels, torch.tensor([-0.168625, -0.0562083, 0.0562083, 0.168625]), atol=1e-6)
+
+
+def test_weights_go_to_nearest_level_ties_down():
+    q = LQWeightQuantizer(2, out_channels=1, fan_out=72).eval()
+    w = torch.tensor([[0.0, 0.1, 0.12, -0.2, 0.05]])  # thresholds -0.1124, 0, 0.1124
+    out = q(w)
+    assert torch.allclose(out, torch.tensor([[-0.0562083, 0.0562083, 0.168625, -0.168625, 0.0562083]]), atol=1e-6)
+
+
+def test_activation_init_basis_by_hand():
+    q = LQActQuantizer(2)
+    assert torch.allclose(q.basis, torch.tensor([0.6745 * 2 / 3, 0.6745 * 4 / 3]))
+    assert torch.allclose(q.levels(), torch.tensor([0.0, 0.449667, 0.899333, 1.349]), atol=1e-5)
+
+
+def test_weight_qem_step_by_hand():
+    # 1 bit, w = [1, -3], v = 0.5: codes (+1, -1), v* = (4 + 1e-4 * 0.5) / (2 + 1e-4) = 2.0000;
+    # moving average 0.9 * 0.5 + 0.1 * 2.0 = 0.65.
+    q = LQWeightQuantizer(1, out_channels=1, fan_out=1).train()
+    q.basis.fill_(0.5)
+    out = q(torch.tensor([[1.0, -3.0]]))
+    assert out.tolist() == [[0.5, -0.5]]  # the output uses the basis before the update
+    assert q.basis.item() == pytest.approx(0.9 * 0.5 + 0.1 * (4 + 0.5e-4) / (2 + 1e-4), abs=1e-7)
+
+
+def test_activation_qem_step_by_hand():
+    # 1 bit, levels {0, 1}: x = [0, 1, 3] -> codes (0, 1, 1), v* = (1 + 3) / 2 = 2, v = 0.9 + 0.2.
+    q = LQActQuantizer(1).train()
+    q.basis.fill_(1.0)
+    assert q(torch.tensor([0.0, 1.0, 3.0])).tolist() == [0.0, 1.0, 1.0]
+    assert q.basis.item() == pytest.approx(1.1)
+
+
+def test_activation_qem_keeps_basis_when_singular():
+    q = LQActQuantizer(2).train()
+    before = q.basis.clone()
+    q(torch.zeros(10))  # every value on level 0: BᵀB = 0
+    assert torch.equal(q.basis, before)
+
+
+def test_at_most_2_pow_k_values_per_output_channel():
+    torch.manual_seed(0)
+    for bits in (1, 2, 3):
+        conv = quantize_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 6, 3), nn.Linear(6, 2)), bits)[1]
+        assert isinstance(conv, QuantConv2d)
+        w = conv.quantized_weight()
+        for c in range(w.shape[0]):
+            assert len(w[c].unique()) <= 2**bits
+
+
+def test_qem_reduces_quantization_error_of_gaussian_weights():
+    torch.manual_seed(0)
+    w = torch.randn(16, 64, 3, 3) * (2 / (9 * 16)) ** 0.5
+    q = LQWeightQuantizer(2, 16, 9 * 16).train()
+    errors = [((q(w) - w) ** 2).mean().item() for _ in range(40)]
+    assert errors[10] < errors[0] and errors[-1] < errors[10]
+    assert errors[-1] < 0.85 * errors[0]
+    assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:]))
+
+
+def test_weight_gradient_is_straight_through():
+    torch.manual_seed(0)
+    w = torch.randn(3, 5, requires_grad=True)
+    c = torch.randn(3, 5)
+    (LQWeightQuantizer(2, 3, 3)(w) * c).sum().backward()
+    assert torch.equal(w.grad, c)
+
+
+def test_activation_gradient_is_zero_above_top_level():
+    q = LQActQuantizer(2).eval()  # top level 1.349
+    x = torch.tensor([-0.5, 0.2, 1.0, 1.349, 1.4, 5.0], requires_grad=True)
+    q(x).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_qem_only_in_training_mode():
+    torch.manual_seed(0)
+    model = quantize_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)), 2, 2)
+    bases = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("basis")}
+    model.eval()(torch.randn(2, 3, 12, 12))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in bases.items())
+    model.train()(torch.randn(2, 3, 12, 12))
+    assert all(not torch.equal(model.state_dict()[k], v) for k, v in bases.items())
+
+
+def test_first_and_last_layers_stay_float_by_default():
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 5))
+
+    model = quantize_model(net(), 2, 2)
+    assert [type(m).__name__ for m in model] == ["Conv2d", "ReLU", "QuantConv2d", "ReLU", "Flatten", "Linear"]
+    assert isinstance(model[2].input_quantizer, LQActQuantizer)
+    model = quantize_model(net(), 2, 2, quantize_first=True, quantize_last=True)
+    assert isinstance(model[0], QuantConv2d) and isinstance(model[0].input_quantizer, nn.Identity)  # never the image
+    assert isinstance(model[5], QuantLinear) and isinstance(model[5].input_quantizer, LQActQuantizer)
+
+
+def test_bases_round_trip_through_state_dict():
+    torch.manual_seed(0)
+
+    def net():
+        return quantize_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)), 2, 2)
+
+    model = net().train()
+    for _ in range(3):
+        model(torch.rand(2, 3, 10, 10))
+    state = model.state_dict()
+    assert {"2.weight_quantizer.basis", "2.input_quantizer.basis"} <= set(state) and "4.weight" in state
+    assert not any(k.endswith(".codes") for k in state)
+    fresh = net()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh[2].weight_quantizer.basis, model[2].weight_quantizer.basis)
+    x = torch.rand(2, 3, 10, 10)
+    assert torch.equal(fresh.eval()(x), model.eval()(x))
+
+
+def _ddp_worker(rank: int, port: int, results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    q = LQActQuantizer(2).train()
+    torch.manual_seed(rank)
+    q(torch.rand(1000) * (1 + 2 * rank))  # a different batch on each process
+    results[rank] = q.basis.clone()
+    dist.destroy_process_group()
+
+
+def test_activation_bases_stay_identical_across_processes():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(port, results), nprocs=2)
+    assert torch.equal(results[0], results[1])
+    assert not torch.equal(results[0], LQActQuantizer(2).basis)
