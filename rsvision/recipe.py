@@ -43,9 +43,11 @@ class DataConfig(_Section):
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     multi_crop: bool = False
     normalize: bool = True
+    #: Segmentation: random rescale factor of the training image before the crop.
+    scale_range: tuple[float, float] = (0.5, 2.0)
     args: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("crop_scale", "crop_ratio")
+    @field_validator("crop_scale", "crop_ratio", "scale_range")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not 0 < v[0] <= v[1]:

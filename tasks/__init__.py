@@ -1,3 +1,3 @@
 """Task plugins shipped with rsvision (installed as ``rsvision.tasks``)."""
 
-from rsvision.tasks import classification  # noqa: F401
+from rsvision.tasks import classification, segmentation  # noqa: F401

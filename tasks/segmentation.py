@@ -1,0 +1,140 @@
+"""Semantic segmentation (RS-Nets App. B): RefineNet on NYUDv2, pixel acc / mean acc / mean IoU.
+
+Training: the S logits (at the head's stride, e.g. 88, 56, 24 for inputs 352, 224, 96
+with RefineNet) are upsampled bilinearly to the largest input size, where the MRED loss
+(per-pixel CE, ensemble, distillation; void pixels excluded) is computed (Fig. 7).
+Evaluation at r: the image resized to r x r, its logits upsampled to the image's
+original size; no flips, no multi-scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from rsvision.data import segmentation as _datasets  # noqa: F401  (registers the segmentation datasets)
+from rsvision.data.seg_transforms import VOID, EvalTransform, JointTrainTransform
+from rsvision.errors import UserError
+from rsvision.registry import DATASETS, register_task
+from rsvision.task import Metrics, Task
+
+
+class _Transformed(Dataset):
+    """``(image, mask)`` samples turned into batch dicts by ``transform``."""
+
+    def __init__(self, base: Dataset, transform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask = self.base[index]
+        return self.transform(image, mask)
+
+
+def scores_from_confusion(confusion: torch.Tensor) -> dict[str, float]:
+    """Pixel accuracy, mean accuracy and mean IoU in % from ``confusion[true, pred]``.
+
+    Mean accuracy averages the per-class recall over classes present in the ground truth;
+    mean IoU averages TP / (TP + FP + FN) over classes present in the ground truth or the
+    prediction (the FCN convention used by RefineNet's NYUDv2 numbers).
+    """
+    c = confusion.double()
+    tp = c.diagonal()
+    gt, pred = c.sum(1), c.sum(0)
+    union = gt + pred - tp
+    present, seen = gt > 0, union > 0
+    return {
+        "pixel_acc": 100 * float(tp.sum() / c.sum().clamp_min(1)),
+        "mean_acc": 100 * float((tp[present] / gt[present]).mean()) if present.any() else 0.0,
+        "miou": 100 * float((tp[seen] / union[seen]).mean()) if seen.any() else 0.0,
+    }
+
+
+class SegmentationMetrics(Metrics):
+    """A confusion matrix over valid pixels (void excluded), reduced across processes by torchmetrics."""
+
+    names = ("pixel_acc", "mean_acc", "miou")
+
+    def __init__(self, num_classes: int, ignore_index: int = VOID) -> None:
+        self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
+
+    def update(self, logits: torch.Tensor, batch: dict[str, Any]) -> None:
+        self.confusion.to(logits.device).update(logits.argmax(1), batch["target"])
+
+    def compute(self) -> dict[str, float]:
+        return scores_from_confusion(self.confusion.compute())
+
+
+def upsample(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of ``[N, C, h, w]`` logits to ``size``."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@register_task("seg")
+class SegmentationTask(Task):
+    ignore_index = VOID
+    primary_metric = "miou"
+
+    def _dataset(self, split: str) -> Dataset:
+        d = self.recipe.data
+        dataset = DATASETS.build(d.dataset, root=d.root, split=split, **d.args)
+        classes = getattr(dataset, "classes", None)
+        if classes is not None and len(classes) != self.recipe.model.num_classes:
+            raise UserError(
+                f"model.num_classes is {self.recipe.model.num_classes} but dataset '{d.dataset}' has {len(classes)} classes"
+            )
+        return dataset
+
+    def train_dataset(self) -> Dataset:
+        d = self.recipe.data
+        return _Transformed(self._dataset("train"), JointTrainTransform(self.resolutions, d.scale_range, d.normalize))
+
+    def eval_dataset(self, resolution: int) -> Dataset:
+        return _Transformed(self._dataset("val"), EvalTransform(resolution, self.recipe.data.normalize))
+
+    def eval_collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stack the resized images; pad the original-size masks to one size with the void label.
+
+        ``size`` keeps each image's original ``(H, W)`` so :meth:`eval_logits` can resize
+        every image's logits to its own size; the padding is void and never scored.
+        """
+        sizes = torch.tensor([tuple(s["target"].shape) for s in samples], dtype=torch.long)
+        h, w = (int(v) for v in sizes.max(0).values)
+        target = torch.full((len(samples), h, w), VOID, dtype=torch.long)
+        for i, s in enumerate(samples):
+            target[i, : s["target"].shape[0], : s["target"].shape[1]] = s["target"]
+        return {"image": torch.stack([s["image"] for s in samples]), "target": target, "size": sizes}
+
+    def loss_logits(self, logits: Sequence[torch.Tensor], batch: dict[str, Any]) -> list[torch.Tensor]:
+        """Every resolution's logits upsampled to the largest input size (App. B, Fig. 7)."""
+        size = batch["target"].shape[-2:]
+        return [upsample(z, size) for z in logits]
+
+    def eval_logits(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Each image's logits upsampled to its original size (zeros on the void padding)."""
+        sizes = batch["size"].tolist()
+        h, w = batch["target"].shape[-2:]
+        if all(tuple(s) == (h, w) for s in sizes):
+            return upsample(logits, (h, w))
+        out = logits.new_zeros(logits.shape[0], logits.shape[1], h, w)
+        for i, (hi, wi) in enumerate(sizes):
+            out[i, :, :hi, :wi] = upsample(logits[i : i + 1], (hi, wi))[0]
+        return out
+
+    def metrics(self) -> Metrics:
+        return SegmentationMetrics(self.recipe.model.num_classes, self.ignore_index)
+
+    def class_names(self) -> list[str]:
+        classes = getattr(self._dataset("val"), "classes", None)
+        return list(classes) if classes else super().class_names()
+
+    def describe(self) -> dict[str, Any]:
+        return {"ignore_index": self.ignore_index, "eval": "image resized to r x r; logits resized to the original size"}
