@@ -27,7 +27,7 @@ VOID = 255
 
 def to_tensor(image: np.ndarray, normalize: bool = True) -> torch.Tensor:
     """``HxWx3`` uint8 → ``3xHxW`` float in [0, 1], ImageNet-normalized when ``normalize``."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
     if normalize:
         x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return x
