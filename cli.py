@@ -1,1 +1,179 @@
-"""placeholder"""
+"""The ``rsvision`` command: a thin layer over the library.
+
+A user error (missing file, bad field, unknown name) prints one line and exits 2; any
+other failure exits 1 (set RSVISION_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from rsvision.errors import UserError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _resolutions(res: tuple[int, ...], extra: tuple[int, ...]) -> list[int]:
+    """``--res 224 192 160`` and ``--res 224 --res 192`` both give [224, 192, 160]."""
+    values = list(res) + list(extra)
+    if any(r <= 0 for r in values):
+        raise UserError(f"--res: expected positive sizes, got {values}")
+    return values
+
+
+def _emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+plugin_option = click.option(
+    "--plugin", "plugins", multiple=True, metavar="MODULE", help="Import MODULE (or a .py file) to register its backbones, heads, tasks or datasets."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rsvision")
+def cli() -> None:
+    """Train and deploy Resolution Switchable Networks."""
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. train.epochs=1 (YAML value).")
+@plugin_option
+@click.option("--resume", is_flag=True, help="Continue the latest run of this recipe from its saved training state.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...], resume: bool, quiet: bool) -> None:
+    """Train the RS-Net described by RECIPE (a YAML file)."""
+    from rsvision.engine import train as run_training
+    from rsvision.recipe import load_recipe
+    from rsvision.registry import load_plugins
+
+    load_plugins(plugins)
+    cfg = load_recipe(recipe, overrides)
+    run_training(cfg, name=cfg.name or recipe.stem, resume=resume, quiet=quiet)
+
+
+@cli.command("eval")
+@click.option("--task", "task_name", default=None, help="Task of the run to pick when no --checkpoint is given (cls, seg).")
+@click.option("--res", multiple=True, type=int, help="Resolution(s) to evaluate; default: the trained ones and the ensemble.")
+@click.argument("extra_res", nargs=-1, type=int)
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Run folder (default: the latest under ./runs).")
+@click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@plugin_option
+def evaluate(task_name, res, extra_res, checkpoint, data_root, batch_size, as_json, plugins) -> None:
+    """Evaluate a trained run at any resolution (untrained ones through BN interpolation)."""
+    from rsvision.engine import find_latest_run
+    from rsvision.engine.evaluate import evaluate_run
+    from rsvision.engine.report import results_table
+    from rsvision.registry import load_plugins
+
+    load_plugins(plugins)
+    run_dir = checkpoint or find_latest_run("runs", task_name)
+    resolutions = _resolutions(res, extra_res) or None
+    rows, meta = evaluate_run(run_dir, resolutions, data_root, batch_size)
+    if as_json:
+        _emit_json({"run": str(run_dir), "task": meta["task"], "results": rows})
+        return
+    names = [k for k in rows[0] if k not in ("resolution", "madds", "alpha", "interpolated")]
+    out.print(results_table(rows, names, title=f"{run_dir}"))
+    interpolated = [str(r["resolution"]) for r in rows if r.get("interpolated")]
+    if interpolated:
+        out.print(f"BN interpolated between trained resolutions for: {', '.join(interpolated)}")
+
+
+@cli.command()
+@click.option("--backbone", default=None, help="A registered backbone (with the classifier head).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="A run folder.")
+@click.option("--res", multiple=True, type=int, required=True, help="Resolutions, e.g. --res 224 192 160 128 96.")
+@click.argument("extra_res", nargs=-1, type=int)
+@click.option("--num-classes", type=int, default=1000, show_default=True)
+@click.option("--no-latency", is_flag=True, help="Skip the CPU latency measurement.")
+@click.option("--json", "as_json", is_flag=True)
+@plugin_option
+def profile(backbone, checkpoint, res, extra_res, num_classes, no_latency, as_json, plugins) -> None:
+    """Parameters, multiply-adds and CPU latency per resolution."""
+    from rsvision.profile import human, profile_backbone, profile_run
+    from rsvision.registry import load_plugins
+
+    load_plugins(plugins)
+    if (backbone is None) == (checkpoint is None):
+        raise UserError("profile: give exactly one of --backbone NAME or --checkpoint RUN_DIR")
+    resolutions = _resolutions(res, extra_res)
+    if backbone:
+        report = profile_backbone(backbone, resolutions, num_classes, latency=not no_latency)
+    else:
+        report = profile_run(checkpoint, resolutions, latency=not no_latency)
+    if as_json:
+        _emit_json(report)
+        return
+    table = Table(title=f"{backbone or checkpoint}")
+    for col in ("resolution", "MAdds", "latency (ms, CPU, batch 1)"):
+        table.add_column(col, justify="right")
+    for row in report["rows"]:
+        table.add_row(f"{row['resolution']}x{row['resolution']}", human(row["madds"]), f"{row['latency_ms']:.1f}" if "latency_ms" in row else "-")
+    out.print(table)
+    S, bn = report["num_resolutions"], report["bn_affine"]
+    out.print(
+        f"parameters: plain {report['parameters_plain']:,} · RS-Net (S={S}) {report['parameters_rsnet']:,} "
+        f"(+{(S - 1) * bn:,} = {S - 1} x {bn:,} BN affine)"
+    )
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@plugin_option
+def list_registered(as_json: bool, plugins: tuple[str, ...]) -> None:
+    """What is registered: backbones, heads, tasks, datasets, quantizers."""
+    from rsvision import registry
+
+    registry.load_plugins(plugins)
+    kinds = {
+        "backbones": registry.list_backbones(),
+        "heads": registry.list_heads(),
+        "tasks": registry.list_tasks(),
+        "datasets": registry.list_datasets(),
+        "quantizers": registry.list_quantizers(),
+    }
+    if as_json:
+        _emit_json(kinds)
+        return
+    table = Table(title="registered")
+    table.add_column("kind")
+    table.add_column("names")
+    for kind, names in kinds.items():
+        table.add_row(kind, ", ".join(names) or "-")
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``rsvision`` command."""
+    try:
+        cli.main(args=argv, prog_name="rsvision", standalone_mode=False)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except UserError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        sys.exit(2)
+    except Exception as exc:
+        if os.environ.get("RSVISION_DEBUG"):
+            raise
+        err.print(f"[red]failed:[/red] {type(exc).__name__}: {exc} (set RSVISION_DEBUG=1 for the traceback)", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

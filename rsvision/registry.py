@@ -12,7 +12,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import importlib.util
+import os
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rsvision.errors import RegistryError, UserError
@@ -40,12 +44,32 @@ def load_builtins() -> None:
 
 
 def load_plugins(modules: list[str] | tuple[str, ...]) -> None:
-    """Import user modules whose decorators register backbones, heads, tasks or datasets."""
+    """Import user modules whose decorators register backbones, heads, tasks or datasets.
+
+    A plugin is a module name (looked up from the current folder too) or a ``.py`` path.
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for module in modules:
+        if module.endswith(".py"):
+            _import_file(Path(module))
+            continue
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            raise UserError(f"plugin '{module}': module not found ({exc.name}); is it on PYTHONPATH?") from exc
+            raise UserError(f"plugin '{module}': module not found ({exc.name}); is it on PYTHONPATH?") from None
+
+
+def _import_file(path: Path) -> None:
+    if not path.is_file():
+        raise UserError(f"plugin '{path}': file not found")
+    name = f"rsvision_plugin_{path.resolve().stem}"
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
 
 
 class Registry:
