@@ -116,6 +116,29 @@ class MREDLoss(nn.Module):
         shape = (-1,) + (1,) * logits[0].dim()
         return (w.view(shape) * torch.stack([z.detach().float() for z in logits])).sum(dim=0)
 
+    def ensemble_loss(self, logits: Sequence[torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_ens (Eq. 6) and z_0 (Eq. 5). The z_s enter detached, so only alpha gets its gradient."""
+        ce_kwargs = {} if self.ignore_index is None else {"ignore_index": self.ignore_index}
+        z0 = self.ensemble(logits)
+        return F.cross_entropy(z0, target, **ce_kwargs), z0
+
+    def student_loss(
+        self, s: int, student: torch.Tensor, teachers: Sequence[torch.Tensor], target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The terms of L that reach the network through z_s (``s`` in 1..S): its L_cls term
+        (Eq. 2) and the scaled D_kl(p_t || p_s) of every pair where it is the student (Eq. 7).
+
+        ``teachers`` is ``[z_0, z_1, ..., z_S]`` (only the t < s entries are read, detached).
+        Teachers carry no gradient, so L = L_ens + sum_s (ce_s + dis_s): the per-resolution
+        split behind the low-memory training step. Returns ``(ce_s, dis_s)``.
+        """
+        ce_kwargs = {} if self.ignore_index is None else {"ignore_index": self.ignore_index}
+        ce = F.cross_entropy(student.float(), target, **ce_kwargs)
+        mask = _valid_mask(target, self.ignore_index)
+        kl = [kl_divergence(teachers[t], student, mask) for t, u in distillation_pairs(self.num_resolutions, self.mode) if u == s]
+        dis = distillation_scale(self.num_resolutions, self.mode) * torch.stack(kl).sum() if kl else ce.new_zeros(())
+        return ce, dis
+
     def forward(self, logits: Sequence[torch.Tensor], target: torch.Tensor) -> MREDOutput:
         if len(logits) != self.num_resolutions:
             raise ValueError(f"expected {self.num_resolutions} logits (one per resolution), got {len(logits)}")

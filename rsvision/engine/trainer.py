@@ -12,11 +12,11 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -24,29 +24,14 @@ from rsvision.engine.checkpoint import STATE, replace_dir, save_run, write_json
 from rsvision.engine.evaluate import evaluate_model
 from rsvision.engine.report import console, results_table, step_stats, training_progress
 from rsvision.engine.schedule import learning_rate
+from rsvision.engine.steps import STEPS, MultiResolutionModel
 from rsvision.errors import UserError
-from rsvision.mred import MREDLoss, MREDOutput
+from rsvision.mred import MREDLoss
 from rsvision.profile import count_madds, count_parameters
 from rsvision.recipe import Recipe
 from rsvision.registry import TASKS, load_plugins
 from rsvision.switchable import RSNet, at_resolution
 from rsvision.task import Task, criterion_for
-
-
-class MultiResolutionModel(nn.Module):
-    """The network and its MRED criterion as one module, so data parallelism also
-    averages the gradient of alpha. ``forward`` runs all S resolutions of a batch and
-    returns the logits as the loss saw them, with the loss terms."""
-
-    def __init__(self, model: RSNet, criterion: MREDLoss, loss_logits: Callable) -> None:
-        super().__init__()
-        self.model = model
-        self.criterion = criterion
-        self.loss_logits = loss_logits
-
-    def forward(self, batch: dict[str, Any]) -> tuple[list[torch.Tensor], MREDOutput]:
-        logits = self.loss_logits(self.model(batch["images"]), batch)
-        return logits, self.criterion(logits, batch["target"])
 
 
 @dataclass
@@ -150,7 +135,7 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
         raise UserError(f"data.batch_size {recipe.data.batch_size} is larger than the training set; no full batch")
     updates_per_epoch = max(1, steps_per_epoch // t.grad_accum)
 
-    run_dir = latest_resumable(recipe, name) if resume else new_run_dir(recipe, name)
+    run_dir = _agreed_run_dir(accelerator, recipe, name, resume)
     progress_state = Progress()
     if resume:
         accelerator.load_state(str(run_dir / STATE))
@@ -171,6 +156,7 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
             )
             log = {"epoch": epoch + 1, **train_stats, "alpha": unwrapped.criterion.weights.tolist()}
             if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
+                sync_buffers(unwrapped.model)
                 rows = evaluate_model(
                     unwrapped.model, task, ensemble_weights=unwrapped.criterion.weights.detach(), accelerator=accelerator, progress=bar
                 )
@@ -198,13 +184,13 @@ def _train_epoch(wrapped, optimizer, loader, accelerator, recipe, epoch, steps, 
     per_res = {r: [0.0, 0.0] for r in resolutions}
     bar_id = bar.add_task("train", total=steps, epoch=f"{epoch + 1}/{t.epochs}", stats="")
     ignore_index = accelerator.unwrap_model(wrapped).criterion.ignore_index
+    step = STEPS[t.memory]
     seen = 0
     for i, batch in enumerate(loader):
         if i >= steps:
             break
         with accelerator.accumulate(wrapped):
-            logits, out = wrapped(batch)
-            accelerator.backward(out.total)
+            logits, out = step(wrapped, batch, accelerator)
             if accelerator.sync_gradients:
                 lr = learning_rate(t, state.step, updates_per_epoch)
                 for group in optimizer.param_groups:
@@ -229,6 +215,25 @@ def _train_epoch(wrapped, optimizer, loader, accelerator, recipe, epoch, steps, 
     stats["lr"] = optimizer.param_groups[0]["lr"]
     stats["train"] = {str(r): {"ce": v[0] / max(seen, 1), "acc": v[1] / max(seen, 1)} for r, v in per_res.items()}
     return stats
+
+
+def _agreed_run_dir(accelerator: Accelerator, recipe: Recipe, name: str, resume: bool) -> Path:
+    """The run folder, chosen by the main process and sent to the others."""
+    chosen = [None]
+    if accelerator.is_main_process:
+        chosen = [str(latest_resumable(recipe, name) if resume else new_run_dir(recipe, name))]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(chosen, from_process=0)
+    return Path(chosen[0])
+
+
+def sync_buffers(module: nn.Module) -> None:
+    """Every process takes the main process's buffers (BN running statistics), so that all
+    evaluate the network that is saved: with plain BN each process's statistics follow its
+    own shard of the batch."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for b in module.buffers():
+            torch.distributed.broadcast(b, src=0)
 
 
 def _accuracy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> float:
