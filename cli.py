@@ -155,6 +155,31 @@ def list_registered(as_json: bool, plugins: tuple[str, ...]) -> None:
     out.print(table)
 
 
+@cli.command("export")
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True, help="Run folder of a quantized RS-Net.")
+@click.option("--format", "fmt", type=click.Choice(["lq"]), default="lq", show_default=True, help="Packed format: K-bit LQ-Nets codes + bases.")
+@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Packed file to write.")
+@click.option("--fp16", is_flag=True, help="Store the float remainder (BN, first conv, classifier) in float16.")
+@click.option("--linear-bits", type=click.IntRange(2, 8), default=None, help="Store float linear layers (the classifier) as N-bit integers per row.")
+@click.option("--json", "as_json", is_flag=True)
+def export(checkpoint: Path, fmt: str, out_path: Path, fp16: bool, linear_bits: int | None, as_json: bool) -> None:
+    """Pack a quantized run into one file (`rsvision eval --checkpoint FILE` reads it)."""
+    from rsvision.quant.export import export_run
+
+    report = export_run(checkpoint, out_path, remainder="float16" if fp16 else "float32", linear_bits=linear_bits)
+    if as_json:
+        _emit_json(report)
+        return
+    table = Table(title=f"{out_path} ({fmt}, S = {report['resolutions']})")
+    table.add_column("stored as")
+    table.add_column("bytes", justify="right")
+    table.add_column("packed is smaller by", justify="right")
+    table.add_row("packed RS-Net", f"{report['packed_bytes']:,}", "")
+    table.add_row("float32 RS-Net", f"{report['float32_rsnet_bytes']:,}", f"{report['ratio_vs_float32_rsnet']:.1f}x")
+    table.add_row(f"{report['resolutions']} packed I-Nets", f"{report['inets_packed_bytes']:,}", f"{report['ratio_vs_inets']:.1f}x")
+    out.print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``rsvision`` command."""
     try:

@@ -60,7 +60,10 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     return Accelerator(
         mixed_precision=mp,
         gradient_accumulation_steps=recipe.train.grad_accum,
-        dataloader_config=DataLoaderConfiguration(even_batches=False),
+        # No duplicated evaluation samples; training drops the last partial batch, so every
+        # process still gets the same number of steps. The shuffle is seeded by (seed, epoch):
+        # the same order for any number of processes, a new one each epoch.
+        dataloader_config=DataLoaderConfiguration(even_batches=False, use_seedable_sampler=True, data_seed=recipe.train.seed),
     )
 
 

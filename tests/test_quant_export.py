@@ -1,0 +1,70 @@
+"""Packed export of a quantized RS-Net: bit packing, sizes, identical predictions after reload."""
+
+from __future__ import annotations
+
+import torch
+
+from rsvision.quant.export import compact_, export_packed, is_packed, load_packed, pack_codes, unpack_codes
+from rsvision.recipe import validate_recipe
+from rsvision.models import build_model
+
+RECIPE = {
+    "task": "cls",
+    "resolutions": [32, 24, 16],
+    "model": {"backbone": "preact_resnet8", "num_classes": 10},
+    "data": {"dataset": "synthetic"},
+    "quant": {"weight_bits": 2, "act_bits": 2},
+}
+
+
+def test_pack_codes_by_hand():
+    packed = pack_codes(torch.tensor([1, 2, 3, 0, 3]), bits=2)
+    # lowest bits first: 01 | 10 | 11 | 00 -> 0b00_11_10_01 = 0x39, then 11 -> 0x03
+    assert packed.tolist() == [0x39, 0x03]
+    assert unpack_codes(packed, 2, 5).tolist() == [1, 2, 3, 0, 3]
+    codes = torch.randint(0, 8, (1001,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(unpack_codes(pack_codes(codes, 3), 3, 1001), codes)
+    assert pack_codes(codes, 3).numel() == (1001 * 3 + 7) // 8
+
+
+def _trained_model():
+    torch.manual_seed(0)
+    model = build_model(validate_recipe(RECIPE)).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        out = model([torch.rand(4, 3, r, r) for r in (32, 24, 16)])
+        loss = sum(torch.nn.functional.cross_entropy(o, torch.arange(4)) for o in out)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _predictions(model):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        return [model(torch.rand(2, 3, r, r)) for r in (32, 24, 20, 16)]  # 20: interpolated BN
+
+
+def test_reload_gives_identical_predictions(tmp_path):
+    model = _trained_model()
+    alpha = torch.tensor([0.1, 0.2, 0.3])
+    path = tmp_path / "model.lq"
+    size = export_packed(model, path, {"recipe": RECIPE}, alpha)
+    assert is_packed(path) and not is_packed(tmp_path)
+    reloaded, meta = load_packed(path)
+    assert meta["alpha"] == alpha.tolist() and meta["recipe"] == RECIPE
+    for a, b in zip(_predictions(model), _predictions(reloaded)):
+        assert torch.equal(a, b)
+    float_bytes = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+    assert size < float_bytes / 3
+
+
+def test_compacted_model_matches_its_fp16_int8_file(tmp_path):
+    model = compact_(_trained_model(), remainder="float16", linear_bits=8)
+    assert len(model.body.head.fc.weight[0].unique()) <= 255
+    path = tmp_path / "model.lq"
+    export_packed(model, path, {"recipe": RECIPE}, remainder="float16", linear_bits=8)
+    reloaded, _ = load_packed(path)
+    for a, b in zip(_predictions(model), _predictions(reloaded)):
+        assert torch.equal(a, b)
