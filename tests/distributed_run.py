@@ -1,0 +1,108 @@
+"""Train a tiny RS-Net with the real engine; run by tests/test_distributed.py as one plain
+process or under ``torchrun --nproc_per_node 2`` (CPU, gloo).
+
+Usage: ``python distributed_run.py OUT_DIR MEMORY GRAD_ACCUM``. Every process writes
+``OUT_DIR/rank<r>.json`` (world size, backend, the sample indices it trained on); the run
+folder holds the weights. Data are fixed tensors, so the processes differ only in the
+samples the sampler gives them.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchmetrics.aggregation import SumMetric
+
+from rsvision.engine import train
+from rsvision.recipe import validate_recipe
+from rsvision.registry import register_task
+from rsvision.task import Task
+from rsvision.tasks.classification import ClassificationMetrics
+
+RESOLUTIONS, CLASSES, TRAIN, VAL = [12, 10, 8], 3, 32, 10
+SEEN: list[int] = []
+GROUP: dict = {"world_size": 1, "backend": None}
+
+
+class FixedImages(Dataset):
+    """Sample i: a seeded random image at every resolution and label i mod 3."""
+
+    def __init__(self, size: int, resolutions: list[int], offset: int, record: bool) -> None:
+        self.size, self.resolutions, self.offset, self.record = size, resolutions, offset, record
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict:
+        if self.record:
+            SEEN.append(i)
+        g = torch.Generator().manual_seed(self.offset + i)
+        images = [torch.randn(3, r, r, generator=g) + (i % CLASSES) for r in self.resolutions]
+        return {"images": images, "image": images[0], "target": i % CLASSES}
+
+
+class CountedMetrics(ClassificationMetrics):
+    """Top-1/top-5 and the number of evaluated images, reduced across processes."""
+
+    def __init__(self) -> None:
+        super().__init__(CLASSES)
+        self.count = SumMetric()
+        if torch.distributed.is_initialized():  # what really runs, seen while evaluating
+            GROUP.update(world_size=torch.distributed.get_world_size(), backend=torch.distributed.get_backend())
+
+    def update(self, logits, batch) -> None:
+        super().update(logits, batch)
+        self.count.update(torch.tensor(float(len(batch["target"]))))
+
+    def compute(self) -> dict:
+        return {**super().compute(), "images": int(self.count.compute())}
+
+
+@register_task("fixed_cls")
+class FixedTask(Task):
+    primary_metric = "top1"
+
+    def train_dataset(self) -> Dataset:
+        return FixedImages(TRAIN, self.resolutions, 0, record=True)
+
+    def eval_dataset(self, resolution: int) -> Dataset:
+        return FixedImages(VAL, [resolution], 10_000, record=False)
+
+    def eval_collate(self, samples):
+        return torch.utils.data.default_collate([{"image": s["image"], "target": s["target"]} for s in samples])
+
+    def collate(self, samples):
+        return torch.utils.data.default_collate([{"images": s["images"], "target": s["target"]} for s in samples])
+
+    def metrics(self):
+        return CountedMetrics()
+
+
+def main(out: Path, memory: str, grad_accum: int) -> None:
+    torch.set_num_threads(1)
+    recipe = validate_recipe(
+        {
+            "task": "fixed_cls",
+            "resolutions": RESOLUTIONS,
+            "model": {"backbone": "resnet8", "num_classes": CLASSES, "backbone_args": {"width": 4}},
+            "data": {"dataset": "synthetic", "batch_size": 4, "eval_batch_size": 4, "workers": 0},
+            "train": {"epochs": 2, "lr": 0.1, "weight_decay": 1e-4, "seed": 0, "grad_accum": grad_accum, "memory": memory},
+            "output_dir": str(out / "runs"),
+        }
+    )
+    run_dir = train(recipe, name="ddp", quiet=True)
+    rank = int(os.environ.get("RANK", 0))
+    info = {
+        "rank": rank,
+        **GROUP,
+        "seen": SEEN,
+        "run_dir": str(run_dir),
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))

@@ -1,0 +1,100 @@
+"""Data-parallel training on CPU: two processes (torchrun, gloo) against one.
+
+With plain BN each process normalises with the statistics of its own per-process batch.
+Two processes with batch B each therefore compute exactly what one process computes with
+two accumulated micro-batches of B (``train.grad_accum: 2``): the same samples meet the same
+BN batches, and the averaged gradients are equal. That is the equivalence tested here, for
+the weights and alpha after two epochs (8 optimiser steps), with the low-memory step on the
+two processes and the standard step on the one. BN running statistics are not compared:
+one process updates them twice per step (once per micro-batch), each of the two processes
+once; the saved ones are the main process's.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SCRIPT = Path(__file__).with_name("distributed_run.py")
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(cmd: list[str], out: Path) -> subprocess.Popen:
+    out.mkdir(parents=True)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent)}
+    log = open(out / "log.txt", "w")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out)
+
+
+def _wait(proc: subprocess.Popen, out: Path) -> None:
+    assert proc.wait(timeout=170) == 0, (out / "log.txt").read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun not installed")
+    root = tmp_path_factory.mktemp("ddp")
+    one, two = root / "one", root / "two"
+    single = _launch([sys.executable, str(SCRIPT), str(one), "standard", "2"], one)
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
+    double = _launch(
+        [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(two), "low", "1"],
+        two,
+    )
+    _wait(single, one)
+    _wait(double, two)
+    ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return json.loads((one / "rank0.json").read_text()), ranks
+
+
+def test_two_processes_really_run_over_gloo(runs):
+    _, ranks = runs
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["world_size"] == 2 and r["backend"] == "gloo" for r in ranks)
+    assert ranks[0]["run_dir"] == ranks[1]["run_dir"]  # one run folder, chosen by the main process
+    assert len(list(Path(ranks[0]["run_dir"]).parent.iterdir())) == 1
+
+
+def test_two_processes_match_one_with_accumulation(runs):
+    single, ranks = runs
+    a = load_file(str(Path(single["run_dir"]) / "model.safetensors"))
+    b = load_file(str(Path(ranks[0]["run_dir"]) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    params = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert "mred.alpha" in params and not torch.equal(a["mred.alpha"], torch.ones(3))
+    for k in params:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5, msg=k)
+
+
+def test_sampler_shards_and_reshuffles(runs):
+    single, ranks = runs
+    n = 32  # training images; per process: 4 batches of 4 per epoch
+    seen = [r["seen"] for r in ranks]
+    for epoch in range(2):
+        parts = [s[epoch * n // 2 : (epoch + 1) * n // 2] for s in seen]
+        assert sorted(parts[0] + parts[1]) == list(range(n))  # disjoint halves of the data
+        # batch k of the single process goes to process k mod 2: the same global order
+        ordered = [parts[k % 2][(k // 2) * 4 : (k // 2 + 1) * 4] for k in range(8)]
+        assert sum(ordered, []) == single["seen"][epoch * n : (epoch + 1) * n]
+    assert single["seen"][:n] != single["seen"][n:]  # a new order in epoch 2
+
+
+def test_evaluation_counts_every_image_once(runs):
+    _, ranks = runs
+    log = [json.loads(line) for line in (Path(ranks[0]["run_dir"]) / "log.jsonl").read_text().splitlines()]
+    rows = log[-1]["val"]
+    assert [r["images"] for r in rows] == [10, 10, 10, 10]  # 3 resolutions + ensemble; 10 images split 6/4
