@@ -18,7 +18,6 @@ from rich.table import Table
 from rsvision.errors import UserError
 
 out = Console()
-err = Console(stderr=True)
 
 
 def _resolutions(res: tuple[int, ...], extra: tuple[int, ...]) -> list[int]:
@@ -155,6 +154,22 @@ def list_registered(as_json: bool, plugins: tuple[str, ...]) -> None:
     out.print(table)
 
 
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Segmentation run folder (default: the latest seg run under ./runs).")
+@click.option("--res", multiple=True, type=int, help="Resolution(s) to run at; default: the trained ones.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("predictions"), show_default=True)
+@click.option("--compare", is_flag=True, help="Also write IMAGE_compare.png: the image and its masks side by side.")
+def predict(images, checkpoint, res, out_dir, compare) -> None:
+    """Write colour-coded segmentation masks of IMAGES at each resolution."""
+    from rsvision.engine import find_latest_run
+    from rsvision.predict import predict_files
+
+    run_dir = checkpoint or find_latest_run("runs", "seg")
+    for path in predict_files(run_dir, images, list(res), out_dir, compare):
+        out.print(str(path))
+
+
 @cli.command("export")
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True, help="Run folder of a quantized RS-Net.")
 @click.option("--format", "fmt", type=click.Choice(["lq"]), default="lq", show_default=True, help="Packed format: K-bit LQ-Nets codes + bases.")
@@ -180,6 +195,14 @@ def export(checkpoint: Path, fmt: str, out_path: Path, fp16: bool, linear_bits: 
     out.print(table)
 
 
+def _last_line(exc: UserError) -> str:
+    """A UserError raised in a DataLoader worker arrives wrapped in the worker's traceback."""
+    text = str(exc).strip()
+    if "Original Traceback" not in text:
+        return text
+    return text.splitlines()[-1].split("UserError: ", 1)[-1]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``rsvision`` command."""
     try:
@@ -188,15 +211,17 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        err.print("aborted")
+        click.echo("aborted", err=True)
         sys.exit(1)
     except UserError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        click.secho("error: ", fg="red", err=True, nl=False)
+        click.echo(_last_line(exc), err=True)
         sys.exit(2)
     except Exception as exc:
         if os.environ.get("RSVISION_DEBUG"):
             raise
-        err.print(f"[red]failed:[/red] {type(exc).__name__}: {exc} (set RSVISION_DEBUG=1 for the traceback)", highlight=False)
+        click.secho("failed: ", fg="red", err=True, nl=False)
+        click.echo(f"{type(exc).__name__}: {exc} (set RSVISION_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
 
 

@@ -98,9 +98,11 @@ class Registry:
             return self._entries[name]
         except KeyError:
             close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            known = ", ".join(sorted(self._entries)) or "none"
-            raise RegistryError(f"unknown {self.kind} '{name}'{hint} (known: {known})") from None
+            if close:
+                hint = f"did you mean {', '.join(repr(c) for c in close)}? (`rsvision list` shows all)"
+            else:
+                hint = f"known: {', '.join(sorted(self._entries)) or 'none'}"
+            raise RegistryError(f"unknown {self.kind} '{name}'; {hint}") from None
 
     def build(self, name: str, /, **kwargs: Any) -> Any:
         """Call the builder registered as ``name`` with ``kwargs`` (``None`` values dropped)."""

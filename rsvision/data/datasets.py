@@ -33,8 +33,9 @@ class SyntheticShapes(Dataset):
     """
 
     shapes = ("disc", "square")
+    default_periods = (3.0, 4.5, 6.5, 9.0, 12.0)
 
-    def __init__(self, size: int, image_size: int = 64, periods: tuple[float, ...] = (3.0, 4.5, 6.5, 9.0, 12.0), seed: int = 0) -> None:
+    def __init__(self, size: int, image_size: int = 64, periods: tuple[float, ...] = default_periods, seed: int = 0) -> None:
         self.size, self.image_size, self.periods, self.seed = size, image_size, tuple(periods), seed
         self.classes = [f"{s}_p{p:g}" for s in self.shapes for p in self.periods]
 
@@ -67,11 +68,19 @@ class SyntheticShapes(Dataset):
 
 
 @register_dataset("synthetic")
-def synthetic(*, root: str | None = None, split: str = "train", train_size: int = 2000, val_size: int = 500, image_size: int = 64, seed: int = 0) -> Dataset:
-    """Built-in data, generated on the fly: no files, no download."""
+def synthetic(
+    *, root: str | None = None, split: str = "train", train_size: int = 2000, val_size: int = 500, image_size: int = 64, num_classes: int = 10, seed: int = 0
+) -> Dataset:
+    """Built-in data, generated on the fly: no files, no download.
+
+    ``num_classes`` (2 to 10) keeps both shapes and the finest ``num_classes / 2`` periods.
+    """
     _check_split(split)
+    if not 2 <= num_classes <= 10 or num_classes % 2:
+        raise UserError(f"data.args.num_classes: the synthetic dataset has 2, 4, 6, 8 or 10 classes, got {num_classes}")
     size = train_size if split == "train" else val_size
-    return SyntheticShapes(size, image_size, seed=seed * 2 + (split == "val") * 1_000_003)
+    periods = SyntheticShapes.default_periods[: num_classes // 2]
+    return SyntheticShapes(size, image_size, periods, seed=seed * 2 + (split == "val") * 1_000_003)
 
 
 def _rgb_loader(path: str) -> Image.Image:

@@ -95,7 +95,7 @@ def run_metadata(task: Task, model: RSNet, recipe: Recipe, rows: list[dict], alp
         "recipe": recipe.model_dump(mode="json"),
         "metrics": rows,
         "primary_metric": task.primary_metric,
-        "ensemble_weights": [round(float(w), 6) for w in alpha.softmax(0)],
+        "ensemble_weights": [round(float(w), 6) for w in alpha.detach().softmax(0)],
         "parameters": count_parameters(model),
         "madds": madds,
         **task.describe(),

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny classification recipe and a clean registry for user plugins."""
+
+import sys
+
+import pytest
+import torch
+
+from rsvision.recipe import validate_recipe
+
+torch.set_num_threads(2)
+
+
+def tiny_recipe_dict(tmp_path, **overrides) -> dict:
+    data = {
+        "task": "cls",
+        "resolutions": [16, 12, 8],
+        "model": {"backbone": "resnet8", "num_classes": 4, "backbone_args": {"width": 4}},
+        "data": {
+            "dataset": "synthetic",
+            "batch_size": 8,
+            "workers": 0,
+            "crop_scale": [0.5, 1.0],
+            "args": {"train_size": 48, "val_size": 16, "image_size": 20, "num_classes": 4},
+        },
+        "train": {"epochs": 2, "lr": 0.05, "weight_decay": 0.0, "seed": 0},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            data[section][field] = value
+        else:
+            data[section] = value
+    return data
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path):
+    return validate_recipe(tiny_recipe_dict(tmp_path))
+
+
+@pytest.fixture
+def clean_plugins():
+    """Forget what a test's user plugins registered."""
+    from rsvision import registry
+
+    saved = {reg: dict(reg._entries) for reg in (registry.BACKBONES, registry.HEADS, registry.TASKS, registry.DATASETS)}
+    modules = set(sys.modules)
+    yield
+    for reg, entries in saved.items():
+        reg._entries = entries
+    for name in set(sys.modules) - modules:
+        if name.startswith(("user_", "rsvision_plugin_")):
+            del sys.modules[name]

@@ -1,0 +1,66 @@
+"""Multi-resolution data (§4.1): one crop and one flip shared by all resolutions."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from rsvision.data.datasets import synthetic
+from rsvision.data.transforms import MultiResolutionTransform, eval_transform
+
+
+def _image() -> Image.Image:
+    """Left-to-right ramp in red, top-to-bottom in green, a blob in blue: flips and crops show."""
+    h, w = 60, 80
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx / w, yy / h, ((xx - 20) ** 2 + (yy - 15) ** 2 < 80).astype(float)], -1)
+    return Image.fromarray((rgb * 255).astype(np.uint8))
+
+
+def _down(x: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def test_one_crop_and_one_flip_for_all_resolutions():
+    transform = MultiResolutionTransform([32, 24, 16], scale=(0.2, 1.0), normalize=False)
+    image = _image()
+    flips = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        big, mid, small = transform(image)
+        assert big.shape == (3, 32, 32) and mid.shape == (3, 24, 24) and small.shape == (3, 16, 16)
+        # the same crop: the largest image downsized looks like the smallest one
+        assert (_down(big, 16) - small).abs().mean() < 0.03
+        assert (_down(mid, 16) - small).abs().mean() < 0.03
+        # the same flip: the red ramp runs the same way at every resolution
+        slopes = [torch.sign(x[0, :, -1].mean() - x[0, :, 0].mean()) for x in (big, mid, small)]
+        assert len(set(s.item() for s in slopes)) == 1
+        flips.add(slopes[0].item())
+    assert flips == {-1.0, 1.0}  # both flipped and unflipped crops occurred
+
+
+def test_multi_crop_draws_independent_crops():
+    transform = MultiResolutionTransform([32, 16], scale=(0.1, 1.0), normalize=False, multi_crop=True)
+    diffs = []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        big, small = transform(_image())
+        diffs.append((_down(big, 16) - small).abs().mean().item())
+    assert max(diffs) > 0.1
+
+
+def test_eval_transform_resizes_then_centre_crops():
+    x = eval_transform(32, normalize=False)(_image())
+    assert x.shape == (3, 32, 32)
+    # shorter side 60 → 37 (32 / 0.875), so the crop keeps 32/37 of the height, centred
+    assert abs(x[1].mean().item() - 0.5) < 0.03
+
+
+def test_synthetic_data_is_deterministic_rgb():
+    ds = synthetic(split="train", train_size=5, image_size=24, num_classes=4)
+    (a, ya), (b, yb) = ds[3], ds[3]
+    assert a.mode == "RGB" and a.size == (24, 24)
+    assert ya == yb and np.array_equal(np.asarray(a), np.asarray(b))
+    assert len(ds.classes) == 4
+    val = synthetic(split="val", val_size=5, image_size=24)
+    assert not np.array_equal(np.asarray(val[3][0]), np.asarray(a))

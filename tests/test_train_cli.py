@@ -1,0 +1,142 @@
+"""Training, checkpoints, resume and the CLI, end to end on tiny data."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from rsvision.engine import evaluate_model, load_run, train
+from rsvision.engine import trainer as trainer_module
+from rsvision.recipe import validate_recipe
+
+from rsvision.cli import main
+from conftest import tiny_recipe_dict
+
+
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    recipe = validate_recipe(tiny_recipe_dict(tmp, train={"epochs": 3, "lr": 0.05, "weight_decay": 0.0, "seed": 0}))
+    return recipe, train(recipe, name="tiny", quiet=True)
+
+
+def test_training_lowers_the_loss_and_writes_the_run_folder(trained):
+    recipe, run_dir = trained
+    log = _log(run_dir)
+    assert [e["epoch"] for e in log] == [1, 2, 3]
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert {"model.safetensors", "rsvision.json", "state", "log.jsonl"} <= {p.name for p in run_dir.iterdir()}
+    meta = json.loads((run_dir / "rsvision.json").read_text())
+    assert meta["task"] == "cls" and meta["resolutions"] == [16, 12, 8]
+    assert [r["resolution"] for r in meta["metrics"]] == [16, 12, 8, "ensemble"]
+    assert sum(meta["ensemble_weights"]) == pytest.approx(1.0, abs=1e-5)
+    assert set(meta["madds"]) == {"16", "12", "8"}
+    assert "mred.alpha" in load_file(str(run_dir / "model.safetensors"))
+
+
+def test_checkpoint_round_trip_gives_identical_evaluation(trained):
+    recipe, run_dir = trained
+    task, model, alpha, meta = load_run(run_dir)
+    rows = evaluate_model(model, task, ensemble_weights=alpha.softmax(0))
+    assert rows == meta["metrics"]
+    x = torch.randn(2, 3, 14, 14)
+    task2, model2, _, _ = load_run(run_dir)
+    with torch.no_grad():
+        assert torch.equal(model(x), model2(x))  # 14 is untrained: interpolated BN
+
+
+def test_resume_after_a_crash_finishes_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    recipe = validate_recipe(tiny_recipe_dict(tmp_path, train={"epochs": 2, "lr": 0.05, "weight_decay": 0.0, "seed": 0}))
+    full = train(recipe, name="full", quiet=True)
+
+    real_save = trainer_module._save_epoch
+
+    def crash_after_first_epoch(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "_save_epoch", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, name="crashy", quiet=True)
+    monkeypatch.setattr(trainer_module, "_save_epoch", real_save)
+    resumed = train(recipe, name="crashy", resume=True, quiet=True)
+    assert [e["epoch"] for e in _log(resumed)] == [1, 2]
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def _recipe_file(tmp_path, **overrides) -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(tmp_path, **overrides)))
+    return str(path)
+
+
+def _run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_cli_eval_at_trained_and_interpolated_resolutions(trained, capsys):
+    _, run_dir = trained
+    main(["eval", "--checkpoint", str(run_dir), "--res", "12", "14", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert [r["resolution"] for r in report["results"]] == [12, 14]
+    assert report["results"][1]["interpolated"] is True
+    assert 0 <= report["results"][1]["top1"] <= 100
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "missing.yaml"], "missing.yaml: recipe file not found"),
+        (["train", "{recipe}", "--set", "train.lr=abc"], "train.lr: expected a number, got 'abc'"),
+        (["train", "{recipe}", "--set", "model.backbone=resnet19"], "unknown backbone 'resnet19'; did you mean"),
+        (["eval", "--task", "cls", "--checkpoint", "{tmp}/nothing"], "not an rsvision run folder"),
+    ],
+)
+def test_cli_user_errors_print_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe_file(tmp_path)
+    args = [a.format(recipe=recipe, tmp=tmp_path) for a in args]
+    code, out, err = _run_cli(args, capsys)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2  # rich may wrap one line
+
+
+def test_cli_eval_without_any_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run_cli(["eval", "--task", "cls", "--res", "96"], capsys)
+    assert code == 2 and "no trained run of task 'cls' under runs/" in err
+
+
+def test_corrupt_image_in_an_imagefolder_is_named(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            folder = tmp_path / "data" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("L", (20, 20), color=40 * i).save(folder / f"{i}.png")  # grey → RGB
+    bad = tmp_path / "data" / "train" / "b" / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe_file(
+        tmp_path,
+        data={"dataset": "imagefolder", "root": str(tmp_path / "data"), "batch_size": 3, "workers": 1},
+        model={"backbone": "resnet8", "num_classes": 2, "backbone_args": {"width": 4}},
+    )
+    code, _, err = _run_cli(["train", recipe, "--quiet"], capsys)
+    assert code == 2
+    assert "broken.png: cannot read image" in err
