@@ -47,30 +47,81 @@ def code_table(bits: int, signed: bool) -> torch.Tensor:
     return 2 * b - 1 if signed else b
 
 
+def _sorted_thresholds(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sorted levels ``[G, L]``, their code rows ``[G, L]`` and the midpoints ``[G, L-1]``."""
+    sorted_levels, order = levels.sort(dim=1)
+    return sorted_levels, order, (sorted_levels[:, 1:] + sorted_levels[:, :-1]) / 2
+
+
 def nearest_levels(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """Code index (row of the code table) of the nearest level for each value.
 
     ``x`` is ``[G, n]`` and ``levels`` ``[G, 2^K]`` (one level set per group ``G``). A value
     strictly above the midpoint of two sorted levels takes the upper one.
     """
-    sorted_levels, order = levels.sort(dim=1)
-    thresholds = (sorted_levels[:, 1:] + sorted_levels[:, :-1]) / 2
+    _, order, thresholds = _sorted_thresholds(levels)
     position = torch.searchsorted(thresholds.contiguous(), x.contiguous())
     return order.gather(1, position)
 
 
-def normal_equations(x: torch.Tensor, index: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``BᵀB`` ``[G, K, K]`` and ``Bᵀx`` ``[G, K]`` (float64) from the code index of each value.
+def quantize_with_stats(x: torch.Tensor, levels: torch.Tensor, stats: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Nearest levels of ``x`` ``[G, n]`` and, if ``stats``, per code row the count and sum of its values.
 
-    Codes take 2^K values, so both are sums over levels of (count, sum of x) per level.
+    One pass per threshold (2^K - 1 of them): the values above threshold ``i`` take sorted
+    level ``i + 1``; their count and sum, differenced, give each level's count and sum,
+    which is all QEM needs (``BᵀB = Σ_l n_l b_l b_lᵀ``, ``Bᵀx = Σ_l s_l b_l``).
     """
-    groups, levels = index.shape[0], table.shape[0]
-    flat = (index + levels * torch.arange(groups, device=index.device)[:, None]).flatten()
-    counts = torch.bincount(flat, minlength=groups * levels).view(groups, levels).double()
-    sums = torch.zeros(groups * levels, dtype=torch.float64, device=x.device)
-    sums = sums.index_add_(0, flat, x.flatten().double()).view(groups, levels)
-    t = table.double()
+    sorted_levels, order, thresholds = _sorted_thresholds(levels)
+    q = sorted_levels[:, :1].expand_as(x).clone()
+    tail_count = [torch.full((x.shape[0],), x.shape[1], dtype=torch.float64, device=x.device)]
+    tail_sum = [x.sum(1).double()]
+    for i in range(thresholds.shape[1]):
+        above = x > thresholds[:, i : i + 1]
+        q = torch.where(above, sorted_levels[:, i + 1 : i + 2], q)
+        if stats:
+            tail_count.append(above.sum(1).double())
+            tail_sum.append(torch.where(above, x, 0).sum(1).double())
+    if not stats:
+        return q, None, None
+    zero = torch.zeros_like(tail_count[0])
+    counts = torch.stack(tail_count, 1) - torch.stack(tail_count[1:] + [zero], 1)
+    sums = torch.stack(tail_sum, 1) - torch.stack(tail_sum[1:] + [zero], 1)
+    # per sorted level -> per code row
+    return q, torch.zeros_like(counts).scatter_(1, order, counts), torch.zeros_like(sums).scatter_(1, order, sums)
+
+
+def normal_equations(counts: torch.Tensor, sums: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``BᵀB`` ``[G, K, K]`` and ``Bᵀx`` ``[G, K]`` (float64) from per-code counts and sums ``[G, 2^K]``."""
+    t = table.to(torch.float64)
     return torch.einsum("gl,lj,lk->gjk", counts, t, t), sums @ t
+
+
+def solve_small(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a⁻¹ b`` for a batch of K x K systems (NaN where singular); closed form for K <= 2, as LQ-Nets does."""
+    k = a.shape[-1]
+    if k == 1:
+        return b / a[..., 0]
+    if k == 2:
+        det = a[..., 0, 0] * a[..., 1, 1] - a[..., 0, 1] * a[..., 1, 0]
+        x0 = a[..., 1, 1] * b[..., 0] - a[..., 0, 1] * b[..., 1]
+        x1 = a[..., 0, 0] * b[..., 1] - a[..., 1, 0] * b[..., 0]
+        return torch.stack([x0, x1], -1) / det[..., None]
+    x, info = torch.linalg.solve_ex(a, b)
+    return torch.where((info == 0)[..., None], x, torch.nan)
+
+
+class _ClippedStraightThrough(torch.autograd.Function):
+    """Returns the quantized ``q``; the gradient goes to ``x`` where ``x <= top`` (LQ-Nets' ``min(x, top)``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, q: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x <= top)
+        return q
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (below,) = ctx.saved_tensors
+        return grad * below, None, None
 
 
 class LQWeightQuantizer(nn.Module):
@@ -100,20 +151,20 @@ class LQWeightQuantizer(nn.Module):
         return self.levels().gather(1, index).view(shape)
 
     @torch.no_grad()
-    def qem_update(self, weight: torch.Tensor, index: torch.Tensor) -> None:
+    def qem_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
         """One QEM step: ridge least squares of the weights on their codes, then the moving average."""
-        btb, btw = normal_equations(weight.reshape(weight.shape[0], -1), index, self.codes)
+        btb, btw = normal_equations(counts, sums, self.codes)
         eye = torch.eye(self.bits, dtype=btb.dtype, device=btb.device)
-        new = torch.linalg.solve(btb + EPS * eye, btw + EPS * self.basis.t().double())
+        new = solve_small(btb + EPS * eye, btw + EPS * self.basis.t().double())
         self.basis.mul_(MOMENTUM).add_((1 - MOMENTUM) * new.t().to(self.basis.dtype))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            index = self.encode(weight)
-            q = self.decode(index, weight.shape).to(weight.dtype)
+            w = weight.detach().reshape(weight.shape[0], -1)
+            q, counts, sums = quantize_with_stats(w, self.levels(), self.training)
             if self.training:
-                self.qem_update(weight.detach(), index)
-        return q + (weight - weight.detach())
+                self.qem_update(counts, sums)
+        return q.view_as(weight).to(weight.dtype) + (weight - weight.detach())
 
 
 class LQActQuantizer(nn.Module):
@@ -133,26 +184,25 @@ class LQActQuantizer(nn.Module):
         return self.codes @ self.basis
 
     @torch.no_grad()
-    def qem_update(self, x: torch.Tensor, index: torch.Tensor) -> None:
+    def qem_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
         """One QEM step on the batch (statistics summed over processes), then the moving average."""
-        btb, btx = normal_equations(x.reshape(1, -1), index.reshape(1, -1), self.codes)
+        btb, btx = normal_equations(counts, sums, self.codes)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             stats = torch.cat([btb.flatten(), btx.flatten()])
             dist.all_reduce(stats)
             btb, btx = stats[: btb.numel()].view_as(btb), stats[btb.numel():].view_as(btx)
-        new, info = torch.linalg.solve_ex(btb[0], btx[0])
-        if info.item() == 0 and torch.isfinite(new).all():
+        new = solve_small(btb, btx)[0]
+        if torch.isfinite(new).all():
             self.basis.mul_(MOMENTUM).add_((1 - MOMENTUM) * new.to(self.basis.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             levels = self.levels()
-            index = nearest_levels(x.detach().reshape(1, -1), levels[None])
-            q = levels[index].view_as(x).to(x.dtype)
+            q, counts, sums = quantize_with_stats(x.detach().reshape(1, -1), levels[None], self.training)
             top = levels.max()
             if self.training:
-                self.qem_update(x.detach(), index)
-        return q + (x - x.detach()) * (x <= top)
+                self.qem_update(counts, sums)
+        return _ClippedStraightThrough.apply(x, q.view_as(x).to(x.dtype), top)
 
 
 def quantize_model(
