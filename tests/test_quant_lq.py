@@ -158,3 +158,10 @@ def test_activation_bases_stay_identical_across_processes():
     mp.spawn(_ddp_worker, args=(port, results), nprocs=2)
     assert torch.equal(results[0], results[1])
     assert not torch.equal(results[0], LQActQuantizer(2).basis)
+
+
+def test_levels_stay_float32_under_autocast():
+    q, a = LQWeightQuantizer(2, 4, 72), LQActQuantizer(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert q.levels().dtype == a.levels().dtype == torch.float32
+        assert torch.equal(q.levels(), LQWeightQuantizer(2, 4, 72).levels())

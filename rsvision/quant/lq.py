@@ -139,8 +139,11 @@ class LQWeightQuantizer(nn.Module):
         return f"bits={self.bits}, channels={self.basis.shape[1]}"
 
     def levels(self) -> torch.Tensor:
-        """``[C_out, 2^K]``: level ``i`` of channel ``c`` is ``codes[i] · basis[:, c]``."""
-        return (self.codes @ self.basis).t()
+        """``[C_out, 2^K]``: level ``i`` of channel ``c`` is ``codes[i] · basis[:, c]``.
+
+        Written as a product and a sum, not a matmul, so autocast keeps it in float32.
+        """
+        return (self.codes[:, :, None] * self.basis[None]).sum(1).t()
 
     def encode(self, weight: torch.Tensor) -> torch.Tensor:
         """Code index of every weight, shaped ``[C_out, n]``."""
@@ -181,7 +184,8 @@ class LQActQuantizer(nn.Module):
         return f"bits={self.bits}"
 
     def levels(self) -> torch.Tensor:
-        return self.codes @ self.basis
+        """``[2^K]``: level ``i`` is ``codes[i] · basis`` (float32 under autocast too)."""
+        return (self.codes * self.basis).sum(1)
 
     @torch.no_grad()
     def qem_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
