@@ -26,10 +26,11 @@ def _check_split(split: str) -> None:
 class SyntheticShapes(Dataset):
     """Deterministic images whose class needs fine detail: a striped shape on noise.
 
-    Class = (shape: disc or square) x (stripe period, ``periods`` values). The shape
-    covers 35-70% of the image at a random place, angle and colour; the stripes of
-    adjacent classes differ by a couple of pixels in period, so downsizing the image
-    blurs them together and accuracy really drops at low resolution.
+    Class = (shape: disc or square) x (stripe period, ``periods`` values, in pixels of a
+    64-pixel image, scaled with ``image_size``). The shape covers 35-70% of the image at a
+    random place, angle and colour; the stripes of adjacent classes differ by a couple of
+    pixels in period, so downsizing the image blurs them together and accuracy really
+    drops at low resolution.
     """
 
     shapes = ("disc", "square")
@@ -59,6 +60,7 @@ class SyntheticShapes(Dataset):
         u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
         v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
         inside = (u**2 + v**2 <= radius**2) if shape == 0 else (np.maximum(abs(u), abs(v)) <= radius * 0.85)
+        period = period * n / 64
         stripes = 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * u / period + rng.uniform(0, 2 * np.pi)))
         fg = rng.uniform(0.5, 1.0, size=3)
         bg = rng.uniform(0.0, 0.5, size=3)

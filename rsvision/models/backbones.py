@@ -92,14 +92,19 @@ def _conv_out(module: nn.Module) -> int:
 class CifarResNet(nn.Module):
     """ResNet for small images (He et al. 2016, §4.2): 3x3 stem, no max-pool.
 
-    ``widths`` gives the channels of each stage (first stage at stride 1, then 2 each).
+    ``widths`` gives the channels of each stage (first stage at the stem's stride, then 2
+    each). ``stem_stride`` 2 strides the stem convolution; 4 adds a 3x3 max-pool, as in
+    the ImageNet ResNets, for cheap runs on larger images.
     """
 
-    def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...]) -> None:
+    def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], stem_stride: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
-        )
+        if stem_stride not in (1, 2, 4):
+            raise ValueError(f"stem_stride must be 1, 2 or 4, got {stem_stride}")
+        stem = [nn.Conv2d(3, widths[0], 3, stride=min(stem_stride, 2), padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+        if stem_stride == 4:
+            stem.append(nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(*stem)
         stages, in_ch = [], widths[0]
         for i, (n, ch) in enumerate(zip(blocks, widths)):
             stride = 1 if i == 0 else 2
@@ -111,7 +116,7 @@ class CifarResNet(nn.Module):
             in_ch = ch
         self.layers = nn.ModuleList(stages)
         self.out_channels = list(widths)
-        self.output_stride = 2 ** (len(widths) - 1)
+        self.output_stride = stem_stride * 2 ** (len(widths) - 1)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
@@ -148,18 +153,18 @@ def mobilenet_v2(*, width_mult: float = 1.0) -> nn.Module:
 
 
 @register_backbone("resnet20")
-def resnet20(*, width: int = 16) -> nn.Module:
+def resnet20(*, width: int = 16, stem_stride: int = 1) -> nn.Module:
     """The 3-stage CIFAR ResNet-20 (0.27M parameters at width 16)."""
-    return CifarResNet((3, 3, 3), (width, 2 * width, 4 * width))
+    return CifarResNet((3, 3, 3), (width, 2 * width, 4 * width), stem_stride)
 
 
 @register_backbone("resnet8")
-def resnet8(*, width: int = 16) -> nn.Module:
+def resnet8(*, width: int = 16, stem_stride: int = 1) -> nn.Module:
     """A 3-stage CIFAR ResNet with one block per stage, for quick CPU runs and tests."""
-    return CifarResNet((1, 1, 1), (width, 2 * width, 4 * width))
+    return CifarResNet((1, 1, 1), (width, 2 * width, 4 * width), stem_stride)
 
 
 @register_backbone("resnet18_cifar")
-def resnet18_cifar(*, width: int = 64) -> nn.Module:
+def resnet18_cifar(*, width: int = 64, stem_stride: int = 1) -> nn.Module:
     """ResNet-18's four stages with a CIFAR stem (3x3 conv, no max-pool)."""
-    return CifarResNet((2, 2, 2, 2), (width, 2 * width, 4 * width, 8 * width))
+    return CifarResNet((2, 2, 2, 2), (width, 2 * width, 4 * width, 8 * width), stem_stride)
