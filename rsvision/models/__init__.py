@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from rsvision.models import backbones, heads  # noqa: F401  (registers the built-ins)
+from rsvision.models.heads import ClassifierHead
 from rsvision.models import preact_resnet  # noqa: F401  (registers the pre-activation ResNets)
 from rsvision.models import refinenet, smp_heads  # noqa: F401  (registers the segmentation heads)
 from rsvision.models.pretrained import load_pretrained
