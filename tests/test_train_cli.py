@@ -140,3 +140,11 @@ def test_corrupt_image_in_an_imagefolder_is_named(tmp_path, capsys, monkeypatch)
     code, _, err = _run_cli(["train", recipe, "--quiet"], capsys)
     assert code == 2
     assert "broken.png: cannot read image" in err
+
+
+@pytest.mark.parametrize("train_cfg", [{"mixed_precision": "bf16"}, {"grad_accum": 2, "schedule": "step", "milestones": [1]}])
+def test_training_options(tmp_path, train_cfg):
+    cfg = {"epochs": 1, "lr": 0.05, "seed": 0, "max_steps_per_epoch": 2, **train_cfg}
+    run_dir = train(validate_recipe(tiny_recipe_dict(tmp_path, train=cfg)), name="opts", quiet=True)
+    log = _log(run_dir)
+    assert len(log) == 1 and all(r["top1"] >= 0 for r in log[0]["val"])
