@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
@@ -57,6 +58,9 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     mp = recipe.train.mixed_precision
     if mp == "fp16" and not torch.cuda.is_available():
         raise UserError("train.mixed_precision: fp16 needs a GPU; use bf16 on CPU")
+    # Accelerate keeps its settings process-wide; forget the previous run's (the process
+    # group, if any, stays) so that several runs in one process can differ in precision.
+    AcceleratorState._reset_state()
     return Accelerator(
         mixed_precision=mp,
         gradient_accumulation_steps=recipe.train.grad_accum,
