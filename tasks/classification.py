@@ -8,23 +8,10 @@ import torch
 from torch.utils.data import Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from rsvision.data.mapped import MappedDataset
 from rsvision.data.transforms import MultiResolutionTransform, eval_transform
 from rsvision.registry import DATASETS, register_task
 from rsvision.task import Metrics, Task
-
-
-class _Mapped(Dataset):
-    """``(image, label)`` samples turned into batch dicts by ``fn``."""
-
-    def __init__(self, base: Dataset, fn) -> None:
-        self.base, self.fn = base, fn
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image, label = self.base[index]
-        return self.fn(image, label)
 
 
 class ClassificationMetrics(Metrics):
@@ -55,11 +42,11 @@ class ClassificationTask(Task):
     def train_dataset(self) -> Dataset:
         d = self.recipe.data
         transform = MultiResolutionTransform(self.resolutions, d.crop_scale, d.crop_ratio, d.multi_crop, d.normalize)
-        return _Mapped(self._dataset("train"), lambda img, y: {"images": transform(img), "target": y})
+        return MappedDataset(self._dataset("train"), lambda img, y: {"images": transform(img), "target": y})
 
     def eval_dataset(self, resolution: int) -> Dataset:
         transform = eval_transform(resolution, self.recipe.data.normalize)
-        return _Mapped(self._dataset("val"), lambda img, y: {"image": transform(img), "target": y})
+        return MappedDataset(self._dataset("val"), lambda img, y: {"image": transform(img), "target": y})
 
     def metrics(self) -> Metrics:
         return ClassificationMetrics(self.recipe.model.num_classes)

@@ -16,25 +16,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from rsvision.data import segmentation as _datasets  # noqa: F401  (registers the segmentation datasets)
+from rsvision.data.mapped import MappedDataset
 from rsvision.data.seg_transforms import VOID, EvalTransform, JointTrainTransform
 from rsvision.errors import UserError
 from rsvision.registry import DATASETS, register_task
 from rsvision.task import Metrics, Task
-
-
-class _Transformed(Dataset):
-    """``(image, mask)`` samples turned into batch dicts by ``transform``."""
-
-    def __init__(self, base: Dataset, transform) -> None:
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image, mask = self.base[index]
-        return self.transform(image, mask)
 
 
 def scores_from_confusion(confusion: torch.Tensor) -> dict[str, float]:
@@ -95,10 +81,10 @@ class SegmentationTask(Task):
 
     def train_dataset(self) -> Dataset:
         d = self.recipe.data
-        return _Transformed(self._dataset("train"), JointTrainTransform(self.resolutions, d.scale_range, d.normalize))
+        return MappedDataset(self._dataset("train"), JointTrainTransform(self.resolutions, d.scale_range, d.normalize))
 
     def eval_dataset(self, resolution: int) -> Dataset:
-        return _Transformed(self._dataset("val"), EvalTransform(resolution, self.recipe.data.normalize))
+        return MappedDataset(self._dataset("val"), EvalTransform(resolution, self.recipe.data.normalize))
 
     def eval_collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Stack the resized images; pad the original-size masks to one size with the void label.

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from rsvision import list_backbones, load_plugins, register_backbone
+from rsvision import list_backbones, load_plugins
 from rsvision.errors import RegistryError, UserError
 from rsvision.models import build_model
 from rsvision.recipe import load_recipe, validate_recipe

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rsvision.errors import UserError
-from rsvision.recipe import Recipe, validate_recipe
+from rsvision.recipe import validate_recipe
 
 WEIGHTS = "model.safetensors"
 META = "rsvision.json"
