@@ -13,28 +13,15 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import warnings
 
 import yaml
+from variants import scores, train_variant
 
-from rsvision.engine import evaluate_model, load_run, train
-from rsvision.recipe import apply_overrides, validate_recipe
-
-
-def run(base: dict, output_dir: str, name: str, **changes) -> str:
-    data = yaml.safe_load(yaml.safe_dump(base))
-    data.update(changes.pop("top", {}))
-    apply_overrides(data, [f"{k}={v}" for k, v in changes.items()])
-    data["output_dir"] = output_dir
-    return train(validate_recipe(data, name), name=name, quiet=True)
+from rsvision.recipe import apply_overrides
 
 
 def top1(run_dir, resolutions) -> dict[int, float]:
-    task, model, _, _ = load_run(run_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # I-Nets outside their one trained resolution
-        rows = evaluate_model(model, task, resolutions)
-    return {row["resolution"]: row["top1"] for row in rows}
+    return {r: row["top1"] for r, row in scores(run_dir, resolutions).items()}
 
 
 def main() -> None:
@@ -46,9 +33,9 @@ def main() -> None:
     resolutions = sorted(base["resolutions"], reverse=True)
     start = time.time()
     with tempfile.TemporaryDirectory() as out:
-        inets = {r: top1(run(base, out, f"inet{r}", top={"resolutions": [r]}), resolutions) for r in resolutions}
-        parallel = top1(run(base, out, "parallel", **{"mred.mode": "off"}), resolutions)
-        rsnet = top1(run(base, out, "rsnet", **{"mred.mode": "full"}), resolutions)
+        inets = {r: top1(train_variant(base, out, f"inet{r}", top={"resolutions": [r]}), resolutions) for r in resolutions}
+        parallel = top1(train_variant(base, out, "parallel", **{"mred.mode": "off"}), resolutions)
+        rsnet = top1(train_variant(base, out, "rsnet", **{"mred.mode": "full"}), resolutions)
     minutes = (time.time() - start) / 60
     imax = inets[resolutions[0]]
     print(f"recipe {args.recipe} {' '.join(args.overrides)}; top-1 (%) on the validation split")

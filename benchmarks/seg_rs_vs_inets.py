@@ -13,23 +13,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import warnings
 
 import yaml
-from rs_vs_inets import run  # the classification benchmark's "train one variant of a recipe"
+from variants import scores, train_variant
 
-from rsvision.engine import evaluate_model, load_run
 from rsvision.recipe import apply_overrides
 
 METRICS = ("pixel_acc", "mean_acc", "miou")
-
-
-def scores(run_dir, resolutions) -> dict[int, dict[str, float]]:
-    task, model, _, _ = load_run(run_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # I-Nets outside their one trained resolution
-        rows = evaluate_model(model, task, resolutions)
-    return {row["resolution"]: row for row in rows}
 
 
 def main() -> None:
@@ -41,8 +31,8 @@ def main() -> None:
     resolutions = sorted(base["resolutions"], reverse=True)
     start = time.time()
     with tempfile.TemporaryDirectory() as out:
-        inets = {r: scores(run(base, out, f"inet{r}", top={"resolutions": [r]}), resolutions) for r in resolutions}
-        rsnet = scores(run(base, out, "rsnet", **{"mred.mode": "full"}), resolutions)
+        inets = {r: scores(train_variant(base, out, f"inet{r}", top={"resolutions": [r]}), resolutions) for r in resolutions}
+        rsnet = scores(train_variant(base, out, "rsnet", **{"mred.mode": "full"}), resolutions)
     minutes = (time.time() - start) / 60
     imax = inets[resolutions[0]]
     print(f"recipe {args.recipe} {' '.join(args.overrides)}; validation split, % (pixel acc / mean acc / mIoU)")

@@ -86,6 +86,12 @@ class TrainConfig(_Section):
 class MREDConfig(_Section):
     mode: str = "full"
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        """YAML reads a bare ``off`` as false."""
+        return "off" if v is False else v
+
     @field_validator("mode")
     @classmethod
     def _mode(cls, v: str) -> str:

@@ -109,6 +109,7 @@ def test_overrides_apply_before_validation(tmp_path):
     assert recipe.resolutions == [16, 8]  # kept largest first
     assert recipe.mred.mode == "vanilla"
     assert recipe.model.backbone_args == {"width": 8}
+    assert load_recipe(path, ["mred.mode=off"]).mred.mode == "off"  # YAML's bare off is false
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         load_recipe(path, ["train.epochs"])
     with pytest.raises(UserError, match=r"mred\.mode: expected one of full"):

@@ -1,0 +1,29 @@
+"""Train variants of one recipe and evaluate them at every resolution (shared by the benchmarks)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import yaml
+
+from rsvision.engine import evaluate_model, load_run, train
+from rsvision.recipe import apply_overrides, validate_recipe
+
+
+def train_variant(base: dict, output_dir: str, name: str, top: dict | None = None, **overrides) -> Path:
+    """Train ``base`` with top-level fields replaced by ``top`` and dotted ``overrides``."""
+    data = yaml.safe_load(yaml.safe_dump(base))
+    data.update(top or {})
+    apply_overrides(data, [f"{k}={v}" for k, v in overrides.items()])
+    data["output_dir"] = output_dir
+    return train(validate_recipe(data, name), name=name, quiet=True)
+
+
+def scores(run_dir: Path, resolutions: list[int]) -> dict[int, dict]:
+    """Metrics per resolution; an I-Net tested away from its one resolution uses its only BN."""
+    task, model, _, _ = load_run(run_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = evaluate_model(model, task, resolutions)
+    return {row["resolution"]: row for row in rows}
