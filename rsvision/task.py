@@ -64,7 +64,11 @@ class Task:
         return torch.utils.data.default_collate(samples)
 
     def loss_logits(self, logits: Sequence[torch.Tensor], batch: dict[str, Any]) -> list[torch.Tensor]:
-        """Bring the S logits to one shape for the MRED loss (classification: as they are)."""
+        """Bring the logits to one shape for the MRED loss (classification: as they are).
+
+        Treat each logit on its own: the low-memory step (``train.memory: low``) calls this
+        with one resolution's logits at a time.
+        """
         return list(logits)
 
     def eval_logits(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
