@@ -68,3 +68,25 @@ def test_compacted_model_matches_its_fp16_int8_file(tmp_path):
     reloaded, _ = load_packed(path)
     for a, b in zip(_predictions(model), _predictions(reloaded)):
         assert torch.equal(a, b)
+
+
+def test_cli_export_then_eval_the_packed_file(tmp_path, capsys):
+    """`rsvision export` a trained 2/2 run; `rsvision eval --checkpoint FILE` matches the run folder."""
+    import json
+
+    from conftest import tiny_recipe_dict
+    from rsvision.cli import main
+    from rsvision.engine import train
+
+    data = tiny_recipe_dict(tmp_path, train={"epochs": 1, "lr": 0.05, "seed": 0, "max_steps_per_epoch": 2})
+    data["model"] = {"backbone": "preact_resnet8", "num_classes": 4}
+    data["quant"] = {"weight_bits": 2, "act_bits": 2}
+    run_dir = train(validate_recipe(data), name="q", quiet=True)
+    packed = tmp_path / "model.lq"
+    main(["export", "--checkpoint", str(run_dir), "-o", str(packed), "--json"])
+    capsys.readouterr()
+    results = []
+    for checkpoint in (run_dir, packed):
+        main(["eval", "--checkpoint", str(checkpoint), "--res", "16", "14", "--json"])
+        results.append(json.loads(capsys.readouterr().out)["results"])
+    assert results[0] == results[1]

@@ -79,19 +79,33 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{path}: corrupt metadata ({exc})") from None
 
 
-def load_run(run_dir: str | Path, data_root: str | None = None):
-    """Rebuild a trained run: ``(task, model, alpha, meta)`` with the model in eval mode."""
+def build_from_meta(meta: dict[str, Any], source: str, data_root: str | None = None):
+    """The task and the (untrained) model that a run's metadata describes."""
     from rsvision.registry import TASKS, load_plugins
 
-    run_dir = Path(run_dir)
-    meta = read_meta(run_dir)
-    recipe = validate_recipe(meta["recipe"], str(run_dir / META))
+    recipe = validate_recipe(meta["recipe"], source)
     if data_root is not None:
         recipe.data.root = data_root
     load_plugins(recipe.plugins)
     recipe.model.pretrained = None  # the run's own weights replace any starting point
     task = TASKS.get(recipe.task)(recipe)
-    model = task.build_model()
+    return task, task.build_model()
+
+
+def load_run(run_dir: str | Path, data_root: str | None = None):
+    """Rebuild a trained run: ``(task, model, alpha, meta)`` with the model in eval mode.
+
+    ``run_dir`` is a run folder, or a packed file written by ``rsvision export``.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        from rsvision.quant.export import is_packed, load_packed_run
+
+        if not is_packed(run_dir):
+            raise UserError(f"{run_dir}: neither a run folder nor a packed file from `rsvision export`")
+        return load_packed_run(run_dir, data_root)
+    meta = read_meta(run_dir)
+    task, model = build_from_meta(meta, str(run_dir / META), data_root)
     weights = run_dir / WEIGHTS
     if not weights.is_file():
         raise UserError(f"{run_dir}: no {WEIGHTS} (did the run finish an epoch?)")
@@ -99,7 +113,7 @@ def load_run(run_dir: str | Path, data_root: str | None = None):
         state = load_file(str(weights))
     except Exception as exc:
         raise UserError(f"{weights}: cannot read weights ({exc})") from None
-    alpha = state.pop(ALPHA_KEY, torch.zeros(len(recipe.resolutions)))
+    alpha = state.pop(ALPHA_KEY, torch.zeros(len(task.resolutions)))
     model.load_state_dict(state)
     model.eval()
     return task, model, alpha, meta

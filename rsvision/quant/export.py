@@ -188,21 +188,13 @@ def decode_state(path: str | Path, model: nn.Module) -> torch.Tensor | None:
 
 def load_packed_run(path: str | Path, data_root: str | None = None):
     """Rebuild a packed model like :func:`rsvision.engine.checkpoint.load_run`: ``(task, model, alpha, meta)``."""
-    from rsvision.recipe import validate_recipe
-    from rsvision.registry import TASKS, load_plugins
+    from rsvision.engine.checkpoint import build_from_meta
 
-    header = read_header(path)
-    meta = json.loads(header["rsvision"])
-    recipe = validate_recipe(meta["recipe"], f"{path} (recipe)")
-    if data_root is not None:
-        recipe.data.root = data_root
-    load_plugins(recipe.plugins)
-    recipe.model.pretrained = None
-    task = TASKS.get(recipe.task)(recipe)
-    model = task.build_model()
+    meta = json.loads(read_header(path)["rsvision"])
+    task, model = build_from_meta(meta, f"{path} (recipe)", data_root)
     alpha = decode_state(path, model)
     if alpha is None:
-        alpha = torch.zeros(len(recipe.resolutions))
+        alpha = torch.zeros(len(task.resolutions))
     model.eval()
     return task, model, alpha, meta
 
