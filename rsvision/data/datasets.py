@@ -34,7 +34,7 @@ class SyntheticShapes(Dataset):
     """
 
     shapes = ("disc", "square")
-    default_periods = (3.0, 4.5, 6.5, 9.0, 12.0)
+    default_periods = (4.0, 6.0, 9.0, 13.5, 20.0)
 
     def __init__(self, size: int, image_size: int = 64, periods: tuple[float, ...] = default_periods, seed: int = 0) -> None:
         self.size, self.image_size, self.periods, self.seed = size, image_size, tuple(periods), seed
