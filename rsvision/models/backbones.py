@@ -15,7 +15,22 @@ from torchvision.models.resnet import BasicBlock
 from rsvision.registry import register_backbone
 
 
-class TorchvisionResNet(nn.Module):
+class StageBackbone(nn.Module):
+    """``stem`` then ``layers``, returning the output of every stage (the backbone contract)."""
+
+    stem: nn.Module
+    layers: nn.ModuleList
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features = []
+        for layer in self.layers:
+            x = layer(x)
+            features.append(x)
+        return features
+
+
+class TorchvisionResNet(StageBackbone):
     """A torchvision ResNet without its pooling and fc, returning the outputs of layer1..layer4."""
 
     output_stride = 32
@@ -26,14 +41,6 @@ class TorchvisionResNet(nn.Module):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         self.out_channels = [_last_channels(layer) for layer in self.layers]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        features = []
-        for layer in self.layers:
-            x = layer(x)
-            features.append(x)
-        return features
 
     def load_torchvision_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load a torchvision ResNet state dict (its fc is dropped)."""
@@ -89,7 +96,7 @@ def _conv_out(module: nn.Module) -> int:
     return [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StageBackbone):
     """ResNet for small images (He et al. 2016, §4.2): 3x3 stem, no max-pool.
 
     ``widths`` gives the channels of each stage (first stage at the stem's stride, then 2
@@ -117,14 +124,6 @@ class CifarResNet(nn.Module):
         self.layers = nn.ModuleList(stages)
         self.out_channels = list(widths)
         self.output_stride = stem_stride * 2 ** (len(widths) - 1)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        features = []
-        for layer in self.layers:
-            x = layer(x)
-            features.append(x)
-        return features
 
 
 @register_backbone("resnet18")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rsvision.models.backbones import StageBackbone
 from rsvision.quant.modules import QuantPoint
 from rsvision.registry import register_backbone
 
@@ -82,7 +83,7 @@ class PreActBottleneck(nn.Module):
         return self.body(self.preact(x)) + self.shortcut(x)
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(StageBackbone):
     """Stem → groups (each ends with BN-ReLU-Quant, the last without Quant) → stage features.
 
     ``stem="imagenet"``: 7x7/2 conv-BN-ReLU and 3x3/2 max-pool; ``stem="cifar"``: 3x3 conv-BN-ReLU.
@@ -114,14 +115,6 @@ class PreActResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        features = []
-        for layer in self.layers:
-            x = layer(x)
-            features.append(x)
-        return features
 
 
 _IMAGENET_WIDTHS = (64, 128, 256, 512)
