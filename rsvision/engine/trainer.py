@@ -171,7 +171,7 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
             progress_state.epoch = epoch + 1
             progress_state.history.append(log)
             _save_epoch(accelerator, run_dir, unwrapped, task, recipe, rows, progress_state, epoch + 1 == t.epochs)
-            if accelerator.is_main_process:
+            if accelerator.is_main_process and not quiet:
                 console.print(_epoch_line(log, task.primary_metric))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and not quiet:
