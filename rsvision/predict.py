@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rsvision.data.datasets import read_rgb
 from rsvision.data.seg_transforms import VOID, resize_image, to_tensor
 from rsvision.errors import UserError
 from rsvision.switchable import RSNet
@@ -57,14 +58,6 @@ def side_by_side(panels: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
-
-
 def predict_files(
     run_dir: str | Path,
     images: Sequence[str | Path],
@@ -86,7 +79,7 @@ def predict_files(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in map(Path, images):
-        image = _read_rgb(path)
+        image = np.array(read_rgb(path))
         masks = [colourize(predict_mask(model, image, r, task.recipe.data.normalize), colours) for r in resolutions]
         for r, mask in zip(resolutions, masks):
             written.append(out / f"{path.stem}_r{r}.png")

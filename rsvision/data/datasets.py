@@ -85,7 +85,8 @@ def synthetic(
     return SyntheticShapes(size, image_size, periods, seed=seed * 2 + (split == "val") * 1_000_003)
 
 
-def _rgb_loader(path: str) -> Image.Image:
+def read_rgb(path: str | Path) -> Image.Image:
+    """An image file as RGB (grey and palette images converted); an unreadable file is named."""
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
@@ -105,7 +106,7 @@ def imagefolder(*, root: str | None, split: str = "train") -> Dataset:
     if not folder.is_dir():
         raise UserError(f"{folder}: folder not found (imagefolder expects {root}/train and {root}/val)")
     try:
-        return ImageFolder(str(folder), loader=_rgb_loader)
+        return ImageFolder(str(folder), loader=read_rgb)
     except FileNotFoundError as exc:
         raise UserError(f"{folder}: {exc}") from None
 

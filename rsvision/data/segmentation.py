@@ -19,6 +19,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from rsvision.data.datasets import read_rgb
 from rsvision.errors import UserError
 from rsvision.registry import register_dataset
 
@@ -53,14 +54,6 @@ def check_sample(image: np.ndarray, mask: np.ndarray, num_classes: int, name: st
     return image, mask
 
 
-def _read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
-
-
 def _read_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
@@ -83,7 +76,7 @@ class PairedFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.pairs[index]
-        image, mask = _read_image(image_path), _read_mask(mask_path)
+        image, mask = np.asarray(read_rgb(image_path)), _read_mask(mask_path)
         return check_sample(image, mask, len(self.classes), f"{image_path} / {mask_path.name}")
 
 
