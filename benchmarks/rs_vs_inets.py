@@ -10,14 +10,10 @@ all). Prints top-1 per resolution, the RS-Net's gain over the I-Nets, and the wa
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 
-import yaml
-from variants import scores, train_variant
-
-from rsvision.recipe import apply_overrides
+from variants import base_recipe, scores, train_variant
 
 
 def top1(run_dir, resolutions) -> dict[int, float]:
@@ -25,11 +21,7 @@ def top1(run_dir, resolutions) -> dict[int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="recipes/quickstart.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args()
-    base = apply_overrides(yaml.safe_load(open(args.recipe)), args.overrides)
+    recipe, overrides, base = base_recipe(__doc__.splitlines()[0], "recipes/quickstart.yaml")
     resolutions = sorted(base["resolutions"], reverse=True)
     start = time.time()
     with tempfile.TemporaryDirectory() as out:
@@ -38,7 +30,7 @@ def main() -> None:
         rsnet = top1(train_variant(base, out, "rsnet", **{"mred.mode": "full"}), resolutions)
     minutes = (time.time() - start) / 60
     imax = inets[resolutions[0]]
-    print(f"recipe {args.recipe} {' '.join(args.overrides)}; top-1 (%) on the validation split")
+    print(f"recipe {recipe} {' '.join(overrides)}; top-1 (%) on the validation split")
     print("| resolution | I-Nets | I-max | Parallel | RS-Net | RS-Net - I-Nets |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in resolutions:

@@ -10,24 +10,16 @@ Table 7, the RS-Net's gain over the I-Nets, and the wall time.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 
-import yaml
-from variants import scores, train_variant
-
-from rsvision.recipe import apply_overrides
+from variants import base_recipe, scores, train_variant
 
 METRICS = ("pixel_acc", "mean_acc", "miou")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="recipes/quickstart_seg.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args()
-    base = apply_overrides(yaml.safe_load(open(args.recipe)), args.overrides)
+    recipe, overrides, base = base_recipe(__doc__.splitlines()[0], "recipes/quickstart_seg.yaml")
     resolutions = sorted(base["resolutions"], reverse=True)
     start = time.time()
     with tempfile.TemporaryDirectory() as out:
@@ -35,7 +27,7 @@ def main() -> None:
         rsnet = scores(train_variant(base, out, "rsnet", **{"mred.mode": "full"}), resolutions)
     minutes = (time.time() - start) / 60
     imax = inets[resolutions[0]]
-    print(f"recipe {args.recipe} {' '.join(args.overrides)}; validation split, % (pixel acc / mean acc / mIoU)")
+    print(f"recipe {recipe} {' '.join(overrides)}; validation split, % (pixel acc / mean acc / mIoU)")
     print("| resolution | I-Nets | I-max | RS-Net | RS-Net - I-Nets (mIoU) |")
     print("|---:|---|---|---|---:|")
     for r in resolutions:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from pathlib import Path
 
@@ -27,3 +28,13 @@ def scores(run_dir: Path, resolutions: list[int]) -> dict[int, dict]:
         warnings.simplefilter("ignore")
         rows = evaluate_model(model, task, resolutions)
     return {row["resolution"]: row for row in rows}
+
+
+def base_recipe(description: str, default: str) -> tuple[str, list[str], dict]:
+    """``--recipe`` and ``--set`` from the command line: (path, overrides, recipe dict)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--recipe", default=default)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    with open(args.recipe) as f:
+        return args.recipe, args.overrides, apply_overrides(yaml.safe_load(f), args.overrides)

@@ -209,6 +209,7 @@ class LQActQuantizer(nn.Module):
         return _ClippedStraightThrough.apply(x, q.view_as(x).to(x.dtype), top)
 
 
+@register_quantizer("lq")
 def quantize_model(
     model: nn.Module,
     weight_bits: int,
@@ -219,7 +220,8 @@ def quantize_model(
 ) -> nn.Module:
     """LQ-Nets quantization of ``model`` (in place): K-bit weights, optionally K-bit activations.
 
-    The first conv and the last linear stay in float by default, as in LQ-Nets.
+    The first conv and the last linear stay in float by default, as in LQ-Nets. Registered
+    as the quantizer ``lq``, which a recipe's ``quant: {method: lq, ...}`` builds.
     """
 
     def weight_quantizer(layer: nn.Module) -> nn.Module:
@@ -238,15 +240,3 @@ def quantize_model(
         quantize_last=quantize_last,
     )
 
-
-@register_quantizer("lq")
-def lq(
-    *,
-    model: nn.Module,
-    weight_bits: int,
-    act_bits: int | None = None,
-    quantize_first: bool = False,
-    quantize_last: bool = False,
-) -> nn.Module:
-    """Registered builder for recipes' ``quant: {method: lq, ...}``."""
-    return quantize_model(model, weight_bits, act_bits, quantize_first=quantize_first, quantize_last=quantize_last)
