@@ -256,6 +256,7 @@ def _save_epoch(accelerator, run_dir, unwrapped, task, recipe, rows, state: Prog
     madds = _madds(unwrapped.model, task) if final else {}
     tmp = run_dir / f"{STATE}.tmp"
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process has written its random state into tmp
     if accelerator.is_main_process:
         write_json(tmp / "progress.json", state.__dict__)
         replace_dir(tmp, run_dir / STATE)
