@@ -30,11 +30,24 @@ class QuantPoint(nn.Identity):
     """Marks where a backbone wants its activations quantized; identity until converted."""
 
 
-class QuantConv2d(nn.Conv2d):
-    """``conv(input_quantizer(x), weight_quantizer(weight))``; the float weight is the parameter."""
+class _QuantizedLayer:
+    """What the quantized layers share: the float weight stays the parameter; quantizers wrap it."""
 
     weight_quantizer: nn.Module
     input_quantizer: nn.Module
+
+    def _attach(self, layer: nn.Module, weight_quantizer: nn.Module, input_quantizer: nn.Module | None):
+        self.weight, self.bias = layer.weight, layer.bias
+        self.weight_quantizer = weight_quantizer
+        self.input_quantizer = input_quantizer if input_quantizer is not None else nn.Identity()
+        return self
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quantizer(self.weight)
+
+
+class QuantConv2d(_QuantizedLayer, nn.Conv2d):
+    """``conv(input_quantizer(x), weight_quantizer(weight))``; the float weight is the parameter."""
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, weight_quantizer: nn.Module, input_quantizer: nn.Module | None = None) -> "QuantConv2d":
@@ -43,34 +56,19 @@ class QuantConv2d(nn.Conv2d):
             conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
             device=conv.weight.device, dtype=conv.weight.dtype,
         )
-        q.weight, q.bias = conv.weight, conv.bias
-        q.weight_quantizer = weight_quantizer
-        q.input_quantizer = input_quantizer if input_quantizer is not None else nn.Identity()
-        return q
-
-    def quantized_weight(self) -> torch.Tensor:
-        return self.weight_quantizer(self.weight)
+        return q._attach(conv, weight_quantizer, input_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(_QuantizedLayer, nn.Linear):
     """``linear(input_quantizer(x), weight_quantizer(weight))``."""
-
-    weight_quantizer: nn.Module
-    input_quantizer: nn.Module
 
     @classmethod
     def from_float(cls, linear: nn.Linear, weight_quantizer: nn.Module, input_quantizer: nn.Module | None = None) -> "QuantLinear":
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
-        q.weight, q.bias = linear.weight, linear.bias
-        q.weight_quantizer = weight_quantizer
-        q.input_quantizer = input_quantizer if input_quantizer is not None else nn.Identity()
-        return q
-
-    def quantized_weight(self) -> torch.Tensor:
-        return self.weight_quantizer(self.weight)
+        return q._attach(linear, weight_quantizer, input_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
