@@ -145,21 +145,12 @@ class MREDLoss(nn.Module):
         shapes = {tuple(z.shape) for z in logits}
         if len(shapes) != 1:
             raise ValueError(f"all logits must share one shape (resize them first), got {sorted(shapes)}")
-        ce_kwargs = {} if self.ignore_index is None else {"ignore_index": self.ignore_index}
-        mask = _valid_mask(target, self.ignore_index)
-
-        cls_terms = [F.cross_entropy(z.float(), target, **ce_kwargs) for z in logits]  # Eq. 2
-        loss_cls = torch.stack(cls_terms).sum()
-        z0 = self.ensemble(logits)  # Eq. 5
-        loss_ens = F.cross_entropy(z0, target, **ce_kwargs)  # Eq. 6, reaches alpha only
-
-        pairs = distillation_pairs(self.num_resolutions, self.mode)
-        if pairs:
-            z = [z0, *logits]
-            kl = [kl_divergence(z[t], z[s], mask) for t, s in pairs]  # Eq. 7
-            loss_dis = distillation_scale(self.num_resolutions, self.mode) * torch.stack(kl).sum()
-        else:
-            loss_dis = loss_cls.new_zeros(())
+        loss_ens, z0 = self.ensemble_loss(logits, target)  # Eq. 5-6, reaches alpha only
+        teachers = [z0, *logits]
+        terms = [self.student_loss(s, z, teachers, target) for s, z in enumerate(logits, start=1)]
+        cls_terms = [ce for ce, _ in terms]
+        loss_cls = torch.stack(cls_terms).sum()  # Eq. 2
+        loss_dis = torch.stack([dis for _, dis in terms]).sum()  # Eq. 8 / 10
         return MREDOutput(
             total=loss_cls + loss_ens + loss_dis,
             cls=loss_cls,
