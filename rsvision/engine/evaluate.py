@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader, Dataset
 
 from rsvision.switchable import RSNet, at_resolution
@@ -80,7 +81,7 @@ def evaluate_model(
             weights = ensemble_weights.to(device) if ensemble_weights is not None else None
             loader = _loader(_Zip([task.eval_dataset(r) for r in in_pass]), _zip_collate(task), batch_size, workers, accelerator)
             for batch in _track(loader, progress, f"eval {'/'.join(map(str, in_pass))}"):
-                batch = _to(batch, device)
+                batch = send_to_device(batch, device)
                 logits = [task.eval_logits(z, batch) for z in model(batch["images"])]
                 for r, z in zip(in_pass, logits):
                     metrics[r].update(z, batch)
@@ -96,7 +97,7 @@ def evaluate_model(
             loader = _loader(task.eval_dataset(r), task.eval_collate, batch_size, workers, accelerator)
             with at_resolution(model, r):
                 for batch in _track(loader, progress, f"eval {r}"):
-                    batch = _to(batch, device)
+                    batch = send_to_device(batch, device)
                     m.update(task.eval_logits(model(batch["image"]), batch), batch)
             rows[r] = {"resolution": r, **m.compute()}
     finally:
@@ -117,15 +118,6 @@ def _track(loader, progress, description: str):
         progress.advance(task_id)
     progress.remove_task(task_id)
 
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(v, device) for v in batch)
-    return batch
 
 
 def evaluate_run(
