@@ -17,7 +17,7 @@ import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from rsvision.errors import RegistryError, UserError
 
@@ -112,16 +112,6 @@ class Registry:
     def list(self, pattern: str = "*") -> list[str]:
         load_builtins()
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
-
-    def __contains__(self, name: str) -> bool:
-        load_builtins()
-        return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.list())
-
-    def unregister(self, name: str) -> None:
-        self._entries.pop(name, None)
 
 
 BACKBONES = Registry("backbone")
