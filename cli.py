@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from rsvision.constants import RUNS_DIR
 from rsvision.errors import UserError
 
 out = Console()
@@ -25,6 +26,8 @@ def _resolutions(res: tuple[int, ...], extra: tuple[int, ...]) -> list[int]:
     values = list(res) + list(extra)
     if any(r <= 0 for r in values):
         raise UserError(f"--res: expected positive sizes, got {values}")
+    if len(set(values)) != len(values):
+        raise UserError(f"--res: a size is given twice in {values}")
     return values
 
 
@@ -61,31 +64,36 @@ def train(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...], re
 
 
 @cli.command("eval")
-@click.option("--task", "task_name", default=None, help="Task of the run to pick when no --checkpoint is given (cls, seg).")
+@click.option("--task", "task_name", default=None, help="Task of the run (cls, seg): picks the latest such run, and is checked against --checkpoint.")
 @click.option("--res", multiple=True, type=int, help="Resolution(s) to evaluate; default: the trained ones and the ensemble.")
 @click.argument("extra_res", nargs=-1, type=int)
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Run folder (default: the latest under ./runs).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Run folder or packed file (default: the latest finished run under ./runs).")
 @click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @plugin_option
 def evaluate(task_name, res, extra_res, checkpoint, data_root, batch_size, as_json, plugins) -> None:
     """Evaluate a trained run at any resolution (untrained ones through BN interpolation)."""
-    from rsvision.engine import find_latest_run
-    from rsvision.engine.evaluate import evaluate_run
-    from rsvision.engine.report import results_table
+    from rsvision.artifacts import find_latest_run, load_artifact
+    from rsvision.engine import evaluate_artifact
+    from rsvision.engine.report import console, results_table
     from rsvision.registry import load_plugins
 
     load_plugins(plugins)
-    run_dir = checkpoint or find_latest_run("runs", task_name)
     resolutions = _resolutions(res, extra_res) or None
-    rows, meta = evaluate_run(run_dir, resolutions, data_root, batch_size)
+    run_dir = checkpoint or find_latest_run(RUNS_DIR, task_name)
+    artifact = load_artifact(run_dir, data_root)
+    meta = artifact.meta
+    if task_name is not None and meta.get("task") != task_name:
+        raise UserError(f"{run_dir}: a '{meta.get('task')}' run, not '{task_name}' (drop --task or pick a {task_name} run)")
+    if not artifact.complete:
+        console.print(f"[yellow]warning:[/] {run_dir} stopped after epoch {meta.get('epochs_done')} of {meta['recipe']['train']['epochs']}")
+    rows = evaluate_artifact(artifact, resolutions, batch_size)
     if as_json:
         _emit_json({"run": str(run_dir), "task": meta["task"], "results": rows})
         return
-    names = [k for k in rows[0] if k not in ("resolution", "madds", "alpha", "interpolated")]
-    out.print(results_table(rows, names, title=f"{run_dir}"))
-    interpolated = [str(r["resolution"]) for r in rows if r.get("interpolated")]
+    out.print(results_table(rows, title=f"{run_dir}"))
+    interpolated = [str(r["resolution"]) for r in rows if r.get("status") == "interpolated"]
     if interpolated:
         out.print(f"BN interpolated between trained resolutions for: {', '.join(interpolated)}")
 
@@ -162,10 +170,10 @@ def list_registered(as_json: bool, plugins: tuple[str, ...]) -> None:
 @click.option("--compare", is_flag=True, help="Also write IMAGE_compare.png: the image and its masks side by side.")
 def predict(images, checkpoint, res, out_dir, compare) -> None:
     """Write colour-coded segmentation masks of IMAGES at each resolution."""
-    from rsvision.engine import find_latest_run
+    from rsvision.artifacts import find_latest_run
     from rsvision.predict import predict_files
 
-    run_dir = checkpoint or find_latest_run("runs", "seg")
+    run_dir = checkpoint or find_latest_run(RUNS_DIR, "seg")
     for path in predict_files(run_dir, images, list(res), out_dir, compare):
         out.print(str(path))
 

@@ -4,6 +4,8 @@ One network, shared convolution and linear weights, a private BatchNorm per inpu
 resolution, trained with Multi-Resolution Ensemble Distillation (MRED).
 """
 
+from typing import Any
+
 from rsvision.errors import RegistryError, UserError
 from rsvision.mred import MREDLoss, MREDOutput
 from rsvision.recipe import Recipe, load_recipe
@@ -20,14 +22,28 @@ from rsvision.registry import (
     register_quantizer,
     register_task,
 )
+from rsvision.subnet import SubNet
 from rsvision.switchable import (
     RSNet,
     SwitchableBatchNorm,
     at_resolution,
+    at_subnet,
     make_switchable,
+    materialize,
     set_resolution,
     trained_resolutions,
 )
+
+#: Public functions imported on first use (they pull in torchvision, timm, smp).
+_LAZY = {"create_model": "rsvision.models"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rsvision' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
@@ -37,9 +53,12 @@ __all__ = [
     "RSNet",
     "Recipe",
     "RegistryError",
+    "SubNet",
     "SwitchableBatchNorm",
     "UserError",
     "at_resolution",
+    "at_subnet",
+    "create_model",
     "list_backbones",
     "list_datasets",
     "list_heads",
@@ -48,6 +67,7 @@ __all__ = [
     "load_plugins",
     "load_recipe",
     "make_switchable",
+    "materialize",
     "register_backbone",
     "register_dataset",
     "register_head",

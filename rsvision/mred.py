@@ -96,11 +96,15 @@ class MREDLoss(nn.Module):
 
     def __init__(self, num_resolutions: int, mode: str = "full", ignore_index: int | None = None) -> None:
         super().__init__()
-        distillation_pairs(num_resolutions, mode)
         self.num_resolutions = num_resolutions
         self.mode = mode
         self.ignore_index = ignore_index
         self.alpha = nn.Parameter(torch.ones(num_resolutions))
+        #: (teacher, student) pairs of L_dis, index 0 being the ensemble; the rescaling of L_dis.
+        self.pairs = distillation_pairs(num_resolutions, mode)
+        self.scale = distillation_scale(num_resolutions, mode)
+        #: Whether z_0 teaches: then every logit must exist before any student term is known.
+        self.ensemble_teaches = any(t == 0 for t, _ in self.pairs)
 
     def extra_repr(self) -> str:
         return f"num_resolutions={self.num_resolutions}, mode={self.mode!r}, ignore_index={self.ignore_index}"
@@ -135,8 +139,8 @@ class MREDLoss(nn.Module):
         ce_kwargs = {} if self.ignore_index is None else {"ignore_index": self.ignore_index}
         ce = F.cross_entropy(student.float(), target, **ce_kwargs)
         mask = _valid_mask(target, self.ignore_index)
-        kl = [kl_divergence(teachers[t], student, mask) for t, u in distillation_pairs(self.num_resolutions, self.mode) if u == s]
-        dis = distillation_scale(self.num_resolutions, self.mode) * torch.stack(kl).sum() if kl else ce.new_zeros(())
+        kl = [kl_divergence(teachers[t], student, mask) for t, u in self.pairs if u == s]
+        dis = self.scale * torch.stack(kl).sum() if kl else ce.new_zeros(())
         return ce, dis
 
     def forward(self, logits: Sequence[torch.Tensor], target: torch.Tensor) -> MREDOutput:

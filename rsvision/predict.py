@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rsvision.constants import VOID
 from rsvision.data.datasets import read_rgb
-from rsvision.data.seg_transforms import VOID, resize_image, to_tensor
+from rsvision.data.transforms import InputFormat, resize
 from rsvision.errors import UserError
 from rsvision.switchable import RSNet
 
@@ -37,9 +38,9 @@ def palette(num_classes: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_mask(model: RSNet, image: np.ndarray, resolution: int, normalize: bool = True) -> np.ndarray:
+def predict_mask(model: RSNet, image: np.ndarray, resolution: int, input_format: InputFormat = InputFormat()) -> np.ndarray:
     """Class index per pixel of ``image`` (``HxWx3`` uint8), the model run at ``resolution``."""
-    x = resize_image(to_tensor(image, normalize), resolution)[None]
+    x = resize(input_format.tensor(image), resolution)[None]
     x = x.to(next(model.parameters()).device)
     logits = model(x)
     logits = torch.nn.functional.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
@@ -66,9 +67,10 @@ def predict_files(
     compare: bool = False,
 ) -> list[Path]:
     """Write colour masks of ``images`` at each resolution (see the module docstring); returns the files."""
-    from rsvision.engine.checkpoint import load_run
+    from rsvision.artifacts import load_artifact
 
-    task, model, _, _ = load_run(run_dir)
+    artifact = load_artifact(run_dir)
+    task, model = artifact.task, artifact.model
     if task.recipe.task != "seg":
         raise UserError(f"{run_dir}: a '{task.recipe.task}' run; predict writes masks of segmentation ('seg') runs")
     if not resolutions:
@@ -80,7 +82,7 @@ def predict_files(
     written = []
     for path in map(Path, images):
         image = np.array(read_rgb(path))
-        masks = [colourize(predict_mask(model, image, r, task.recipe.data.normalize), colours) for r in resolutions]
+        masks = [colourize(predict_mask(model, image, r, task.input_format), colours) for r in resolutions]
         for r, mask in zip(resolutions, masks):
             written.append(out / f"{path.stem}_r{r}.png")
             Image.fromarray(mask).save(written[-1])

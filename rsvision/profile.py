@@ -26,7 +26,7 @@ def bn_affine_parameters(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, SwitchableBatchNorm):
             total += sum(p.numel() for p in next(iter(m.groups.values())).parameters())
-            inside.update(id(g) for g in m.groups.values())
+            inside.update(id(g) for g in [*m.groups.values(), *m.calibrated.values()])
         elif isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inside:
             total += sum(p.numel() for p in m.parameters(recurse=False))
     return total
@@ -106,19 +106,15 @@ def profile_model(model: nn.Module, resolutions: list[int], example_for, latency
 
 def profile_backbone(backbone: str, resolutions: list[int], num_classes: int = 1000, latency: bool = True) -> dict:
     """Profile a registered backbone with the classifier head as an RS-Net over ``resolutions``."""
-    from rsvision.models import EncoderDecoder
-    from rsvision.registry import BACKBONES, HEADS
-    from rsvision.switchable import RSNet
+    from rsvision.models import create_model
 
-    net = BACKBONES.build(backbone)
-    body = EncoderDecoder(net, HEADS.build("classifier", backbone=net, num_classes=num_classes))
-    model = RSNet(body, resolutions)
+    model = create_model(backbone=backbone, num_classes=num_classes, resolutions=resolutions)
     return profile_model(model, resolutions, lambda r: torch.zeros(1, 3, r, r), latency)
 
 
 def profile_run(run_dir, resolutions: list[int], latency: bool = True) -> dict:
     """Profile a trained run at ``resolutions`` (the untrained ones through interpolated BN)."""
-    from rsvision.engine.checkpoint import load_run
+    from rsvision.artifacts import load_artifact
 
-    task, model, _, _ = load_run(run_dir)
-    return profile_model(model, resolutions, task.example_input, latency)
+    artifact = load_artifact(run_dir)
+    return profile_model(artifact.model, resolutions, artifact.task.example_input, latency)

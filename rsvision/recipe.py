@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from rsvision.constants import DEFAULT_SEED, IMAGENET_MEAN, IMAGENET_STD, RUNS_DIR
 from rsvision.errors import UserError
 from rsvision.mred import MODES
+from rsvision.subnet import SubNet
 
 
 class _Section(BaseModel):
@@ -29,6 +31,8 @@ class ModelConfig(_Section):
     num_classes: int = Field(1000, ge=1)
     pretrained: str | None = None
     shared_bn: bool = False
+    #: Image channels the network takes (3; 1 for grey data such as MNIST-format files).
+    in_channels: int = Field(3, ge=1)
     backbone_args: dict[str, Any] = Field(default_factory=dict)
     head_args: dict[str, Any] = Field(default_factory=dict)
 
@@ -42,7 +46,15 @@ class DataConfig(_Section):
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     multi_crop: bool = False
+    #: ``(x - mean) / std`` of [0, 1] inputs (ImageNet's statistics by default); false: [0, 1] inputs.
     normalize: bool = True
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    #: How the S training resolutions are made: ``batch`` resizes whole batches on the
+    #: training device, ``sample`` resizes every image to every resolution in the workers.
+    resize: Literal["batch", "sample"] = "batch"
+    #: ``memory``: decode every image once and keep it in RAM.
+    cache: Literal["none", "memory"] = "none"
     #: Segmentation: random rescale factor of the training image before the crop.
     scale_range: tuple[float, float] = (0.5, 2.0)
     args: dict[str, Any] = Field(default_factory=dict)
@@ -54,10 +66,25 @@ class DataConfig(_Section):
             raise ValueError(f"expected 0 < low <= high, got {list(v)}")
         return v
 
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(s <= 0 for s in v):
+            raise ValueError(f"expected positive values, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _multi_crop_per_sample(self) -> "DataConfig":
+        if self.multi_crop and self.resize == "batch":
+            if "resize" in self.model_fields_set:
+                raise ValueError("multi_crop draws a crop per resolution, so it needs resize: sample")
+            self.resize = "sample"
+        return self
+
 
 class TrainConfig(_Section):
     epochs: int = Field(120, ge=1)
-    optimizer: Literal["sgd"] = "sgd"
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0)
     nesterov: bool = False
@@ -66,14 +93,15 @@ class TrainConfig(_Section):
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     grad_accum: int = Field(1, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     val_every: int = Field(1, ge=1)
     sync_bn: bool = False
     memory: Literal["standard", "low"] = "standard"
-    channels_last: bool = False
+    #: Memory layout: ``auto`` times a few steps in each layout at the start and keeps the faster.
+    channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
 
     @model_validator(mode="after")
@@ -116,9 +144,12 @@ class Recipe(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     mred: MREDConfig = Field(default_factory=MREDConfig)
     quant: QuantConfig | None = None
-    output_dir: str = "runs"
+    output_dir: str = RUNS_DIR
     name: str | None = None
     plugins: list[str] = Field(default_factory=list)
+
+    #: The file the recipe came from, named in every error about it.
+    _source: str = PrivateAttr("recipe")
 
     @field_validator("resolutions")
     @classmethod
@@ -128,6 +159,24 @@ class Recipe(_Section):
         if len(set(v)) != len(v):
             raise ValueError(f"expected distinct sizes, got {v}")
         return sorted(v, reverse=True)
+
+    @model_validator(mode="after")
+    def _normalization_channels(self) -> "Recipe":
+        c = self.model.in_channels
+        for name in ("mean", "std"):
+            values = getattr(self.data, name)
+            if len(values) != c:
+                raise ValueError(f"data.{name} has {len(values)} values but model.in_channels is {c}; give one per channel")
+        return self
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def subnets(self) -> list[SubNet]:
+        """The sub-networks trained by this recipe, largest first."""
+        return [SubNet(r) for r in self.resolutions]
 
 
 def _section_fields(loc: tuple) -> list[str]:
@@ -207,9 +256,60 @@ def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a mapping of recipe sections, got {type(data).__name__}")
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as err:
         raise UserError(format_validation_error(source, err)) from None
+    recipe._source = source
+    return recipe
+
+
+#: Fields that only some choices read: the field, and the condition under which it is read.
+_CONDITIONAL = {
+    "train.milestones": ("train.schedule", "step"),
+    "train.gamma": ("train.schedule", "step"),
+    "train.momentum": ("train.optimizer", "sgd"),
+    "train.nesterov": ("train.optimizer", "sgd"),
+}
+
+
+def fields_set(recipe: Recipe) -> list[str]:
+    """Dotted names of the fields a recipe gives explicitly (its file, ``--set`` or dict)."""
+    out = []
+    for section in recipe.model_fields_set:
+        value = getattr(recipe, section)
+        if isinstance(value, BaseModel):
+            out += [f"{section}.{name}" for name in value.model_fields_set]
+        else:
+            out.append(section)
+    return out
+
+
+def check_unused(recipe: Recipe, optional_fields_read: set[str]) -> None:
+    """A field given in the recipe that nothing reads is an error naming it.
+
+    ``optional_fields_read``: the optional fields the chosen task and training method read
+    (see ``Task.recipe_fields``); every other field of ``OPTIONAL_FIELDS`` does nothing for them.
+    """
+    for name in fields_set(recipe):
+        if name in OPTIONAL_FIELDS and name not in optional_fields_read:
+            readers = ", ".join(sorted(OPTIONAL_FIELDS[name]))
+            raise UserError(f"{recipe.source}: {name}: task '{recipe.task}' does not use it (it is read by: {readers}); remove it")
+        if name in _CONDITIONAL:
+            key, wanted = _CONDITIONAL[name]
+            section, field = key.split(".")
+            actual = getattr(getattr(recipe, section), field)
+            if actual != wanted:
+                raise UserError(f"{recipe.source}: {name}: only read when {key} is '{wanted}' (it is '{actual}'); remove it")
+
+
+#: Optional fields and who reads them; ``check_unused`` refuses them elsewhere.
+OPTIONAL_FIELDS: dict[str, set[str]] = {
+    "data.crop_scale": {"classification"},
+    "data.crop_ratio": {"classification"},
+    "data.multi_crop": {"classification"},
+    "data.scale_range": {"segmentation"},
+    "mred.mode": {"MRED training"},
+}
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -13,8 +13,10 @@ import difflib
 import fnmatch
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
+import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
@@ -58,7 +60,22 @@ def load_plugins(modules: list[str] | tuple[str, ...]) -> None:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            raise UserError(f"plugin '{module}': module not found ({exc.name}); is it on PYTHONPATH?") from None
+            if exc.name and module.startswith(exc.name):
+                raise UserError(f"plugin '{module}': module not found ({exc.name}); is it on PYTHONPATH?") from None
+            raise UserError(f"plugin '{module}': {_import_failure(exc, module)}") from None
+        except UserError:
+            raise
+        except Exception as exc:  # the plugin's own code failed while being imported
+            raise UserError(f"plugin '{module}': {_import_failure(exc, module)}") from None
+
+
+def _import_failure(exc: BaseException, plugin: str) -> str:
+    """``SyntaxError at my_parts.py:3: invalid syntax`` / ``raised ValueError at my_parts.py:7: ...``."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError at {Path(exc.filename or plugin).name}:{exc.lineno}: {exc.msg}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"raised {type(exc).__name__}{where} while being imported: {exc}"
 
 
 def _import_file(path: Path) -> None:
@@ -70,7 +87,14 @@ def _import_file(path: Path) -> None:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except UserError:
+        del sys.modules[spec.name]
+        raise
+    except Exception as exc:  # the plugin's own code failed while being imported
+        del sys.modules[spec.name]
+        raise UserError(f"plugin '{path}': {_import_failure(exc, str(path))}") from None
 
 
 class Registry:
@@ -105,9 +129,24 @@ class Registry:
                 hint = f"known: {', '.join(sorted(self._entries)) or 'none'}"
             raise RegistryError(f"unknown {self.kind} '{name}'; {hint}") from None
 
-    def build(self, name: str, /, **kwargs: Any) -> Any:
-        """Call the builder registered as ``name`` with ``kwargs`` (``None`` values dropped)."""
-        return self.get(name)(**{k: v for k, v in kwargs.items() if v is not None})
+    def build(self, name: str, /, *, field: str | None = None, **kwargs: Any) -> Any:
+        """Call the builder registered as ``name`` with ``kwargs`` (``None`` values dropped).
+
+        Arguments the builder does not take are a :class:`UserError` naming ``field`` (the
+        recipe field they came from), the builder and what it takes.
+        """
+        fn = self.get(name)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        try:
+            inspect.signature(fn).bind(**kwargs)
+        except TypeError:
+            params = inspect.signature(fn).parameters.values()
+            accepted = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            unknown = [k for k in kwargs if k not in accepted]
+            missing = [p.name for p in params if p.default is p.empty and p.kind == p.KEYWORD_ONLY and p.name not in kwargs]
+            what = f"does not take {', '.join(repr(k) for k in unknown)}" if unknown else f"needs {', '.join(missing)}"
+            raise UserError(f"{field or self.kind}: {self.kind} '{name}' {what} (it takes: {', '.join(accepted) or 'nothing'})") from None
+        return fn(**kwargs)
 
     def list(self, pattern: str = "*") -> list[str]:
         load_builtins()

@@ -1,28 +1,35 @@
-"""The task contract: what the engine asks of a task plugin.
+"""The task contract: the problem side of training (data, how logits meet labels, metrics).
 
-A task turns a recipe into a model and data, says how the S logits of one batch meet
-the MRED loss, and measures predictions. The engine (``rsvision.engine``) runs the same
-loop for every task.
+A task turns a recipe into a model and data, says how the logits of one batch meet the
+training loss, and measures predictions. How the sub-networks are trained together (MRED,
+MutualNet) is the training method's business (:mod:`rsvision.training`); the loop is the
+engine's (:mod:`rsvision.engine`). Neither knows the task's labels or metrics.
 
-Batches are dicts. A training batch holds ``images`` (a list of S tensors, largest
-resolution first, all resized from one crop) and ``target``; an evaluation batch holds
-``image`` and ``target`` (and whatever the task's metrics need).
+Batches are dicts. A training batch holds ``image`` (the crop at the largest resolution,
+resized on the device, see :func:`~rsvision.data.transforms.batch_resolutions`) or
+``images`` (a list of S tensors, largest first), and ``target``; an evaluation batch holds
+``images`` (one tensor per evaluated resolution, all from one decode) and ``target`` (and
+whatever the task's metrics need).
 """
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Sequence
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
+from rsvision.data.cache import InMemory
+from rsvision.data.transforms import InputFormat
+from rsvision.errors import UserError
 from rsvision.recipe import Recipe
+from rsvision.registry import DATASETS
 from rsvision.switchable import RSNet
 
 
 class Metrics:
-    """Accumulates predictions of one resolution; ``compute`` reduces across processes."""
+    """Accumulates predictions of one sub-network; ``compute`` reduces across processes."""
 
     names: tuple[str, ...] = ()
 
@@ -40,21 +47,47 @@ class Task:
     ignore_index: int | None = None
     #: The metric that ranks runs and heads the results table.
     primary_metric: str = ""
+    #: The optional recipe fields this task reads (see ``rsvision.recipe.OPTIONAL_FIELDS``).
+    recipe_fields: frozenset[str] = frozenset()
 
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
         self.resolutions = recipe.resolutions
+        self.input_format = input_format_of(recipe)
+        self._datasets: dict[str, Dataset] = {}
 
     def build_model(self) -> RSNet:
-        """The resolution-switchable network for this recipe."""
+        """The switchable network for this recipe."""
         from rsvision.models import build_model
 
         return build_model(self.recipe)
 
+    def dataset(self, split: str) -> Dataset:
+        """The raw dataset of ``split``, built once (and decoded once with ``data.cache: memory``).
+
+        Data naming more classes than the network predicts is refused here, before training.
+        """
+        if split not in self._datasets:
+            d = self.recipe.data
+            dataset = DATASETS.build(d.dataset, field="data.args", root=d.root, split=split, **d.args)
+            self.check_classes(dataset, split)
+            self._datasets[split] = InMemory(dataset) if d.cache == "memory" else dataset
+        return self._datasets[split]
+
+    def check_classes(self, dataset: Dataset, split: str) -> None:
+        classes = getattr(dataset, "classes", None)
+        num_classes = self.recipe.model.num_classes
+        if classes is not None and len(classes) > num_classes:
+            raise UserError(
+                f"{self.recipe.source}: model.num_classes is {num_classes} but the {split} data of "
+                f"'{self.recipe.data.dataset}' has {len(classes)} classes"
+            )
+
     def train_dataset(self) -> Dataset:
         raise NotImplementedError
 
-    def eval_dataset(self, resolution: int) -> Dataset:
+    def eval_dataset(self, resolutions: Sequence[int], split: str = "val") -> Dataset:
+        """Samples ``{"images": [one per resolution], "target": ...}`` of ``split``, decoded once each."""
         raise NotImplementedError
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -64,32 +97,47 @@ class Task:
         return torch.utils.data.default_collate(samples)
 
     def loss_logits(self, logits: Sequence[torch.Tensor], batch: dict[str, Any]) -> list[torch.Tensor]:
-        """Bring the logits to one shape for the MRED loss (classification: as they are).
+        """Bring the logits to the shape the loss compares with the target (classification: as they are).
 
-        Treat each logit on its own: the low-memory step (``train.memory: low``) calls this
-        with one resolution's logits at a time.
+        Treat each logit on its own: training methods may call this with one at a time.
         """
         return list(logits)
 
     def eval_logits(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        """Bring one resolution's logits to what the metrics compare with the target."""
+        """Bring one sub-network's logits to what the metrics compare with the target."""
         return logits
+
+    def batch_accuracy(self, logits: torch.Tensor, batch: dict[str, Any]) -> float:
+        """Training accuracy in % of ``loss_logits`` output (per element, ignoring ``ignore_index``)."""
+        target = batch["target"]
+        correct = logits.detach().argmax(1) == target
+        if self.ignore_index is None:
+            return 100.0 * float(correct.float().mean())
+        valid = target != self.ignore_index
+        return 100.0 * float((correct & valid).sum()) / max(1, int(valid.sum()))
 
     def metrics(self) -> Metrics:
         raise NotImplementedError
 
+    @cached_property
+    def classes(self) -> list[str]:
+        """Class names, from the validation data when it names them."""
+        classes = getattr(self.dataset("val"), "classes", None)
+        return [str(c) for c in classes] if classes else [str(i) for i in range(self.recipe.model.num_classes)]
+
     def class_names(self) -> list[str]:
-        return [str(i) for i in range(self.recipe.model.num_classes)]
+        return list(self.classes)
 
     def example_input(self, resolution: int) -> torch.Tensor:
-        return torch.zeros(1, 3, resolution, resolution)
+        return torch.zeros(1, self.input_format.channels, resolution, resolution)
 
     def describe(self) -> dict[str, Any]:
         """Extra metadata stored in the run's ``rsvision.json``."""
         return {}
 
 
-def criterion_for(task: Task) -> nn.Module:
-    from rsvision.mred import MREDLoss
-
-    return MREDLoss(len(task.resolutions), mode=task.recipe.mred.mode, ignore_index=task.ignore_index)
+def input_format_of(recipe: Recipe) -> InputFormat:
+    d = recipe.data
+    if not d.normalize:
+        return InputFormat(recipe.model.in_channels, None, None)
+    return InputFormat(recipe.model.in_channels, tuple(d.mean), tuple(d.std))

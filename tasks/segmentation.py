@@ -1,7 +1,7 @@
 """Semantic segmentation (RS-Nets App. B): RefineNet on NYUDv2, pixel acc / mean acc / mean IoU.
 
 Training: the S logits (at the head's stride, e.g. 88, 56, 24 for inputs 352, 224, 96
-with RefineNet) are upsampled bilinearly to the largest input size, where the MRED loss
+with RefineNet) are upsampled bilinearly to the largest input size, where the loss
 (per-pixel CE, ensemble, distillation; void pixels excluded) is computed (Fig. 7).
 Evaluation at r: the image resized to r x r, its logits upsampled to the image's
 original size; no flips, no multi-scale.
@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from rsvision.constants import VOID
 from rsvision.data.mapped import MappedDataset
-from rsvision.data.seg_transforms import VOID, EvalTransform, JointTrainTransform
+from rsvision.data.seg_transforms import EvalTransform, JointTrainTransform
 from rsvision.errors import UserError
-from rsvision.registry import DATASETS, register_task
+from rsvision.registry import register_task
 from rsvision.task import Metrics, Task
 
 
@@ -68,23 +69,24 @@ def upsample(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 class SegmentationTask(Task):
     ignore_index = VOID
     primary_metric = "miou"
+    recipe_fields = frozenset({"data.scale_range"})
 
-    def _dataset(self, split: str) -> Dataset:
-        d = self.recipe.data
-        dataset = DATASETS.build(d.dataset, root=d.root, split=split, **d.args)
+    def check_classes(self, dataset: Dataset, split: str) -> None:
+        """Mask values are class indices, so the class list must be the network's exactly."""
         classes = getattr(dataset, "classes", None)
         if classes is not None and len(classes) != self.recipe.model.num_classes:
             raise UserError(
-                f"model.num_classes is {self.recipe.model.num_classes} but dataset '{d.dataset}' has {len(classes)} classes"
+                f"{self.recipe.source}: model.num_classes is {self.recipe.model.num_classes} but dataset "
+                f"'{self.recipe.data.dataset}' has {len(classes)} classes"
             )
-        return dataset
 
     def train_dataset(self) -> Dataset:
         d = self.recipe.data
-        return MappedDataset(self._dataset("train"), JointTrainTransform(self.resolutions, d.scale_range, d.normalize))
+        transform = JointTrainTransform(self.resolutions, d.scale_range, self.input_format, per_sample=d.resize == "sample")
+        return MappedDataset(self.dataset("train"), transform)
 
-    def eval_dataset(self, resolution: int) -> Dataset:
-        return MappedDataset(self._dataset("val"), EvalTransform(resolution, self.recipe.data.normalize))
+    def eval_dataset(self, resolutions: Sequence[int], split: str = "val") -> Dataset:
+        return MappedDataset(self.dataset(split), EvalTransform(resolutions, self.input_format))
 
     def eval_collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Stack the resized images; pad the original-size masks to one size with the void label.
@@ -97,7 +99,8 @@ class SegmentationTask(Task):
         target = torch.full((len(samples), h, w), VOID, dtype=torch.long)
         for i, s in enumerate(samples):
             target[i, : s["target"].shape[0], : s["target"].shape[1]] = s["target"]
-        return {"image": torch.stack([s["image"] for s in samples]), "target": target, "size": sizes}
+        images = [torch.stack([s["images"][k] for s in samples]) for k in range(len(samples[0]["images"]))]
+        return {"images": images, "target": target, "size": sizes}
 
     def loss_logits(self, logits: Sequence[torch.Tensor], batch: dict[str, Any]) -> list[torch.Tensor]:
         """Every resolution's logits upsampled to the largest input size (App. B, Fig. 7)."""
@@ -117,10 +120,6 @@ class SegmentationTask(Task):
 
     def metrics(self) -> Metrics:
         return SegmentationMetrics(self.recipe.model.num_classes, self.ignore_index)
-
-    def class_names(self) -> list[str]:
-        classes = getattr(self._dataset("val"), "classes", None)
-        return list(classes) if classes else super().class_names()
 
     def describe(self) -> dict[str, Any]:
         return {"ignore_index": self.ignore_index, "eval": "image resized to r x r; logits resized to the original size"}

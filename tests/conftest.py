@@ -22,13 +22,15 @@ def tiny_recipe_dict(tmp_path, **overrides) -> dict:
             "crop_scale": [0.5, 1.0],
             "args": {"train_size": 48, "val_size": 16, "image_size": 20, "num_classes": 4},
         },
-        "train": {"epochs": 2, "lr": 0.05, "weight_decay": 0.0, "seed": 0},
+        "train": {"epochs": 2, "lr": 0.05, "weight_decay": 0.0, "seed": 0, "channels_last": False},
         "output_dir": str(tmp_path / "runs"),
     }
     for key, value in overrides.items():
         section, _, field = key.partition("__")
         if field:
             data[section][field] = value
+        elif section == "train":  # keep the fast, deterministic defaults unless overridden
+            data[section] = {**data[section], **value}
         else:
             data[section] = value
     return data

@@ -41,7 +41,7 @@ class FixedImages(Dataset):
             SEEN.append(i)
         g = torch.Generator().manual_seed(self.offset + i)
         images = [torch.randn(3, r, r, generator=g) + (i % CLASSES) for r in self.resolutions]
-        return {"images": images, "image": images[0], "target": i % CLASSES}
+        return {"images": images, "target": i % CLASSES}
 
 
 class CountedMetrics(ClassificationMetrics):
@@ -68,17 +68,14 @@ class FixedTask(Task):
     def train_dataset(self) -> Dataset:
         return FixedImages(TRAIN, self.resolutions, 0, record=True)
 
-    def eval_dataset(self, resolution: int) -> Dataset:
-        return FixedImages(VAL, [resolution], 10_000, record=False)
-
-    def eval_collate(self, samples):
-        return torch.utils.data.default_collate([{"image": s["image"], "target": s["target"]} for s in samples])
-
-    def collate(self, samples):
-        return torch.utils.data.default_collate([{"images": s["images"], "target": s["target"]} for s in samples])
+    def eval_dataset(self, resolutions, split="val") -> Dataset:
+        return FixedImages(VAL, list(resolutions), 10_000, record=False)
 
     def metrics(self):
         return CountedMetrics()
+
+    def class_names(self):
+        return [str(c) for c in range(CLASSES)]
 
 
 def main(out: Path, memory: str, grad_accum: int) -> None:
@@ -89,7 +86,7 @@ def main(out: Path, memory: str, grad_accum: int) -> None:
             "resolutions": RESOLUTIONS,
             "model": {"backbone": "resnet8", "num_classes": CLASSES, "backbone_args": {"width": 4}},
             "data": {"dataset": "synthetic", "batch_size": 4, "eval_batch_size": 4, "workers": 0},
-            "train": {"epochs": 2, "lr": 0.1, "weight_decay": 1e-4, "seed": 0, "grad_accum": grad_accum, "memory": memory},
+            "train": {"epochs": 2, "lr": 0.1, "weight_decay": 1e-4, "seed": 0, "grad_accum": grad_accum, "memory": memory, "channels_last": False},
             "output_dir": str(out / "runs"),
         }
     )

@@ -5,8 +5,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from rsvision.constants import val_resize
 from rsvision.data.datasets import synthetic
-from rsvision.data.transforms import MultiResolutionTransform, eval_transform
+from rsvision.data.transforms import EvalTransform, InputFormat, MultiResolutionTransform, batch_resolutions
+
+RAW = InputFormat(3, None, None)  # [0, 1] inputs, no normalisation
 
 
 def _image() -> Image.Image:
@@ -22,12 +25,12 @@ def _down(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def test_one_crop_and_one_flip_for_all_resolutions():
-    transform = MultiResolutionTransform([32, 24, 16], scale=(0.2, 1.0), normalize=False)
+    transform = MultiResolutionTransform([32, 24, 16], scale=(0.2, 1.0), input_format=RAW, per_sample=True)
     image = _image()
     flips = set()
     for seed in range(12):
         torch.manual_seed(seed)
-        big, mid, small = transform(image)
+        big, mid, small = transform(image)["images"]
         assert big.shape == (3, 32, 32) and mid.shape == (3, 24, 24) and small.shape == (3, 16, 16)
         # the same crop: the largest image downsized looks like the smallest one
         assert (_down(big, 16) - small).abs().mean() < 0.03
@@ -40,20 +43,54 @@ def test_one_crop_and_one_flip_for_all_resolutions():
 
 
 def test_multi_crop_draws_independent_crops():
-    transform = MultiResolutionTransform([32, 16], scale=(0.1, 1.0), normalize=False, multi_crop=True)
+    transform = MultiResolutionTransform([32, 16], scale=(0.1, 1.0), input_format=RAW, multi_crop=True)
     diffs = []
     for seed in range(8):
         torch.manual_seed(seed)
-        big, small = transform(_image())
+        big, small = transform(_image())["images"]
         diffs.append((_down(big, 16) - small).abs().mean().item())
     assert max(diffs) > 0.1
 
 
 def test_eval_transform_resizes_then_centre_crops():
-    x = eval_transform(32, normalize=False)(_image())
+    (x,) = EvalTransform([32], RAW)(_image())["images"]
     assert x.shape == (3, 32, 32)
-    # shorter side 60 → 37 (32 / 0.875), so the crop keeps 32/37 of the height, centred
+    # shorter side 60 → 36 = int(32 / 0.875), so the crop keeps 32/36 of the height, centred
     assert abs(x[1].mean().item() - 0.5) < 0.03
+
+
+def test_validation_resize_truncates_as_the_protocol():
+    """int(r / 0.875), not round(): they differ at 160, 96, 20, 12 (round gave 183, 110, 23, 14)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    assert [val_resize(r) for r in (224, 160, 96, 20, 12)] == [256, 182, 109, 22, 13]
+    ramp = np.tile(np.linspace(0, 255, 50).astype(np.uint8), (100, 1))[..., None].repeat(3, -1)  # 50 wide, 100 high
+    (out,) = EvalTransform([12], RAW)(ramp)["images"]
+    x = torch.from_numpy(ramp).permute(2, 0, 1)
+
+    def protocol(short_side: int) -> torch.Tensor:
+        return TF.center_crop(TF.resize(x, short_side, antialias=True), [12, 12]).float() / 255
+
+    assert torch.equal(out, protocol(13))
+    assert not torch.equal(out, protocol(14))
+
+
+def test_batched_resize_matches_the_per_sample_path():
+    """Same crop and flip: S resizes per sample vs the r_1 crop resized as a batch on the device."""
+    per_sample = MultiResolutionTransform([32, 24, 16], scale=(0.3, 1.0), input_format=RAW, per_sample=True)
+    batched = MultiResolutionTransform([32, 24, 16], scale=(0.3, 1.0), input_format=RAW)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        expected = per_sample(_image())["images"]
+        torch.manual_seed(seed)
+        sample = batched(_image())
+        assert set(sample) == {"image"} and sample["image"].shape == (3, 32, 32)
+        got = batch_resolutions({"image": sample["image"][None]}, [32, 24, 16])
+        for e, g in zip(expected, got):
+            assert g.shape[1:] == e.shape
+            # the per-sample path resizes once from the crop (rounded to uint8); the batched path
+            # resizes the 32 px crop again: equal up to interpolation rounding
+            assert (g[0] - e).abs().mean() < 0.01 and (g[0] - e).abs().max() < 0.2
 
 
 def test_synthetic_data_is_deterministic_rgb():

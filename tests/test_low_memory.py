@@ -2,17 +2,20 @@
 every BN group's running statistics (and the quantizer bases) exactly once."""
 
 import copy
+from contextlib import nullcontext
 
 import pytest
 import torch
-from accelerate import Accelerator
 
-from rsvision.engine.steps import MultiResolutionModel, frozen_state, low_memory_step, standard_step
 from rsvision.models import build_model
-from rsvision.mred import MREDLoss
 from rsvision.recipe import validate_recipe
+from rsvision.registry import TASKS
 from rsvision.switchable import SwitchableBatchNorm
+from rsvision.training import MREDTraining, StepContext
+from rsvision.training.mred import frozen_state
 from conftest import tiny_recipe_dict
+
+CTX = StepContext(lambda loss: loss.backward(), nullcontext)
 
 
 def _batch(resolutions, n=6, classes=4):
@@ -23,16 +26,16 @@ def _batch(resolutions, n=6, classes=4):
 def _setup(tmp_path, mode="full", **overrides):
     recipe = validate_recipe(tiny_recipe_dict(tmp_path, mred={"mode": mode}, **overrides))
     torch.manual_seed(0)
-    model = build_model(recipe)
-    module = MultiResolutionModel(model, MREDLoss(len(recipe.resolutions), mode), lambda z, b: list(z))
+    module = MREDTraining(build_model(recipe), TASKS.get("cls")(recipe), recipe)
     module.criterion.alpha.data = torch.tensor([0.3, -0.2, 0.1])
     return recipe, module.train()
 
 
-def _run(step, module, batch, accelerator):
+def _run(low_memory, module, batch):
     module = copy.deepcopy(module)
+    module.multi_backward = low_memory
     torch.manual_seed(1)
-    _, out = step(module, batch, accelerator)
+    out = module.step(batch, CTX)
     grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
     buffers = {n: b.clone() for n, b in module.named_buffers()}
     return out, grads, buffers, torch.rand(())
@@ -50,16 +53,16 @@ def _run(step, module, batch, accelerator):
 )
 def test_low_memory_step_matches_standard(tmp_path, mode, overrides):
     recipe, module = _setup(tmp_path, mode, **overrides)
-    accelerator = Accelerator(cpu=True)
     batch = _batch(recipe.resolutions)
     before = {n: b.clone() for n, b in module.named_buffers()}
-    out_std, g_std, b_std, rng_std = _run(standard_step, module, batch, accelerator)
-    out_low, g_low, b_low, rng_low = _run(low_memory_step, module, batch, accelerator)
+    out_std, g_std, b_std, rng_std = _run(False, module, batch)
+    out_low, g_low, b_low, rng_low = _run(True, module, batch)
 
     assert g_std.keys() == g_low.keys() and "criterion.alpha" in g_low
     for name in g_std:
         torch.testing.assert_close(g_low[name], g_std[name], rtol=1e-5, atol=1e-5, msg=name)
-    torch.testing.assert_close(out_low.total, out_std.total.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out_low.loss, out_std.loss.detach(), rtol=1e-5, atol=1e-6)
+    assert out_low.log.keys() == out_std.log.keys()
     for name in b_std:  # running statistics / bases moved once, exactly as in the standard step
         torch.testing.assert_close(b_low[name], b_std[name], rtol=1e-5, atol=1e-6, msg=name)
     tracked = [n for n in before if n.endswith("num_batches_tracked")]

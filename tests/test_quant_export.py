@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rsvision.quant.export import compact_, export_packed, is_packed, load_packed, pack_codes, unpack_codes
+from rsvision.quant.export import compact_, export_packed, is_packed, load_packed_run, pack_codes, unpack_codes
 from rsvision.recipe import validate_recipe
 from rsvision.models import build_model
 
@@ -50,11 +50,11 @@ def test_reload_gives_identical_predictions(tmp_path):
     model = _trained_model()
     alpha = torch.tensor([0.1, 0.2, 0.3])
     path = tmp_path / "model.lq"
-    size = export_packed(model, path, {"recipe": RECIPE}, alpha)
+    size = export_packed(model, path, {"recipe": RECIPE}, {"mred.alpha": alpha})
     assert is_packed(path) and not is_packed(tmp_path)
-    reloaded, meta = load_packed(path)
-    assert meta["alpha"] == alpha.tolist() and meta["recipe"] == RECIPE
-    for a, b in zip(_predictions(model), _predictions(reloaded)):
+    reloaded = load_packed_run(path)
+    assert reloaded.alpha.tolist() == alpha.tolist() and reloaded.meta["recipe"] == RECIPE
+    for a, b in zip(_predictions(model), _predictions(reloaded.model)):
         assert torch.equal(a, b)
     float_bytes = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
     assert size < float_bytes / 3
@@ -65,7 +65,7 @@ def test_compacted_model_matches_its_fp16_int8_file(tmp_path):
     assert len(model.body.head.fc.weight[0].unique()) <= 255
     path = tmp_path / "model.lq"
     export_packed(model, path, {"recipe": RECIPE}, remainder="float16", linear_bits=8)
-    reloaded, _ = load_packed(path)
+    reloaded = load_packed_run(path).model
     for a, b in zip(_predictions(model), _predictions(reloaded)):
         assert torch.equal(a, b)
 

@@ -10,11 +10,11 @@ from PIL import Image
 from seg_fixtures import nyu_to_40, write_nyu_folder, write_nyu_mat, write_segfolder
 
 from rsvision.data.seg_transforms import JointTrainTransform
+from rsvision.data.transforms import InputFormat, batch_resolutions
 from rsvision.errors import UserError
 from rsvision.mred import MREDLoss
 from rsvision.recipe import validate_recipe
 from rsvision.registry import DATASETS, HEADS, TASKS, load_builtins
-from rsvision.task import criterion_for
 from rsvision.tasks.segmentation import SegmentationMetrics, scores_from_confusion
 
 load_builtins()
@@ -34,13 +34,17 @@ def make_task(resolutions=(64, 48, 32), dataset="synthetic_seg", root=None, num_
     return TASKS.get("seg")(recipe)
 
 
+def criterion_for(task):
+    return MREDLoss(len(task.resolutions), mode="full", ignore_index=task.ignore_index)
+
+
 # --- training: logits upsampled to the largest input before the ensemble -------------
 
 
 def test_loss_logits_are_upsampled_to_the_largest_input():
     task = make_task()
     batch = task.collate([task.train_dataset()[i] for i in range(2)])
-    assert [x.shape[-1] for x in batch["images"]] == [64, 48, 32]
+    assert [x.shape[-1] for x in batch_resolutions(batch, task.resolutions)] == [64, 48, 32]
     assert batch["target"].shape == (2, 64, 64) and batch["target"].dtype == torch.long
     torch.manual_seed(0)
     logits = [torch.randn(2, 6, s, s) for s in (16, 12, 8)]  # stride 4
@@ -58,7 +62,7 @@ def test_model_outputs_stride_4_and_trains_through_mred():
     task = make_task()
     model = task.build_model()
     batch = task.collate([task.train_dataset()[i] for i in range(2)])
-    logits = model(batch["images"])
+    logits = model(batch_resolutions(batch, task.resolutions))
     assert [tuple(z.shape) for z in logits] == [(2, 6, 16, 16), (2, 6, 12, 12), (2, 6, 8, 8)]
     out = criterion_for(task)(task.loss_logits(logits, batch), batch["target"])
     out.total.backward()
@@ -91,7 +95,7 @@ def test_training_transform_moves_image_and_mask_together():
     labels = np.zeros((40, 60), dtype=np.int64)
     labels[:20, 30:], labels[20:, :30], labels[20:, 30:] = 1, 2, 3
     image = np.repeat((labels * 40).astype(np.uint8)[..., None], 3, axis=2)
-    transform = JointTrainTransform([32, 16], scale_range=(0.5, 2.0), normalize=False)
+    transform = JointTrainTransform([32, 16], scale_range=(0.5, 2.0), input_format=InputFormat(3, None, None), per_sample=True)
     torch.manual_seed(0)
     for _ in range(5):
         out = transform(image, labels)
@@ -126,9 +130,9 @@ def test_confusion_metrics_match_hand_computation():
 def test_evaluation_scores_each_image_at_its_original_size(tmp_path):
     samples = write_segfolder(tmp_path, sizes=((20, 30), (24, 16)))
     task = make_task(resolutions=(32,), dataset="segfolder", root=str(tmp_path), num_classes=3)
-    data = task.eval_dataset(32)
+    data = task.eval_dataset([32])
     items = [data[0], data[1]]
-    assert items[0]["image"].shape == (3, 32, 32) and items[1]["image"].shape == (3, 32, 32)
+    assert items[0]["images"][0].shape == (3, 32, 32) and items[1]["images"][0].shape == (3, 32, 32)
     assert tuple(items[0]["target"].shape) == (20, 30) and tuple(items[1]["target"].shape) == (24, 16)
     batch = task.eval_collate(items)
     assert batch["target"].shape == (2, 24, 30) and batch["size"].tolist() == [[20, 30], [24, 16]]

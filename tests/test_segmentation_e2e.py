@@ -11,7 +11,7 @@ from PIL import Image
 from seg_fixtures import write_nyu_folder, write_nyu_mat
 
 from rsvision.cli import main
-from rsvision.engine import find_latest_run
+from rsvision.artifacts import find_latest_run
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "refinenet_nyud.yaml"
 
@@ -32,8 +32,8 @@ def test_train_eval_predict_refinenet_nyud(tmp_path, capsys, form):
 
     main(["eval", "--checkpoint", str(run_dir), "--json"])
     result = json.loads(capsys.readouterr().out)
-    rows = {row["resolution"]: row for row in result["results"]}
-    assert set(rows) == {64, 48, 32, "ensemble"}
+    rows = {row["subnet"]: row for row in result["results"]}
+    assert set(rows) == {"64", "48", "32", "ensemble"}
     for row in rows.values():
         assert all(0 <= row[k] <= 100 for k in ("pixel_acc", "mean_acc", "miou"))
 

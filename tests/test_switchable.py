@@ -10,6 +10,7 @@ from torchvision.models import mobilenet_v2, resnet18
 
 from rsvision import RSNet, SwitchableBatchNorm, at_resolution, make_switchable, set_resolution
 from rsvision.profile import bn_affine_parameters, count_parameters
+from rsvision.subnet import SubNet
 from rsvision.switchable import interpolation_weights
 
 RES = [32, 24, 16]
@@ -56,7 +57,7 @@ def test_interpolation_at_midpoint_is_the_neighbours_mean():
             g.running_mean.fill_(v / 2)
             g.running_var.fill_(v)
     x = torch.randn(2, 4, 5, 5)
-    bn.resolution = 24  # halfway: every tensor is the mean (2, -2, 1, 2)
+    bn.subnet = SubNet(24)  # halfway: every tensor is the mean (2, -2, 1, 2)
     expected = (x - 1.0) / torch.sqrt(torch.tensor(2.0) + bn.groups["32"].eps) * 2.0 - 2.0
     assert torch.allclose(bn(x), expected, atol=1e-6)
     assert interpolation_weights([32, 16], 24) == (32, 16, 0.5)
@@ -84,8 +85,8 @@ def test_at_resolution_restores_the_previous_choice():
     net = make_switchable(small_net(), RES)
     set_resolution(net, 32)
     with at_resolution(net, 16):
-        assert net[1].resolution == 16
-    assert net[1].resolution == 32
+        assert net[1].subnet == SubNet(16)
+    assert net[1].subnet == SubNet(32)
 
 
 def test_rsnet_picks_the_group_from_the_input_size():

@@ -8,7 +8,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from rsvision.engine import evaluate_model, load_run, train
+from rsvision.artifacts import load_artifact
+from rsvision.engine import evaluate_artifact, train
 from rsvision.engine import trainer as trainer_module
 from rsvision.recipe import validate_recipe
 
@@ -35,7 +36,8 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(trained):
     assert {"model.safetensors", "rsvision.json", "state", "log.jsonl"} <= {p.name for p in run_dir.iterdir()}
     meta = json.loads((run_dir / "rsvision.json").read_text())
     assert meta["task"] == "cls" and meta["resolutions"] == [16, 12, 8]
-    assert [r["resolution"] for r in meta["metrics"]] == [16, 12, 8, "ensemble"]
+    assert [r["subnet"] for r in meta["metrics"]] == ["16", "12", "8", "ensemble"]
+    assert meta["complete"] and meta["epochs_done"] == 3 and meta["subnets"] == ["16", "12", "8"]
     assert sum(meta["ensemble_weights"]) == pytest.approx(1.0, abs=1e-5)
     assert set(meta["madds"]) == {"16", "12", "8"}
     assert "mred.alpha" in load_file(str(run_dir / "model.safetensors"))
@@ -43,13 +45,13 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(trained):
 
 def test_checkpoint_round_trip_gives_identical_evaluation(trained):
     recipe, run_dir = trained
-    task, model, alpha, meta = load_run(run_dir)
-    rows = evaluate_model(model, task, ensemble_weights=alpha.softmax(0))
-    assert rows == meta["metrics"]
+    artifact = load_artifact(run_dir)
+    rows = evaluate_artifact(artifact)
+    assert [{k: v for k, v in r.items() if k != "madds"} for r in rows] == artifact.meta["metrics"]
     x = torch.randn(2, 3, 14, 14)
-    task2, model2, _, _ = load_run(run_dir)
+    again = load_artifact(run_dir)
     with torch.no_grad():
-        assert torch.equal(model(x), model2(x))  # 14 is untrained: interpolated BN
+        assert torch.equal(artifact.model(x), again.model(x))  # 14 is untrained: interpolated BN
 
 
 def test_resume_after_a_crash_finishes_like_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -91,7 +93,7 @@ def test_cli_eval_at_trained_and_interpolated_resolutions(trained, capsys):
     main(["eval", "--checkpoint", str(run_dir), "--res", "12", "14", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert [r["resolution"] for r in report["results"]] == [12, 14]
-    assert report["results"][1]["interpolated"] is True
+    assert report["results"][1]["status"] == "interpolated"
     assert 0 <= report["results"][1]["top1"] <= 100
 
 
@@ -101,7 +103,7 @@ def test_cli_eval_at_trained_and_interpolated_resolutions(trained, capsys):
         (["train", "missing.yaml"], "missing.yaml: recipe file not found"),
         (["train", "{recipe}", "--set", "train.lr=abc"], "train.lr: expected a number, got 'abc'"),
         (["train", "{recipe}", "--set", "model.backbone=resnet19"], "unknown backbone 'resnet19'; did you mean"),
-        (["eval", "--task", "cls", "--checkpoint", "{tmp}/nothing"], "not an rsvision run folder"),
+        (["eval", "--task", "cls", "--checkpoint", "{tmp}/nothing"], "nothing: no such run folder or file"),
     ],
 )
 def test_cli_user_errors_print_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, message):
@@ -117,7 +119,7 @@ def test_cli_user_errors_print_one_line_and_exit_2(tmp_path, capsys, monkeypatch
 def test_cli_eval_without_any_run(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = _run_cli(["eval", "--task", "cls", "--res", "96"], capsys)
-    assert code == 2 and "no trained run of task 'cls' under runs/" in err
+    assert code == 2 and "no finished run of task 'cls' under runs/" in err
 
 
 def test_corrupt_image_in_an_imagefolder_is_named(tmp_path, capsys, monkeypatch):

@@ -3,11 +3,14 @@
 Training: ONE augmentation per sample, applied to image and mask together: the image is
 first squashed to the largest resolution r_1 (the view evaluation uses), randomly
 rescaled, padded (mask with the void label) and cropped to r_1 x r_1, and flipped. The
-crop is then resized (bilinear) to every training resolution; the label map stays at
-r_1, where the upsampled logits of every resolution meet the loss.
+crop is then brought to every training resolution (bilinear): by the whole batch on the
+training device (``resize: batch``, see :func:`rsvision.data.transforms.batch_resolutions`)
+or per sample (``resize: sample``). The label map stays at r_1, where the upsampled
+logits of every resolution meet the loss.
 
-Evaluation at r: the whole image resized to r x r; the label map keeps the image's
-original size, since the logits are resized back to it before scoring.
+Evaluation at r: the whole image resized to r x r, for every resolution from one decode;
+the label map keeps the image's original size, since the logits are resized back to it
+before scoring.
 """
 
 from __future__ import annotations
@@ -18,40 +21,24 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from rsvision.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-VOID = 255
-
-
-def to_tensor(image: np.ndarray, normalize: bool = True) -> torch.Tensor:
-    """``HxWx3`` uint8 → ``3xHxW`` float in [0, 1], ImageNet-normalized when ``normalize``."""
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
-    if normalize:
-        x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return x
-
-
-def resize_image(x: torch.Tensor, size: int) -> torch.Tensor:
-    """``3xHxW`` → ``3 x size x size``, bilinear with antialiasing (as the classification inputs)."""
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+from rsvision.constants import VOID
+from rsvision.data.transforms import InputFormat, resize
 
 
 class JointTrainTransform:
-    """``(image, mask)`` → ``{"images": [S tensors, largest first], "target": LongTensor [r_1, r_1]}``."""
+    """``(image, mask)`` → ``{"image": r_1 crop}`` or ``{"images": [S crops]}``, and ``"target"`` at r_1."""
 
     def __init__(
         self,
         resolutions: Sequence[int],
         scale_range: tuple[float, float] = (0.5, 2.0),
-        normalize: bool = True,
+        input_format: InputFormat = InputFormat(),
+        per_sample: bool = False,
     ) -> None:
         self.resolutions = sorted(resolutions, reverse=True)
         r1 = self.resolutions[0]
-        self.normalize = normalize
+        self.input_format, self.per_sample = input_format, per_sample
         self.augment = A.Compose(
             [
                 A.Resize(r1, r1, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST),
@@ -68,25 +55,26 @@ class JointTrainTransform:
         )
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict:
-        # Albumentations keeps its own generator; drawing its seed from torch makes the
-        # augmentation follow the run's seed and differ between DataLoader workers.
+        # Albumentations keeps its own generator: seeding it from torch's makes the
+        # augmentation a function of the sample's seed (rsvision.data.sampling).
         self.augment.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
         out = self.augment(image=image, mask=mask.astype(np.int32))
-        crop = to_tensor(out["image"], self.normalize)
-        return {
-            "images": [resize_image(crop, r) for r in self.resolutions],
-            "target": torch.from_numpy(out["mask"].astype(np.int64)),
-        }
+        crop = self.input_format.tensor(out["image"])
+        target = torch.from_numpy(out["mask"].astype(np.int64))
+        if not self.per_sample:
+            return {"image": crop, "target": target}
+        return {"images": [resize(crop, r) for r in self.resolutions], "target": target}
 
 
 class EvalTransform:
-    """``(image, mask)`` at resolution r → ``{"image": 3 x r x r, "target": original-size mask}``."""
+    """``(image, mask)`` → ``{"images": [r x r per resolution], "target": original-size mask}``."""
 
-    def __init__(self, resolution: int, normalize: bool = True) -> None:
-        self.resolution, self.normalize = resolution, normalize
+    def __init__(self, resolutions: Sequence[int], input_format: InputFormat = InputFormat()) -> None:
+        self.resolutions, self.input_format = list(resolutions), input_format
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict:
+        x = self.input_format.tensor(image)
         return {
-            "image": resize_image(to_tensor(image, self.normalize), self.resolution),
+            "images": [resize(x, r) for r in self.resolutions],
             "target": torch.from_numpy(np.asarray(mask, dtype=np.int64)),
         }

@@ -19,12 +19,10 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from rsvision.constants import VOID, check_split, split_seed
 from rsvision.data.datasets import read_rgb
 from rsvision.errors import UserError
 from rsvision.registry import register_dataset
-
-VOID = 255
-SPLITS = ("train", "val")
 
 NYU40_CLASSES = (
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
@@ -32,11 +30,6 @@ NYU40_CLASSES = (
     "clothes", "ceiling", "books", "refrigerator", "television", "paper", "towel", "shower curtain", "box", "whiteboard",
     "person", "night stand", "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop",
 )  # fmt: skip
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"unknown split '{split}' (expected one of {', '.join(SPLITS)})")
 
 
 def check_sample(image: np.ndarray, mask: np.ndarray, num_classes: int, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +114,7 @@ def segfolder(*, root: str | None, split: str = "train") -> Dataset:
     ``image<TAB>mask`` paths relative to ``root``. ``classes.yaml`` is the list of class
     names; mask value i is ``classes[i]``, 255 is void.
     """
-    _check_split(split)
+    check_split(split)
     base = _require_root(root, "segfolder", "images/, masks/, train.txt, val.txt, classes.yaml")
     classes_file = base / "classes.yaml"
     if not classes_file.is_file():
@@ -217,7 +210,7 @@ def nyudv2(*, root: str | None, split: str = "train") -> Dataset:
     ``classMapping40.mat``, or the RGB/label PNG folders with ``train.nyu`` and
     ``val.nyu`` list files (``image<TAB>label`` per line, labels 0..39, 255 void).
     """
-    _check_split(split)
+    check_split(split)
     layout = "nyu_depth_v2_labeled.mat + splits.mat + classMapping40.mat, or train.nyu/val.nyu list files"
     base = _require_root(root, "nyudv2", layout)
     if (base / "nyu_depth_v2_labeled.mat").is_file():
@@ -286,6 +279,6 @@ def synthetic_seg(
     *, root: str | None = None, split: str = "train", train_size: int = 1000, val_size: int = 200, image_size: int = 64, seed: int = 0
 ) -> Dataset:
     """Built-in segmentation data, generated on the fly: 5 shapes + background, no files."""
-    _check_split(split)
+    check_split(split)
     size = train_size if split == "train" else val_size
-    return SyntheticScenes(size, image_size, seed=seed * 2 + (split == "val") * 1_000_003)
+    return SyntheticScenes(size, image_size, seed=split_seed(seed, split))

@@ -1,34 +1,102 @@
-"""Multi-resolution transforms (RS-Nets §4.1).
+"""Multi-resolution inputs (RS-Nets §4.1) and the input format a network expects.
 
-Training: ONE random-resized crop and ONE horizontal flip per image, then that crop
-resized (bilinear, antialiased) to every training resolution, so the S inputs differ only
-in resolution (the "single-crop" of Table 6). ``multi_crop=True`` draws a crop and a flip
-per resolution instead (the ablation). Validation at r: shorter side to r / 0.875, then a
-centre crop of r.
+Training: ONE random-resized crop and ONE horizontal flip per image, then that crop at
+every training resolution (bilinear, antialiased), so the S inputs differ only in
+resolution (the "single crop" of Table 6). Two ways to make the S sizes:
+
+- ``resize: batch`` (default): each worker resizes the crop to the largest resolution;
+  :func:`batch_resolutions` resizes the whole batch to the others on the training device;
+- ``resize: sample``: each worker resizes the crop to every resolution (S resizes per image).
+
+``multi_crop=True`` draws a crop and a flip per resolution instead (the Table 6 ablation;
+per-sample only). Validation at r: shorter side to ``int(r / 0.875)``, then a centre crop of
+r, each resolution resized from the decoded image, which is decoded once for all of them.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-VAL_CROP_FRACTION = 0.875
+from rsvision.constants import IMAGENET_MEAN, IMAGENET_STD, val_resize
+
+BILINEAR = InterpolationMode.BILINEAR
 
 
-def _to_float(normalize: bool) -> v2.Transform:
-    steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    if normalize:
-        steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
-    return v2.Compose(steps)
+@dataclass(frozen=True)
+class InputFormat:
+    """What a network takes: ``channels`` and the normalisation ``(x - mean) / std`` of [0, 1] inputs.
+
+    ``mean``/``std`` ``None`` means inputs stay in [0, 1]. Stored in a run's metadata, so
+    evaluation, prediction and export feed the network as training did.
+    """
+
+    channels: int = 3
+    mean: tuple[float, ...] | None = IMAGENET_MEAN
+    std: tuple[float, ...] | None = IMAGENET_STD
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "InputFormat":
+        if not data:
+            return cls()
+        mean, std = data.get("mean"), data.get("std")
+        return cls(int(data.get("channels", 3)), None if mean is None else tuple(mean), None if std is None else tuple(std))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"channels": self.channels, "mean": self.mean, "std": self.std}
+
+    def image(self, image: Any) -> torch.Tensor:
+        """A PIL image, ``HxW``/``HxWxC`` array or ``CxHxW`` tensor as a uint8 tensor of ``channels``."""
+        if isinstance(image, np.ndarray) and image.ndim == 2:
+            image = image[..., None]
+        x = TF.to_image(image).as_subclass(torch.Tensor)
+        if x.shape[0] == self.channels:
+            return x
+        if x.shape[0] == 1:
+            return x.expand(self.channels, -1, -1)
+        if x.shape[0] == 3 and self.channels == 1:
+            return TF.rgb_to_grayscale(x)
+        raise ValueError(f"cannot turn a {x.shape[0]}-channel image into {self.channels} channels")
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or [0, 1] float) ``[..., C, H, W]`` → normalised float."""
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        if self.mean is None:
+            return x
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return (x - mean) / std
+
+    def tensor(self, image: Any) -> torch.Tensor:
+        """Any image → the normalised float tensor the network takes (at its own size)."""
+        return self.normalize(self.image(image))
+
+
+def resize(x: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """Bilinear, antialiased resize of ``[..., C, H, W]`` (uint8 or float) to ``size``."""
+    size = [size, size] if isinstance(size, int) else list(size)
+    if list(x.shape[-2:]) == size:
+        return x
+    return TF.resize(x, size, interpolation=BILINEAR, antialias=True)
+
+
+def batch_resolutions(batch: dict[str, Any], resolutions: Sequence[int]) -> list[torch.Tensor]:
+    """The S inputs of a training batch, largest first: ``batch["images"]`` as given, or
+    ``batch["image"]`` (at the largest resolution) resized to every resolution."""
+    if "images" in batch:
+        return list(batch["images"])
+    x = batch["image"]
+    return [x if x.shape[-1] == r else F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True) for r in resolutions]
 
 
 class MultiResolutionTransform:
-    """PIL image → list of S tensors, largest resolution first, all from one crop and flip."""
+    """Image → ``{"image": crop at r_1}`` (batch resizing) or ``{"images": [S crops]}``, one crop and flip."""
 
     def __init__(
         self,
@@ -36,34 +104,43 @@ class MultiResolutionTransform:
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         multi_crop: bool = False,
-        normalize: bool = True,
+        input_format: InputFormat = InputFormat(),
+        per_sample: bool = False,
     ) -> None:
         self.resolutions = sorted(resolutions, reverse=True)
         self.scale, self.ratio, self.multi_crop = scale, ratio, multi_crop
-        self.to_float = _to_float(normalize)
+        self.input_format = input_format
+        self.per_sample = per_sample or multi_crop
 
-    def _crop_flip(self, image):
-        top, left, h, w = v2.RandomResizedCrop.get_params(image, self.scale, self.ratio)
-        crop = TF.crop(image, top, left, h, w)
-        return TF.horizontal_flip(crop) if torch.rand(()) < 0.5 else crop
+    def crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
+        top, left, h, w = v2.RandomResizedCrop.get_params(x, self.scale, self.ratio)
+        crop = x[..., top : top + h, left : left + w]
+        return crop.flip(-1) if torch.rand(()) < 0.5 else crop
 
-    def __call__(self, image) -> list[torch.Tensor]:
-        crop = self._crop_flip(image)
+    def __call__(self, image: Any) -> dict[str, Any]:
+        x = self.input_format.image(image)
+        crop = self.crop_and_flip(x)
+        if not self.per_sample:
+            return {"image": self.input_format.normalize(resize(crop, self.resolutions[0]))}
         out = []
         for r in self.resolutions:
             if self.multi_crop and out:
-                crop = self._crop_flip(image)
-            resized = TF.resize(crop, [r, r], interpolation=InterpolationMode.BILINEAR, antialias=True)
-            out.append(self.to_float(resized))
-        return out
+                crop = self.crop_and_flip(x)
+            out.append(self.input_format.normalize(resize(crop, r)))
+        return {"images": out}
 
 
-def eval_transform(resolution: int, normalize: bool = True) -> v2.Compose:
-    """Shorter side to ``resolution / 0.875``, centre crop ``resolution`` (§4.1)."""
-    return v2.Compose(
-        [
-            v2.Resize(int(round(resolution / VAL_CROP_FRACTION)), interpolation=InterpolationMode.BILINEAR, antialias=True),
-            v2.CenterCrop(resolution),
-            _to_float(normalize),
-        ]
-    )
+class EvalTransform:
+    """Image → ``{"images": [one per resolution]}``: shorter side to int(r / 0.875), centre crop r (§4.1)."""
+
+    def __init__(self, resolutions: Sequence[int], input_format: InputFormat = InputFormat()) -> None:
+        self.resolutions = list(resolutions)
+        self.input_format = input_format
+
+    def one(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        resized = TF.resize(x, val_resize(r), interpolation=BILINEAR, antialias=True)
+        return self.input_format.normalize(TF.center_crop(resized, [r, r]))
+
+    def __call__(self, image: Any) -> dict[str, Any]:
+        x = self.input_format.image(image)
+        return {"images": [self.one(x, r) for r in self.resolutions]}

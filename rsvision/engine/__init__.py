@@ -1,7 +1,6 @@
-"""The engine: one training loop and one evaluation for every task, and the run folder."""
+"""The engine: one training loop and one evaluation for every task and training method."""
 
-from rsvision.engine.checkpoint import find_latest_run, load_run, read_meta
-from rsvision.engine.evaluate import ENSEMBLE, evaluate_model
-from rsvision.engine.trainer import train
+from rsvision.engine.evaluate import evaluate, evaluate_artifact
+from rsvision.engine.trainer import TrainingDiverged, train
 
-__all__ = ["ENSEMBLE", "evaluate_model", "find_latest_run", "load_run", "read_meta", "train"]
+__all__ = ["TrainingDiverged", "evaluate", "evaluate_artifact", "train"]

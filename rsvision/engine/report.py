@@ -1,4 +1,4 @@
-"""What users see: the per-resolution results table and the training progress bar."""
+"""What users see: the per-sub-network results table and the training progress bar."""
 
 from __future__ import annotations
 
@@ -12,27 +12,54 @@ from rsvision.profile import human
 
 console = Console(stderr=True)
 
+#: Row keys that describe a sub-network rather than measure it.
+DESCRIPTIVE = ("subnet", "resolution", "width", "status", "madds", "alpha", "latency_ms")
 
-def results_table(rows: list[dict[str, Any]], metric_names: list[str], title: str = "Results per resolution") -> Table:
-    """Rows hold ``resolution`` (an int or 'ensemble'), metrics, and optionally ``madds``/``alpha``."""
+
+def metric_names(rows: list[dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for row in rows:
+        names += [k for k in row if k not in DESCRIPTIVE and k not in names]
+    return names
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """``128x128``, ``0.50x @ 160x160`` or a combined row's name (``ensemble``)."""
+    if "resolution" not in row:
+        return str(row["subnet"])
+    size = f"{row['resolution']}x{row['resolution']}"
+    return f"{row['width']:.2f}x @ {size}" if row.get("width") is not None else size
+
+
+def results_table(rows: list[dict[str, Any]], title: str = "Results per sub-network") -> Table:
+    """Rows hold ``subnet``/``resolution`` (or a combined row's name), metrics, and optionally
+    ``madds``, ``latency_ms``, ``alpha`` and ``status`` (trained, calibrated, interpolated, nearest)."""
     table = Table(title=title)
-    table.add_column("resolution", justify="right")
-    show_madds = any("madds" in r for r in rows)
-    show_alpha = any("alpha" in r for r in rows)
-    if show_madds:
-        table.add_column("MAdds", justify="right")
-    for name in metric_names:
+    table.add_column("resolution" if not any("width" in r for r in rows) else "sub-network", justify="right")
+    optional = [
+        ("madds", "MAdds", lambda v: human(v)),
+        ("latency_ms", "ms", lambda v: f"{v:.2f}"),
+    ]
+    shown = [(k, title_, fmt) for k, title_, fmt in optional if any(k in r for r in rows)]
+    for _, title_, _ in shown:
+        table.add_column(title_, justify="right")
+    names = metric_names(rows)
+    for name in names:
         table.add_column(name, justify="right")
+    show_alpha = any("alpha" in r for r in rows)
     if show_alpha:
         table.add_column("alpha", justify="right")
+    show_status = any(r.get("status") not in (None, "trained") for r in rows)
+    if show_status:
+        table.add_column("BN", justify="left")
     for row in rows:
-        res = row["resolution"]
-        cells = [f"{res}x{res}" if isinstance(res, int) else str(res)]
-        if show_madds:
-            cells.append(human(row["madds"]) if "madds" in row else "")
-        cells += [f"{row[m]:.2f}" if m in row else "" for m in metric_names]
+        cells = [row_label(row)]
+        cells += [fmt(row[k]) if k in row else "" for k, _, fmt in shown]
+        cells += [f"{row[m]:.2f}" if isinstance(row.get(m), (int, float)) else "" for m in names]
         if show_alpha:
             cells.append(f"{row['alpha']:.3f}" if "alpha" in row else "")
+        if show_status:
+            cells.append(row.get("status", ""))
         table.add_row(*cells)
     return table
 
@@ -49,9 +76,3 @@ def training_progress(disable: bool = False) -> Progress:
         disable=disable,
         transient=False,
     )
-
-
-def step_stats(loss: float, per_res: dict[int, tuple[float, float]]) -> str:
-    """'loss 3.21 | 32: 1.10 45% | 24: ...' — per-resolution CE and training accuracy."""
-    parts = [f"loss {loss:.3f}"] + [f"{r}: {ce:.2f} {acc:.0f}%" for r, (ce, acc) in per_res.items()]
-    return " | ".join(parts)

@@ -1,74 +1,91 @@
-"""The training loop, on HF Accelerate, for every task.
+"""The training loop, on HF Accelerate, for every task and training method.
 
-Each step sends the S resolutions of one batch through the shared model (each with its
-BN group), brings the logits to one shape (the task's ``loss_logits``), computes the MRED
-loss (Eq. 9), and does one backward and one optimiser step. The learning rate follows the
-schedule per iteration. Only the main process writes the run folder.
+The engine prepares the training method (network + criterion, see :mod:`rsvision.training`),
+the optimiser and the data; accumulates gradients over ``train.grad_accum`` micro-batches;
+calls backward, steps the optimiser with the learning rate of the schedule (per update);
+evaluates through the task's metrics after each epoch; and writes the run folder
+atomically. It knows nothing of labels, logits or ensembles.
+
+Exactness: the data order and every sample's augmentation are functions of (seed, epoch,
+index) (:mod:`rsvision.data.sampling`), and the training state is saved after every epoch,
+so ``--resume`` after a crash (even SIGKILL mid-epoch, with any number of workers) ends
+with the weights of an uninterrupted run. Each epoch's last accumulation window is
+stepped even when shorter than ``grad_accum`` (its gradient is the mean over its
+micro-batches), so no micro-batch leaks into the next epoch, and the schedule counts
+exactly the optimiser updates that happen.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
-from rsvision.engine.checkpoint import STATE, replace_dir, save_run, write_json
-from rsvision.engine.evaluate import evaluate_model
-from rsvision.engine.report import console, results_table, step_stats, training_progress
+from rsvision.artifacts import STATE, recover_dir, replace_dir, save_run, write_json
+from rsvision.engine.evaluate import evaluate
+from rsvision.engine.report import console, results_table, training_progress
 from rsvision.engine.schedule import learning_rate
-from rsvision.engine.steps import STEPS, MultiResolutionModel
 from rsvision.errors import UserError
-from rsvision.mred import MREDLoss
+from rsvision.data.sampling import EpochSampler, EpochSeeded
 from rsvision.profile import count_madds, count_parameters
-from rsvision.recipe import Recipe
+from rsvision.recipe import Recipe, check_unused
 from rsvision.registry import TASKS, load_plugins
-from rsvision.switchable import RSNet, at_resolution
-from rsvision.task import Task, criterion_for
+from rsvision.switchable import at_subnet
+from rsvision.task import Task
+from rsvision.training import StepContext, TrainingMethod, method_for
+from rsvision.training.mred import frozen_state
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the run folder keeps the last finished epoch."""
 
 
 @dataclass
-class Progress:
+class RunProgress:
     """What a resumed run needs besides the tensors: where it stopped and what it logged."""
 
     epoch: int = 0
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    layout: str | None = None
 
 
-def build_optimizer(model: RSNet, criterion: MREDLoss, recipe: Recipe) -> torch.optim.Optimizer:
-    """SGD over the network (with weight decay) and alpha (without)."""
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def build_optimizer(method: TrainingMethod, recipe: Recipe) -> torch.optim.Optimizer:
+    """``train.optimizer`` over the method's parameter groups (the network with weight decay)."""
     t = recipe.train
-    groups = [
-        {"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": t.weight_decay},
-        {"params": [criterion.alpha], "weight_decay": 0.0},
-    ]
+    groups = method.param_groups(t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.lr)
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
 
 
 def make_accelerator(recipe: Recipe) -> Accelerator:
     mp = recipe.train.mixed_precision
     if mp == "fp16" and not torch.cuda.is_available():
-        raise UserError("train.mixed_precision: fp16 needs a GPU; use bf16 on CPU")
+        raise UserError(f"{recipe.source}: train.mixed_precision: fp16 needs a GPU; use bf16 on CPU")
     # Accelerate keeps its settings process-wide; forget the previous run's (the process
     # group, if any, stays) so that several runs in one process can differ in precision.
     AcceleratorState._reset_state()
-    return Accelerator(
-        mixed_precision=mp,
-        gradient_accumulation_steps=recipe.train.grad_accum,
-        # No duplicated evaluation samples; training drops the last partial batch, so every
-        # process still gets the same number of steps. The shuffle is seeded by (seed, epoch):
-        # the same order for any number of processes, a new one each epoch.
-        dataloader_config=DataLoaderConfiguration(even_batches=False, use_seedable_sampler=True, data_seed=recipe.train.seed),
-    )
+    # Accumulation is done here (see the module docstring), so Accelerate steps on every call.
+    # No duplicated evaluation samples; training drops the last partial batch, so every
+    # process gets the same number of steps. The order comes from EpochSampler.
+    return Accelerator(mixed_precision=mp, dataloader_config=DataLoaderConfiguration(even_batches=False))
 
 
 def new_run_dir(recipe: Recipe, name: str) -> Path:
@@ -82,6 +99,8 @@ def new_run_dir(recipe: Recipe, name: str) -> Path:
 
 
 def latest_resumable(recipe: Recipe, name: str) -> Path:
+    for run in Path(recipe.output_dir).glob(f"{name}-*"):
+        recover_dir(run / STATE)
     candidates = sorted(
         (p for p in Path(recipe.output_dir).glob(f"{name}-*") if (p / STATE / "progress.json").is_file()),
         key=lambda p: (p / STATE / "progress.json").stat().st_mtime,
@@ -91,17 +110,22 @@ def latest_resumable(recipe: Recipe, name: str) -> Path:
     return candidates[-1]
 
 
-def run_metadata(task: Task, model: RSNet, recipe: Recipe, rows: list[dict], alpha: torch.Tensor, madds: dict) -> dict:
+def run_metadata(task: Task, method: TrainingMethod, recipe: Recipe, rows: list[dict], madds: dict, epochs_done: int) -> dict:
+    model = method.model
     return {
         "task": recipe.task,
         "resolutions": recipe.resolutions,
+        "subnets": [s.id for s in model.subnets],
         "class_names": task.class_names(),
+        "input": task.input_format.as_dict(),
         "recipe": recipe.model_dump(mode="json"),
         "metrics": rows,
         "primary_metric": task.primary_metric,
-        "ensemble_weights": [round(float(w), 6) for w in alpha.detach().softmax(0)],
         "parameters": count_parameters(model),
         "madds": madds,
+        "epochs_done": epochs_done,
+        "complete": epochs_done == recipe.train.epochs,
+        **method.describe(),
         **task.describe(),
     }
 
@@ -109,119 +133,196 @@ def run_metadata(task: Task, model: RSNet, recipe: Recipe, rows: list[dict], alp
 def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: bool = False) -> Path:
     """Train ``recipe`` and return its run folder (``model.safetensors`` + ``rsvision.json``)."""
     load_plugins(recipe.plugins)
-    accelerator = make_accelerator(recipe)
-    t = recipe.train
-    set_seed(t.seed)
     task: Task = TASKS.get(recipe.task)(recipe)
+    method_cls = method_for(recipe)
+    check_unused(recipe, set(task.recipe_fields) | set(method_cls.recipe_fields))
+    t = recipe.train
+    if t.sync_bn and not torch.cuda.is_available():
+        raise UserError(f"{recipe.source}: train.sync_bn: SyncBatchNorm runs on CUDA only; set it to false on CPU")
+    accelerator = make_accelerator(recipe)
+    set_seed(t.seed)
     model = task.build_model()
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     if t.sync_bn:
-        if not torch.cuda.is_available():
-            raise UserError("train.sync_bn: SyncBatchNorm runs on CUDA only; set it to false on CPU")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    criterion = criterion_for(task)
-    optimizer = build_optimizer(model, criterion, recipe)
-    train_loader = DataLoader(
-        task.train_dataset(),
+    method = method_cls(model, task, recipe)
+    train_set = EpochSeeded(task.train_dataset(), t.seed)
+    sampler = EpochSampler(len(train_set), t.seed)
+    loader = DataLoader(
+        train_set,
         batch_size=recipe.data.batch_size,
-        shuffle=True,
+        sampler=sampler,
         drop_last=True,
         num_workers=recipe.data.workers,
         collate_fn=task.collate,
         persistent_workers=recipe.data.workers > 0,
     )
-    wrapped = MultiResolutionModel(model, criterion, task.loss_logits)
-    if t.compile:
-        wrapped.model = torch.compile(wrapped.model)
-    wrapped, optimizer, train_loader = accelerator.prepare(wrapped, optimizer, train_loader)
-    steps_per_epoch = len(train_loader)
-    if t.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
-    if steps_per_epoch == 0:
-        raise UserError(f"data.batch_size {recipe.data.batch_size} is larger than the training set; no full batch")
-    updates_per_epoch = max(1, steps_per_epoch // t.grad_accum)
-
+    if len(loader) == 0:
+        raise UserError(f"{recipe.source}: data.batch_size {recipe.data.batch_size} is larger than the training set ({len(train_set)} samples); no full batch")
     run_dir = _agreed_run_dir(accelerator, recipe, name, resume)
-    progress_state = Progress()
+    state = RunProgress(**json.loads((run_dir / STATE / "progress.json").read_text())) if resume else RunProgress()
+    if state.layout is None:  # a resumed run keeps its layout: the other one rounds differently
+        state.layout = choose_layout(method, train_set, task, recipe, accelerator)
+        if accelerator.is_main_process and not quiet and t.channels_last == "auto":
+            console.print(f"memory layout: {state.layout} (timed, train.channels_last: auto)")
+    layout = LAYOUTS[state.layout]
+    method = method.to(memory_format=layout)
+    optimizer = build_optimizer(method, recipe)
+    if t.compile:
+        method.model.body = torch.compile(method.model.body)
+    prepared, optimizer, loader = accelerator.prepare(method, optimizer, loader)
+    unwrapped: TrainingMethod = accelerator.unwrap_model(prepared)
+    steps_per_epoch = min(len(loader), t.max_steps_per_epoch or len(loader))  # per process, once sharded
+    updates_per_epoch = math.ceil(steps_per_epoch / t.grad_accum)
     if resume:
         accelerator.load_state(str(run_dir / STATE))
-        progress_state = Progress(**json.loads((run_dir / STATE / "progress.json").read_text()))
         if accelerator.is_main_process:
-            console.print(f"resuming {run_dir} at epoch {progress_state.epoch + 1}")
+            console.print(f"resuming {run_dir} at epoch {state.epoch + 1}")
     elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "recipe.json", recipe.model_dump(mode="json"))
 
-    unwrapped: MultiResolutionModel = accelerator.unwrap_model(wrapped)
-    rows: list[dict] = progress_state.history[-1]["val"] if progress_state.history and "val" in progress_state.history[-1] else []
+    rows: list[dict] = state.history[-1].get("val", []) if state.history else []
     bar = training_progress(disable=quiet or not accelerator.is_main_process)
     with bar:
-        for epoch in range(progress_state.epoch, t.epochs):
-            train_stats = _train_epoch(
-                wrapped, optimizer, train_loader, accelerator, recipe, epoch, steps_per_epoch, updates_per_epoch, progress_state, bar
-            )
-            log = {"epoch": epoch + 1, **train_stats, "alpha": unwrapped.criterion.weights.tolist()}
+        for epoch in range(state.epoch, t.epochs):
+            sampler.set_epoch(epoch)
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            stats = _train_epoch(prepared, unwrapped, optimizer, loader, accelerator, recipe, epoch, steps_per_epoch, updates_per_epoch, layout, state, bar, run_dir)
+            log = {"epoch": epoch + 1, **stats, **unwrapped.describe()}
             if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
-                sync_buffers(unwrapped.model)
-                rows = evaluate_model(
-                    unwrapped.model, task, ensemble_weights=unwrapped.criterion.weights.detach(), accelerator=accelerator, progress=bar
-                )
+                sync_buffers(unwrapped)
+                rows = evaluate(unwrapped.model, task, unwrapped.eval_subnets(), unwrapped.combiners(), accelerator=accelerator, progress=bar)
+                rows = unwrapped.annotate(rows)
                 log["val"] = rows
-            progress_state.epoch = epoch + 1
-            progress_state.history.append(log)
-            _save_epoch(accelerator, run_dir, unwrapped, task, recipe, rows, progress_state, epoch + 1 == t.epochs)
+            state.epoch = epoch + 1
+            state.history.append(log)
+            _save_epoch(accelerator, run_dir, unwrapped, task, recipe, rows, state)
             if accelerator.is_main_process and not quiet:
                 console.print(_epoch_line(log, task.primary_metric))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and not quiet:
-        console.print(results_table(_with_costs(rows, run_dir), _metric_names(rows)))
+        meta = json.loads((run_dir / "rsvision.json").read_text())
+        console.print(results_table(_with_costs(rows, meta["madds"])))
         console.print(f"run folder: {run_dir}")
     accelerator.end_training()
     return run_dir
 
 
-def _train_epoch(wrapped, optimizer, loader, accelerator, recipe, epoch, steps, updates_per_epoch, state, bar) -> dict:
+def _train_epoch(prepared, unwrapped, optimizer, loader, accelerator, recipe, epoch, steps, updates_per_epoch, layout, state, bar, run_dir) -> dict:
     t = recipe.train
-    wrapped.train()
-    if hasattr(loader, "set_epoch"):
-        loader.set_epoch(epoch)
-    resolutions = recipe.resolutions
-    sums = {"loss": 0.0, "cls": 0.0, "ens": 0.0, "dis": 0.0}
-    per_res = {r: [0.0, 0.0] for r in resolutions}
-    bar_id = bar.add_task("train", total=steps, epoch=f"{epoch + 1}/{t.epochs}", stats="")
-    ignore_index = accelerator.unwrap_model(wrapped).criterion.ignore_index
-    step = STEPS[t.memory]
+    prepared.train()
+    sums: dict[str, float] = {}
     seen = 0
+    bar_id = bar.add_task("train", total=steps, epoch=f"{epoch + 1}/{t.epochs}", stats="")
+    distributed = accelerator.num_processes > 1
     for i, batch in enumerate(loader):
         if i >= steps:
             break
-        with accelerator.accumulate(wrapped):
-            logits, out = step(wrapped, batch, accelerator)
-            if accelerator.sync_gradients:
-                lr = learning_rate(t, state.step, updates_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                state.step += 1
+        window_start = i - i % t.grad_accum
+        window = min(t.grad_accum, steps - window_start)
+        sync = i + 1 == window_start + window
+
+        def backward(loss: torch.Tensor, scale: float = 1.0 / window) -> None:
+            accelerator.backward(loss * scale)
+
+        batch = to_layout(batch, layout)
+        with nullcontext() if sync or unwrapped.multi_backward else accelerator.no_sync(prepared):
+            if unwrapped.multi_backward:
+                out = unwrapped.step(batch, StepContext(backward, accelerator.autocast))
+            else:
+                out = prepared(batch)
+                backward(out.loss)
+        _check_finite(out.loss, accelerator, recipe, epoch, i, optimizer, run_dir)
+        if sync:
+            if unwrapped.multi_backward and distributed:
+                average_gradients(unwrapped.parameters())
+            lr = learning_rate(t, state.step, updates_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            state.step += 1
         seen += 1
-        for key, value in (("loss", out.total), ("cls", out.cls), ("ens", out.ens), ("dis", out.dis)):
-            sums[key] += float(value.detach())
-        target = batch["target"]
-        for r, z, ce in zip(resolutions, logits, out.cls_per_resolution):
-            per_res[r][0] += float(ce)
-            per_res[r][1] += _accuracy(z.detach(), target, ignore_index)
-        bar.update(
-            bar_id,
-            advance=1,
-            stats=step_stats(sums["loss"] / seen, {r: (v[0] / seen, v[1] / seen) for r, v in per_res.items()}),
-        )
+        for key, value in out.log.items():
+            sums[key] = sums.get(key, 0.0) + value
+        bar.update(bar_id, advance=1, stats=unwrapped.progress_text({k: v / seen for k, v in sums.items()}))
     bar.remove_task(bar_id)
     stats = {k: v / max(seen, 1) for k, v in sums.items()}
     stats["lr"] = optimizer.param_groups[0]["lr"]
-    stats["train"] = {str(r): {"ce": v[0] / max(seen, 1), "acc": v[1] / max(seen, 1)} for r, v in per_res.items()}
     return stats
+
+
+def _check_finite(loss: torch.Tensor, accelerator, recipe: Recipe, epoch: int, index: int, optimizer, run_dir: Path) -> None:
+    """Stop at the first non-finite loss (on any process), before the optimiser steps on it."""
+    bad = torch.tensor(0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    if float(bad) == 0:
+        return
+    kept = f"{run_dir} keeps epoch {epoch}" if epoch > 0 else "nothing was saved"
+    raise TrainingDiverged(
+        f"{recipe.source}: training diverged at epoch {epoch + 1}, step {index + 1}: the loss is {float(loss.detach())} "
+        f"(train.lr {optimizer.param_groups[0]['lr']:.4g}); lower train.lr ({kept})"
+    )
+
+
+def to_layout(batch: Any, layout: torch.memory_format) -> Any:
+    """Image batches (4-D tensors) of ``batch`` in ``layout``."""
+    if layout is not torch.channels_last:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=layout) if batch.dim() == 4 and batch.is_floating_point() else batch
+    if isinstance(batch, dict):
+        return {k: to_layout(v, layout) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_layout(v, layout) for v in batch)
+    return batch
+
+
+def choose_layout(method: TrainingMethod, train_set, task: Task, recipe: Recipe, accelerator) -> str:
+    """``train.channels_last``: true/false as given; ``auto`` times a few training steps in each
+    layout (one warm-up, then the median of two) and keeps the faster. The timing leaves no
+    trace: buffers and random state are restored, gradients dropped."""
+    setting = recipe.train.channels_last
+    if setting != "auto":
+        return "channels_last" if setting else "contiguous"
+    batch = next(iter(DataLoader(train_set, batch_size=recipe.data.batch_size, collate_fn=task.collate)))
+    times = {}
+    for name, layout in LAYOUTS.items():
+        method.to(memory_format=layout)
+        times[name] = _time_steps(method, to_layout(batch, layout), accelerator)
+    method.to(memory_format=torch.contiguous_format)
+    choice = [min(times, key=times.get)]
+    if accelerator.num_processes > 1:  # every process must run the same layout
+        broadcast_object_list(choice, from_process=0)
+    return choice[0]
+
+
+def _time_steps(method: TrainingMethod, batch: dict, accelerator, repeats: int = 2) -> float:
+    durations = []
+    with frozen_state(method):
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            with accelerator.autocast():
+                method.step(batch, StepContext(lambda loss: loss.backward(), accelerator.autocast))
+            durations.append(time.perf_counter() - start)
+            method.zero_grad(set_to_none=True)
+    return statistics.median(durations[1:])
+
+
+def average_gradients(parameters) -> None:
+    """Mean of every gradient over the processes, in one all-reduce."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def _agreed_run_dir(accelerator: Accelerator, recipe: Recipe, name: str, resume: bool) -> Path:
@@ -238,72 +339,47 @@ def sync_buffers(module: nn.Module) -> None:
     """Every process takes the main process's buffers (BN running statistics), so that all
     evaluate the network that is saved: with plain BN each process's statistics follow its
     own shard of the batch."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if dist.is_available() and dist.is_initialized():
         for b in module.buffers():
-            torch.distributed.broadcast(b, src=0)
+            dist.broadcast(b, src=0)
 
 
-def _accuracy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> float:
-    """Training accuracy in % (per pixel for dense outputs, ignoring the void label)."""
-    pred = logits.argmax(1)
-    valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
-    return 100.0 * float(((pred == target) & valid).sum()) / max(1, int(valid.sum()))
-
-
-def _save_epoch(accelerator, run_dir, unwrapped, task, recipe, rows, state: Progress, final: bool) -> None:
+def _save_epoch(accelerator, run_dir: Path, method: TrainingMethod, task: Task, recipe: Recipe, rows, state: RunProgress) -> None:
     """Weights + metadata after every epoch; the resumable state beside them."""
     accelerator.wait_for_everyone()
-    madds = _madds(unwrapped.model, task) if final else {}
+    final = state.epoch == recipe.train.epochs
+    madds = _madds(method.model, task) if final else {}
     tmp = run_dir / f"{STATE}.tmp"
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()  # every process has written its random state into tmp
     if accelerator.is_main_process:
-        write_json(tmp / "progress.json", state.__dict__)
+        write_json(tmp / "progress.json", asdict(state))
         replace_dir(tmp, run_dir / STATE)
-        meta = run_metadata(task, unwrapped.model, recipe, rows, unwrapped.criterion.alpha, madds)
-        save_run(run_dir, unwrapped.model, unwrapped.criterion.alpha, meta)
-        _append_log(run_dir / "log.jsonl", state.history[-1])
+        meta = run_metadata(task, method, recipe, rows, madds, state.epoch)
+        save_run(run_dir, method.model, method.artifact_tensors(), meta)
+        with (run_dir / "log.jsonl").open("a") as f:
+            f.write(json.dumps(state.history[-1], default=str) + "\n")
     accelerator.wait_for_everyone()
 
 
-def _madds(model: RSNet, task: Task) -> dict[str, int]:
+def _madds(model: nn.Module, task: Task) -> dict[str, int]:
     device = next(model.parameters()).device
     out = {}
-    for r in model.resolutions:
-        with at_resolution(model, r):
-            out[str(r)] = count_madds(model, task.example_input(r).to(device))
+    for s in model.subnets:
+        with at_subnet(model, s):
+            out[s.id] = count_madds(model, task.example_input(s.resolution).to(device))
     return out
 
 
-def _append_log(path: Path, entry: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(entry, default=str) + "\n")
-
-
-def _with_costs(rows: list[dict], run_dir: Path) -> list[dict]:
-    meta = json.loads((run_dir / "rsvision.json").read_text())
-    madds, weights = meta.get("madds", {}), meta.get("ensemble_weights", [])
-    resolutions = meta["resolutions"]
-    out = []
-    for row in rows:
-        row = dict(row)
-        r = row["resolution"]
-        if str(r) in madds:
-            row["madds"] = madds[str(r)]
-        if r in resolutions:
-            row["alpha"] = weights[resolutions.index(r)]
-        out.append(row)
-    return out
-
-
-def _metric_names(rows: list[dict]) -> list[str]:
-    return [k for k in rows[0] if k not in ("resolution", "madds", "alpha")] if rows else []
+def _with_costs(rows: list[dict], madds: dict[str, int]) -> list[dict]:
+    return [{**row, "madds": madds[row["subnet"]]} if row.get("subnet") in madds else row for row in rows]
 
 
 def _epoch_line(log: dict, primary: str) -> str:
-    parts = [f"epoch {log['epoch']}", f"loss {log['loss']:.3f}", f"lr {log['lr']:.4g}"]
+    parts = [f"epoch {log['epoch']}", f"loss {log.get('loss', float('nan')):.3f}", f"lr {log['lr']:.4g}"]
     for row in log.get("val", []):
         if primary in row:
-            parts.append(f"{row['resolution']}: {row[primary]:.1f}")
-    parts.append("alpha " + " ".join(f"{w:.2f}" for w in log["alpha"]))
+            parts.append(f"{row['subnet']}: {row[primary]:.1f}")
+    if "ensemble_weights" in log:
+        parts.append("alpha " + " ".join(f"{w:.2f}" for w in log["ensemble_weights"]))
     return " · ".join(parts)

@@ -42,7 +42,7 @@ class TorchvisionResNet(StageBackbone):
         self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         self.out_channels = [_last_channels(layer) for layer in self.layers]
 
-    def load_torchvision_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_pretrained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load a torchvision ResNet state dict (its fc is dropped)."""
         rename = {"conv1": "stem.0", "bn1": "stem.1"} | {f"layer{i}": f"layers.{i - 1}" for i in range(1, 5)}
         mapped = {}
@@ -78,7 +78,7 @@ class TorchvisionMobileNetV2(nn.Module):
             features.append(x)
         return features
 
-    def load_torchvision_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_pretrained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load a torchvision MobileNetV2 state dict (its classifier is dropped)."""
         mapped = {}
         for key, value in state.items():
@@ -127,23 +127,23 @@ class CifarResNet(StageBackbone):
 
 
 @register_backbone("resnet18")
-def resnet18(**kwargs) -> nn.Module:
-    return TorchvisionResNet("resnet18", **kwargs)
+def resnet18(*, zero_init_residual: bool = False) -> nn.Module:
+    return TorchvisionResNet("resnet18", zero_init_residual=zero_init_residual)
 
 
 @register_backbone("resnet34")
-def resnet34(**kwargs) -> nn.Module:
-    return TorchvisionResNet("resnet34", **kwargs)
+def resnet34(*, zero_init_residual: bool = False) -> nn.Module:
+    return TorchvisionResNet("resnet34", zero_init_residual=zero_init_residual)
 
 
 @register_backbone("resnet50")
-def resnet50(**kwargs) -> nn.Module:
-    return TorchvisionResNet("resnet50", **kwargs)
+def resnet50(*, zero_init_residual: bool = False) -> nn.Module:
+    return TorchvisionResNet("resnet50", zero_init_residual=zero_init_residual)
 
 
 @register_backbone("resnet101")
-def resnet101(**kwargs) -> nn.Module:
-    return TorchvisionResNet("resnet101", **kwargs)
+def resnet101(*, zero_init_residual: bool = False) -> nn.Module:
+    return TorchvisionResNet("resnet101", zero_init_residual=zero_init_residual)
 
 
 @register_backbone("mobilenet_v2")

@@ -27,7 +27,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained(backbone: nn.Module, spec: str, backbone_name: str) -> None:
-    """Load ``spec`` into ``backbone`` through its ``load_torchvision_state_dict`` hook if it has one."""
+    """Load ``spec`` into ``backbone`` through its ``load_pretrained_state_dict`` hook if it has one."""
     path = Path(spec).expanduser()
     if path.suffix in {".safetensors", ".pth", ".pt", ".bin"} or path.exists():
         if not path.is_file():
@@ -35,7 +35,7 @@ def load_pretrained(backbone: nn.Module, spec: str, backbone_name: str) -> None:
         state = _read_state_dict(path)
     else:
         state = _download_torchvision(spec, backbone_name)
-    loader = getattr(backbone, "load_torchvision_state_dict", None)
+    loader = getattr(backbone, "load_pretrained_state_dict", None)
     try:
         if loader is not None:
             loader(state)

@@ -4,6 +4,7 @@ Built in: ``lq`` (LQ-Nets learned quantization, :mod:`rsvision.quant.lq`). Packe
 of a quantized RS-Net lives in :mod:`rsvision.quant.export`.
 """
 
+from rsvision.quant import export  # noqa: F401  (registers the packed format)
 from rsvision.quant.lq import LQActQuantizer, LQWeightQuantizer, quantize_model
 from rsvision.quant.modules import QuantConv2d, QuantLinear, QuantPoint, quantize_layers
 

@@ -31,11 +31,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rsvision.artifacts import ALPHA_KEY, Artifact, build_from_meta, load_artifact, register_format
 from rsvision.errors import UserError
 from rsvision.quant.modules import QUANT_LAYERS
 
 FORMAT = "rsvision-lq-packed"
-ALPHA_KEY = "__alpha__"
+#: Where files written before alpha had one name in every format kept it.
+LEGACY_ALPHA_KEY = "__alpha__"
 REMAINDERS = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -94,14 +96,15 @@ def export_packed(
     model: nn.Module,
     path: str | Path,
     meta: dict[str, Any],
-    alpha: torch.Tensor | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
     *,
     remainder: str = "float32",
     linear_bits: int | None = None,
 ) -> int:
     """Write the packed file of ``model`` (an RS-Net quantized with ``lq``); returns its size in bytes.
 
-    ``meta`` is the run's metadata (``rsvision.json``; its ``recipe`` rebuilds the model).
+    ``meta`` is the run's metadata (``rsvision.json``; its ``recipe`` rebuilds the model);
+    ``extra`` the training method's tensors (``mred.alpha``), stored as they are.
     """
     if remainder not in REMAINDERS:
         raise UserError(f"remainder: expected one of {', '.join(REMAINDERS)}, got '{remainder}'")
@@ -126,8 +129,8 @@ def export_packed(
     for key, t in state.items():
         keep = not t.is_floating_point() or key.endswith(".basis")
         tensors[key] = t.contiguous() if keep else t.to(REMAINDERS[remainder]).contiguous()
-    if alpha is not None:
-        tensors[ALPHA_KEY] = alpha.detach().float().cpu()
+    for key, t in (extra or {}).items():
+        tensors[key] = t.detach().float().cpu().contiguous()
     header = {
         "format": FORMAT,
         "rsvision": json.dumps(meta),
@@ -166,13 +169,16 @@ def is_packed(path: str | Path) -> bool:
 
 
 @torch.no_grad()
-def decode_state(path: str | Path, model: nn.Module) -> torch.Tensor | None:
-    """Load a packed file into ``model`` (built from the same recipe); returns alpha."""
+def decode_state(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Load a packed file into ``model`` (built from the same recipe); returns the extra tensors (alpha)."""
     header = read_header(path)
     tensors = load_file(str(path))
-    alpha = tensors.pop(ALPHA_KEY, None)
+    if LEGACY_ALPHA_KEY in tensors:
+        tensors[ALPHA_KEY] = tensors.pop(LEGACY_ALPHA_KEY)
     layers, integer_rows = json.loads(header["layers"]), json.loads(header["integer_rows"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items() if not k.endswith((".codes", ".int", ".scale"))}
+    own = set(model.state_dict())
+    extra = {k: v for k, v in tensors.items() if k not in own and not k.endswith((".codes", ".int", ".scale"))}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k in own}
     for key in integer_rows:
         state[key] = tensors[f"{key}.int"].float() * tensors[f"{key}.scale"][:, None]
     for key, info in layers.items():
@@ -183,26 +189,20 @@ def decode_state(path: str | Path, model: nn.Module) -> torch.Tensor | None:
         count = math.prod(info["shape"])
         index = unpack_codes(tensors[f"{key}.codes"], info["bits"], count).view(info["shape"][0], -1)
         layer.weight.copy_(layer.weight_quantizer.decode(index.to(layer.weight.device), layer.weight.shape))
-    return alpha
+    return extra
 
 
-def load_packed_run(path: str | Path, data_root: str | None = None):
-    """Rebuild a packed model like :func:`rsvision.engine.checkpoint.load_run`: ``(task, model, alpha, meta)``."""
-    from rsvision.engine.checkpoint import build_from_meta
-
+def load_packed_run(path: str | Path, data_root: str | None = None) -> Artifact:
+    """Rebuild the float-simulated model of a packed file (the recipe is stored in it)."""
+    path = Path(path)
     meta = json.loads(read_header(path)["rsvision"])
     task, model = build_from_meta(meta, f"{path} (recipe)", data_root)
-    alpha = decode_state(path, model)
-    if alpha is None:
-        alpha = torch.zeros(len(task.resolutions))
+    extra = decode_state(path, model)
     model.eval()
-    return task, model, alpha, meta
+    return Artifact(path, task, model, meta, extra)
 
 
-def load_packed(path: str | Path, data_root: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The float-simulated model of a packed file (eval mode) and its metadata (with ``alpha``)."""
-    _, model, alpha, meta = load_packed_run(path, data_root)
-    return model, {**meta, "alpha": alpha.tolist()}
+register_format("lq-packed", is_packed, load_packed_run)
 
 
 def _bytes(t: torch.Tensor, dtype: torch.dtype) -> int:
@@ -225,7 +225,7 @@ def size_report(model: nn.Module, packed_bytes: int, *, remainder: str = "float3
     codes = sum(math.ceil(state[k].numel() * model.get_submodule(k.removesuffix(".weight")).weight_quantizer.bits / 8) for k in quant)
     one_net = codes
     for key, t in state.items():
-        if key in quant or (".groups." in key and first_group not in key):
+        if key in quant or ".calibrated." in key or (".groups." in key and first_group not in key):
             continue
         if key in linears:
             one_net += t.numel() * linear_bits // 8 + t.shape[0] * 4
@@ -258,11 +258,10 @@ def export_run(run_dir: str | Path, path: str | Path, *, remainder: str = "float
     With ``remainder="float16"`` or ``linear_bits`` the file holds :func:`compact_`'s rounding
     of the run's model (its reload matches that, not the float32 run exactly).
     """
-    from rsvision.engine.checkpoint import load_run
-
-    _, model, alpha, meta = load_run(run_dir)
+    artifact = load_artifact(run_dir)
+    model = artifact.model
     if not any(isinstance(m, QUANT_LAYERS) for m in model.modules()):
         raise UserError(f"{run_dir}: the model is not quantized (its recipe has no quant: section)")
     compact_(model, remainder=remainder, linear_bits=linear_bits)
-    size = export_packed(model, path, meta, alpha, remainder=remainder, linear_bits=linear_bits)
+    size = export_packed(model, path, artifact.meta, artifact.tensors, remainder=remainder, linear_bits=linear_bits)
     return size_report(model, size, remainder=remainder, linear_bits=linear_bits)

@@ -1,0 +1,141 @@
+"""Recomputed BN statistics for any sub-network (post-statistics: US-Nets, MutualNet; OFA).
+
+An RS-Net has BN statistics for its trained resolutions and interpolates the others
+(§4.3). Calibration instead measures them: for each requested sub-network, every
+switchable BN gets a new *calibrated* group whose affine parameters are what the layer
+uses for that sub-network now (its own group, or the §4.3 interpolation of its two
+neighbours, or the nearest group outside the trained range) and whose running mean and
+variance are the cumulative average (BN with ``momentum=None``) of the batch statistics
+over training images, fed through the network in evaluation mode (no dropout, no
+quantizer updates) with only the calibrated groups in training mode. The images are the
+first ``images`` of a seeded shuffle of the training split, in the evaluation view
+(shorter side to int(r / 0.875), centre crop), so the statistics match what evaluation sees.
+
+Calibrated groups are stored beside the weights (``calibration.safetensors``), leaving
+the trained groups untouched; evaluation prefers a calibrated group where one exists.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from rsvision.data.sampling import mix_seed
+from rsvision.errors import UserError
+from rsvision.subnet import SubNet, SubNetLike, subnets_of
+from rsvision.switchable import at_subnet, switchable_bns
+
+FORMAT = "rsvision-calibration"
+DEFAULT_IMAGES = 2000
+
+
+@torch.no_grad()
+def calibrate(
+    model: nn.Module,
+    task,
+    subnets: Sequence[SubNetLike],
+    images: int = DEFAULT_IMAGES,
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress=None,
+) -> int:
+    """Recompute BN statistics of ``subnets`` in place (see the module docstring); returns the images used."""
+    subnets = subnets_of(subnets)
+    bns = switchable_bns(model)
+    if not bns:
+        raise UserError("calibration needs a switchable network (it has no switchable BatchNorm)")
+    resolutions = sorted({s.resolution for s in subnets}, reverse=True)
+    data = task.eval_dataset(resolutions, split="train")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(mix_seed(seed, len(data))))
+    count = min(images, len(data))
+    loader = DataLoader(
+        Subset(data, order[:count].tolist()),
+        batch_size=batch_size or task.recipe.data.eval_batch_size or task.recipe.data.batch_size,
+        collate_fn=task.eval_collate,
+    )
+    was_training = model.training
+    model.eval()
+    groups = []
+    for subnet in subnets:
+        with at_subnet(model, subnet):
+            groups += [bn.add_calibrated(subnet).train() for bn in bns]
+    device = next(model.parameters()).device
+    task_id = progress.add_task("calibrate", total=len(loader), epoch="calibrate", stats="") if progress else None
+    try:
+        for batch in loader:
+            for subnet in subnets:
+                x = batch["images"][resolutions.index(subnet.resolution)].to(device)
+                with at_subnet(model, subnet):
+                    model(x)
+            if progress:
+                progress.advance(task_id)
+    finally:
+        for g in groups:
+            g.eval()
+        model.train(was_training)
+        if progress:
+            progress.remove_task(task_id)
+    return count
+
+
+def calibrated_subnets(model: nn.Module) -> list[SubNet]:
+    bn = next(iter(switchable_bns(model)), None)
+    return [SubNet.parse(k) for k in bn.calibrated] if bn is not None else []
+
+
+def calibration_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if ".calibrated." in k}
+
+
+def save_calibration(model: nn.Module, path: Path) -> None:
+    from rsvision.artifacts import save_tensors
+
+    ids = [s.id for s in calibrated_subnets(model)]
+    save_tensors(path, calibration_state(model), {"format": FORMAT, "subnets": json.dumps(ids)})
+
+
+def load_calibration(model: nn.Module, path: Path) -> list[SubNet]:
+    """Add the calibrated groups stored in ``path`` to ``model``; returns their sub-networks."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise UserError(f"{path}: cannot read calibrated statistics ({exc})") from None
+    if header.get("format") != FORMAT:
+        raise UserError(f"{path}: not an rsvision calibration file")
+    subnets = [SubNet.parse(i) for i in json.loads(header["subnets"])]
+    bns = switchable_bns(model)
+    for subnet in subnets:
+        with at_subnet(model, subnet):
+            for bn in bns:
+                bn.add_calibrated(subnet).eval()
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    left = [k for k in missing if ".calibrated." in k]
+    if unexpected or left:
+        raise UserError(f"{path}: does not fit the model (unexpected {unexpected[:3]}, missing {left[:3]})")
+    return subnets
+
+
+def calibrate_run(run_dir: str | Path, subnets: Sequence[SubNetLike], images: int = DEFAULT_IMAGES, batch_size: int | None = None, data_root: str | None = None, progress=None) -> dict:
+    """Calibrate ``subnets`` of a run folder and store them in its ``calibration.safetensors``.
+
+    Earlier calibrated groups of other sub-networks are kept; those asked again are redone.
+    """
+    from rsvision.artifacts import CALIBRATION, load_artifact
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: calibration writes into a run folder; this is not one")
+    artifact = load_artifact(run_dir, data_root)
+    seed = artifact.task.recipe.train.seed
+    used = calibrate(artifact.model, artifact.task, subnets, images, batch_size, seed, progress)
+    save_calibration(artifact.model, run_dir / CALIBRATION)
+    return {"run": str(run_dir), "subnets": [s.id for s in subnets_of(subnets)], "images": used, "file": str(run_dir / CALIBRATION)}

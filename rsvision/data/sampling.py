@@ -1,0 +1,79 @@
+"""Training order and augmentation randomness as functions of (seed, epoch, sample index).
+
+A resumed run must see exactly the batches and augmentations of an uninterrupted one,
+whatever the number of DataLoader workers and processes. Two pieces make that so:
+
+- :class:`EpochSampler` shuffles with a generator seeded by (seed, epoch) and hands out
+  *keys* ``epoch * n + index``, so the epoch travels with each sample to the workers;
+- :class:`EpochSeeded` seeds torch's and numpy's global random state from (seed, epoch,
+  index) around each sample's transform, so any transform drawing from them (torchvision,
+  albumentations seeded from torch, user code) is reproducible per sample.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed from several integers (numpy's SeedSequence mixing)."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded shuffle per epoch, yielding keys ``epoch * n + index`` (see the module docstring).
+
+    The order depends on (seed, epoch) only, so any number of processes sharding its
+    batches sees the same global order.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = range(self.size)
+        base = self.epoch * self.size
+        return (base + i for i in order)
+
+
+@contextmanager
+def seeded_random(seed: int) -> Iterator[None]:
+    """Seed torch's and numpy's global generators inside the block; restore them after."""
+    np_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+
+
+class EpochSeeded(Dataset):
+    """``dataset[index]`` with its randomness seeded by (seed, epoch, index), read from a sampler key."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int) -> Any:
+        epoch, index = divmod(int(key), len(self.dataset))
+        with seeded_random(mix_seed(self.seed, epoch, index)):
+            return self.dataset[index]

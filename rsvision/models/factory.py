@@ -1,0 +1,115 @@
+"""``create_model``: a switchable network from registered parts, with or without a recipe.
+
+Backbone contract: ``forward(x)`` returns the list of stage features (shallowest first,
+deepest last; strides 4, 8, 16, 32 for the built-in ResNets); attributes ``out_channels``
+(channels per returned stage) and ``output_stride`` (the deepest stage's stride). A head
+takes that list. Both get their BatchNorms made switchable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from rsvision.errors import UserError
+from rsvision.models.pretrained import load_pretrained
+from rsvision.recipe import Recipe
+from rsvision.registry import BACKBONES, HEADS, QUANTIZERS
+from rsvision.subnet import SubNetLike
+from rsvision.switchable import RSNet
+
+
+class EncoderDecoder(nn.Module):
+    """``head(backbone(x))``: the body that :class:`RSNet` makes switchable."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def check_backbone(backbone: nn.Module, name: str) -> None:
+    """The backbone contract, checked when a model is built (one line naming what is missing)."""
+    channels = getattr(backbone, "out_channels", None)
+    stride = getattr(backbone, "output_stride", None)
+    problems = []
+    if not (isinstance(channels, (list, tuple)) and channels and all(isinstance(c, int) and c > 0 for c in channels)):
+        problems.append(f"out_channels (a list of the channels of each returned stage) is {channels!r}")
+    if not (isinstance(stride, int) and stride > 0):
+        problems.append(f"output_stride (the deepest stage's stride, an int) is {stride!r}")
+    if problems:
+        raise UserError(f"model.backbone: backbone '{name}' breaks the backbone contract: {'; '.join(problems)}")
+
+
+def adapt_input_channels(backbone: nn.Module, channels: int) -> None:
+    """Make the first convolution take ``channels`` input channels (e.g. 1 for grey images).
+
+    The new kernel for channel c is the mean of the old kernels times 3 / channels, so a
+    pretrained network sees a grey image as it saw the same image in colour.
+    """
+    first = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise UserError("model.in_channels: the backbone has no convolution to adapt")
+    if first.in_channels == channels:
+        return
+    if first.groups != 1:
+        raise UserError(f"model.in_channels: the first convolution is grouped ({first.groups} groups); cannot adapt it")
+    with torch.no_grad():
+        weight = first.weight.mean(dim=1, keepdim=True).repeat(1, channels, 1, 1) * (first.in_channels / channels)
+    first.in_channels = channels
+    first.weight = nn.Parameter(weight)
+
+
+def create_model(
+    *,
+    backbone: str,
+    head: str = "classifier",
+    num_classes: int = 1000,
+    resolutions: Sequence[int] = (224,),
+    subnets: Sequence[SubNetLike] | None = None,
+    in_channels: int = 3,
+    pretrained: str | None = None,
+    shared_bn: bool = False,
+    backbone_args: dict[str, Any] | None = None,
+    head_args: dict[str, Any] | None = None,
+    quant: dict[str, Any] | None = None,
+) -> RSNet:
+    """A switchable network: a registered backbone and head, a private BN per sub-network.
+
+    ``subnets`` defaults to ``resolutions`` (an RS-Net). ``quant`` is a quantizer recipe,
+    e.g. ``{"method": "lq", "weight_bits": 2, "act_bits": 2}``.
+    """
+    net = BACKBONES.build(backbone, field="model.backbone_args", **(backbone_args or {}))
+    check_backbone(net, backbone)
+    if pretrained:
+        load_pretrained(net, pretrained, backbone)
+    if in_channels != 3:
+        adapt_input_channels(net, in_channels)
+    head_module = HEADS.build(head, field="model.head_args", backbone=net, num_classes=num_classes, **(head_args or {}))
+    body = EncoderDecoder(net, head_module)
+    if quant is not None:
+        quant = dict(quant)
+        body = QUANTIZERS.build(quant.pop("method"), field="quant", model=body, **quant)
+    return RSNet(body, subnets or resolutions, shared_bn=shared_bn)
+
+
+def build_model(recipe: Recipe) -> RSNet:
+    """The switchable network a recipe describes (a thin adapter over :func:`create_model`)."""
+    m = recipe.model
+    return create_model(
+        backbone=m.backbone,
+        head=m.head,
+        num_classes=m.num_classes,
+        subnets=recipe.subnets,
+        in_channels=m.in_channels,
+        pretrained=m.pretrained,
+        shared_bn=m.shared_bn,
+        backbone_args=m.backbone_args,
+        head_args=m.head_args,
+        quant=recipe.quant.model_dump() if recipe.quant is not None else None,
+    )

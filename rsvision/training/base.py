@@ -1,0 +1,98 @@
+"""The training-method contract: how the sub-networks of one switchable network learn together.
+
+A training method is an ``nn.Module`` that owns the network and its criterion (and any
+learned state of its own, e.g. MRED's ensemble scores alpha), and turns a batch into a
+loss and what to log. The engine only prepares it, accumulates, calls backward, steps the
+optimiser, evaluates and saves (see docs/architecture.md):
+
+- a *single-backward* method computes its loss in ``forward(batch)``; the engine calls the
+  prepared (possibly data-parallel) module and backward on the result;
+- a *multi-backward* method (``multi_backward = True``) runs several forward/backward
+  passes in ``step(batch, ctx)`` on the unwrapped module (one sub-network's activations
+  at a time); the engine then averages the gradients over processes once per update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager
+
+import torch
+from torch import nn
+
+from rsvision.recipe import Recipe
+from rsvision.subnet import SubNet
+from rsvision.switchable import RSNet
+from rsvision.task import Task
+
+
+@dataclass
+class StepOutput:
+    """One micro-batch: the loss (checked for finiteness) and the scalars averaged over the epoch."""
+
+    loss: torch.Tensor
+    log: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """What the engine lends a multi-backward step: its backward (loss scaling for accumulation,
+    mixed precision) and the autocast context of the run's precision."""
+
+    backward: Callable[[torch.Tensor], None]
+    autocast: Callable[[], ContextManager]
+
+
+class TrainingMethod(nn.Module):
+    """Base class: ``model`` is the switchable network, ``task`` the problem it is trained on."""
+
+    #: Whether ``step`` runs several backward passes (see the module docstring).
+    multi_backward: bool = False
+    #: Optional recipe fields this method reads (see ``rsvision.recipe.OPTIONAL_FIELDS``).
+    recipe_fields: frozenset[str] = frozenset()
+
+    def __init__(self, model: RSNet, task: Task, recipe: Recipe) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+        self.recipe = recipe
+
+    def forward(self, batch: dict[str, Any]) -> StepOutput:
+        raise NotImplementedError
+
+    def step(self, batch: dict[str, Any], ctx: StepContext) -> StepOutput:
+        """Forward and backward of one micro-batch."""
+        out = self(batch)
+        ctx.backward(out.loss)
+        return out
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups: the network with weight decay (methods add their own)."""
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+    def eval_subnets(self) -> list[SubNet]:
+        """The sub-networks validated after each epoch and reported in the results table."""
+        return list(self.model.subnets)
+
+    def combiners(self) -> dict[str, Callable[[list[torch.Tensor]], torch.Tensor]]:
+        """Extra evaluation rows computed from the outputs of ``eval_subnets`` (e.g. an ensemble)."""
+        return {}
+
+    def annotate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Add method-specific columns to the evaluation rows (e.g. each resolution's ensemble weight)."""
+        return rows
+
+    def artifact_tensors(self) -> dict[str, torch.Tensor]:
+        """Learned tensors besides the network's state, saved with the weights under these keys."""
+        return {}
+
+    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`artifact_tensors` saved (missing keys keep their initial values)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata stored in ``rsvision.json`` and logged each epoch."""
+        return {}
+
+    def progress_text(self, averages: dict[str, float]) -> str:
+        """The progress bar's text from the epoch's running averages of ``StepOutput.log``."""
+        return f"loss {averages.get('loss', float('nan')):.3f}"

@@ -1,0 +1,146 @@
+"""RS-Nets training: all S resolutions of every batch, L = L_cls + L_ens + L_dis (Eq. 9).
+
+Two steps (``train.memory``):
+
+``standard``: the S resolutions go through the network together and one backward follows,
+so the activations of all S resolutions are alive at once.
+
+``low``: MRED's teachers carry no gradient (z_0 is built from detached logits, Eq. 5, and
+D_kl(p_t || p_s) detaches p_t, Eq. 7), so L = L_ens + sum_s (ce_s + dis_s) where resolution
+s reaches the network only through its own term (:meth:`MREDLoss.student_loss`). The step
+first gets the teacher logits without gradient, then runs forward and backward of each
+resolution's term alone, freeing its activations before the next: peak activation memory is
+that of the largest resolution instead of all S, for one extra forward per resolution. The
+gradients are those of the standard step.
+
+The teacher pass runs in training mode (BN batch statistics, exactly the logits the
+standard step sees), with every buffer (BN running statistics, quantizer bases) and the
+random state (dropout) restored afterwards: running statistics move once per step, and the
+gradient passes repeat the teacher pass's computation. It is skipped when the ensemble
+teaches no pair (``topdown``, ``from_largest``, ``off``): the teachers are then larger
+resolutions, which run first.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from rsvision.data.transforms import batch_resolutions
+from rsvision.mred import MREDLoss, MREDOutput
+from rsvision.recipe import Recipe
+from rsvision.switchable import RSNet
+from rsvision.task import Task
+from rsvision.training.base import StepContext, StepOutput, TrainingMethod
+
+ALPHA_KEY = "mred.alpha"
+
+
+@contextmanager
+def frozen_state(module: nn.Module) -> Iterator[None]:
+    """Run the block in training mode without leaving a trace: buffers and RNG restored."""
+    saved = [b.detach().clone() for b in module.buffers()]
+    devices = sorted({b.device.index for b in module.buffers() if b.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        yield
+    with torch.no_grad():
+        for b, s in zip(module.buffers(), saved):
+            b.copy_(s)
+
+
+class MREDTraining(TrainingMethod):
+    """The network and its MRED criterion as one module, so data parallelism also averages
+    the gradient of alpha."""
+
+    recipe_fields = frozenset({"mred.mode"})
+
+    def __init__(self, model: RSNet, task: Task, recipe: Recipe) -> None:
+        super().__init__(model, task, recipe)
+        self.resolutions = list(recipe.resolutions)
+        self.criterion = MREDLoss(len(self.resolutions), mode=recipe.mred.mode, ignore_index=task.ignore_index)
+        self.multi_backward = recipe.train.memory == "low"
+
+    def forward(self, batch: dict[str, Any]) -> StepOutput:
+        """All resolutions forward; the loss of Eq. 9."""
+        images = batch_resolutions(batch, self.resolutions)
+        logits = self.task.loss_logits(self.model(images), batch)
+        return self._output(self.criterion(logits, batch["target"]), logits, batch)
+
+    def step(self, batch: dict[str, Any], ctx: StepContext) -> StepOutput:
+        if not self.multi_backward:
+            return super().step(batch, ctx)
+        return self._low_memory_step(batch, ctx)
+
+    def _low_memory_step(self, batch: dict[str, Any], ctx: StepContext) -> StepOutput:
+        """Forward and backward one resolution at a time (see the module docstring)."""
+        model, criterion, target = self.model, self.criterion, batch["target"]
+        images = batch_resolutions(batch, self.resolutions)
+        S = len(images)
+        teachers: list[torch.Tensor | None] = [None] * (S + 1)
+        if criterion.ensemble_teaches:
+            with torch.no_grad(), frozen_state(model), ctx.autocast():
+                logits = self.task.loss_logits(model(images), batch)
+            teachers[1:] = [z.float() for z in logits]
+            teachers[0] = criterion.ensemble(teachers[1:]).detach()
+        ce_terms, dis_terms = [], []
+        for s, x in enumerate(images, start=1):
+            with ctx.autocast():
+                z = self.task.loss_logits([model(x)], batch)[0]
+            ce, dis = criterion.student_loss(s, z, teachers, target)
+            ctx.backward(ce + dis)
+            teachers[s] = z.detach().float()
+            ce_terms.append(ce.detach())
+            dis_terms.append(dis.detach())
+        loss_ens, z0 = criterion.ensemble_loss(teachers[1:], target)
+        ctx.backward(loss_ens)
+        loss_cls, loss_dis = torch.stack(ce_terms).sum(), torch.stack(dis_terms).sum()
+        out = MREDOutput(
+            total=loss_cls + loss_ens.detach() + loss_dis,
+            cls=loss_cls,
+            ens=loss_ens.detach(),
+            dis=loss_dis,
+            weights=criterion.weights.detach(),
+            cls_per_resolution=ce_terms,
+            ensemble_logits=z0.detach(),
+        )
+        return self._output(out, teachers[1:], batch)
+
+    def _output(self, out: MREDOutput, logits: list[torch.Tensor], batch: dict[str, Any]) -> StepOutput:
+        terms = {"loss": out.total, "cls": out.cls, "ens": out.ens, "dis": out.dis}
+        log = {k: float(v.detach()) for k, v in terms.items()}
+        for r, z, ce in zip(self.resolutions, logits, out.cls_per_resolution):
+            log[f"ce/{r}"] = float(ce.detach())
+            log[f"acc/{r}"] = self.task.batch_accuracy(z, batch)
+        return StepOutput(out.total, log)
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """The network with weight decay; alpha without (§3.3: it only learns the ensemble)."""
+        return super().param_groups(weight_decay) + [{"params": [self.criterion.alpha], "weight_decay": 0.0}]
+
+    def combiners(self) -> dict[str, Callable[[list[torch.Tensor]], torch.Tensor]]:
+        """The alpha-ensemble z_0 = sum_s softmax(alpha)_s z_s (Eq. 5) of the S resolutions."""
+        return {"ensemble": lambda logits: self.criterion.ensemble(logits)}
+
+    def annotate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        weights = dict(zip(self.resolutions, self.criterion.weights.detach().tolist()))
+        return [{**row, "alpha": weights[row["resolution"]]} if row.get("resolution") in weights else row for row in rows]
+
+    def artifact_tensors(self) -> dict[str, torch.Tensor]:
+        return {ALPHA_KEY: self.criterion.alpha.detach()}
+
+    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if ALPHA_KEY in tensors:
+            with torch.no_grad():
+                self.criterion.alpha.copy_(tensors[ALPHA_KEY])
+
+    def describe(self) -> dict[str, Any]:
+        return {"ensemble_weights": [round(float(w), 6) for w in self.criterion.weights.detach()]}
+
+    def progress_text(self, averages: dict[str, float]) -> str:
+        """'loss 3.21 | 32: 1.10 45% | 24: ...': per-resolution CE and training accuracy."""
+        parts = [f"loss {averages.get('loss', float('nan')):.3f}"]
+        parts += [f"{r}: {averages.get(f'ce/{r}', 0):.2f} {averages.get(f'acc/{r}', 0):.0f}%" for r in self.resolutions]
+        return " | ".join(parts)
