@@ -7,6 +7,7 @@ Backbone contract: ``forward(x)`` returns the list of stage features (strides 4,
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from rsvision.models import backbones, heads  # noqa: F401  (registers the built-ins)
@@ -40,7 +41,7 @@ def build_body(recipe: Recipe) -> nn.Module:
     body = EncoderDecoder(backbone, head)
     if recipe.quant is not None:
         q = recipe.quant
-        body = QUANTIZERS.build(q.method, model=body, **q.model_dump(exclude={"method"}))
+        body = QUANTIZERS.build(q.method, model=body, **q.model_dump(exclude={"method"}), example_input=torch.zeros(1, 3, min(recipe.resolutions), min(recipe.resolutions)))
     return body
 
 

@@ -4,11 +4,12 @@ Built in: ``lq`` (LQ-Nets learned quantization, :mod:`rsvision.quant.lq`). Packe
 of a quantized RS-Net lives in :mod:`rsvision.quant.export`.
 """
 
-from rsvision.quant.lq import LQActQuantizer, LQWeightQuantizer, quantize_model
+from rsvision.quant.lq import LQActQuantizer, LQSignedActQuantizer, LQWeightQuantizer, quantize_model
 from rsvision.quant.modules import QuantConv2d, QuantLinear, QuantPoint, quantize_layers
 
 __all__ = [
     "LQActQuantizer",
+    "LQSignedActQuantizer",
     "LQWeightQuantizer",
     "QuantConv2d",
     "QuantLinear",
