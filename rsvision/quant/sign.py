@@ -37,7 +37,7 @@ _SIGN_PRESERVING = {
     "MaxPool2DWithIndicesBackward", "MaxPool3DWithIndicesBackward", "AvgPool2DBackward", "AvgPool3DBackward",
     "AdaptiveAvgPool2DBackward", "AdaptiveMaxPool2DBackward", "MeanBackward", "SumBackward",
     "UpsampleNearest2DBackward", "UpsampleNearestExact2DBackward", "UpsampleBilinear2DBackward",
-    "ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward", "PermuteBackward", "TransposeBackward",
+    "ViewBackward", "UnsafeViewBackward", "PermuteBackward", "TransposeBackward",
     "SqueezeBackward", "UnsqueezeBackward", "ExpandBackward", "SliceBackward", "SelectBackward", "IndexBackward",
     "SplitBackward", "SplitWithSizesBackward", "UnbindBackward", "CatBackward", "StackBackward",
     "CloneBackward", "ToCopyBackward", "AliasBackward", "BackwardHookFunctionBackward",
@@ -125,7 +125,7 @@ def inputs_can_be_negative(model: nn.Module, names: list[str], example_input: to
     handles = [model.get_submodule(name).register_forward_pre_hook(recorder(name)) for name in names]
     modes = {m: m.training for m in model.modules()}
     first = next(model.parameters(), None)
-    x = example_input.detach().to(first.device if first is not None else example_input.device).requires_grad_(True)
+    x = example_input.detach().to(first.device if first is not None else example_input.device, copy=True).requires_grad_(True)
     try:
         model.eval()
         with torch.enable_grad():
