@@ -49,7 +49,7 @@ def test_preact_resnet50_layout():
 
 
 def test_quant_points_become_activation_quantizers():
-    body = QUANTIZERS.build("lq", model=_body("preact_resnet20"), weight_bits=2, act_bits=2)
+    body = QUANTIZERS.build("lq", model=_body("preact_resnet20"), weight_bits=2, act_bits=2, example_input=torch.zeros(1, 3, 32, 32))
     assert _count(body, QuantPoint) == 0
     assert _count(body, LQActQuantizer) == 18
     convs = [m for m in body.modules() if isinstance(m, nn.Conv2d)]
@@ -63,7 +63,7 @@ def test_weight_only_keeps_points_as_identities():
 
 
 def test_generic_backbone_quantizes_inputs_of_quantized_convs():
-    body = QUANTIZERS.build("lq", model=_body("resnet8"), weight_bits=2, act_bits=2)
+    body = QUANTIZERS.build("lq", model=_body("resnet8"), weight_bits=2, act_bits=2, example_input=torch.zeros(1, 3, 32, 32))
     convs = [m for m in body.modules() if isinstance(m, QuantConv2d)]
     assert len(convs) == 8 and all(isinstance(c.input_quantizer, LQActQuantizer) for c in convs)
 

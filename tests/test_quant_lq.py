@@ -102,7 +102,7 @@ def test_activation_gradient_is_zero_above_top_level():
 
 def test_qem_only_in_training_mode():
     torch.manual_seed(0)
-    model = quantize_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)), 2, 2)
+    model = quantize_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)), 2, 2, example_input=torch.zeros(1, 3, 12, 12))
     bases = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("basis")}
     model.eval()(torch.randn(2, 3, 12, 12))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in bases.items())
@@ -114,10 +114,10 @@ def test_first_and_last_layers_stay_float_by_default():
     def net():
         return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 5))
 
-    model = quantize_model(net(), 2, 2)
+    model = quantize_model(net(), 2, 2, example_input=torch.zeros(1, 3, 12, 12))
     assert [type(m).__name__ for m in model] == ["Conv2d", "ReLU", "QuantConv2d", "ReLU", "Flatten", "Linear"]
     assert isinstance(model[2].input_quantizer, LQActQuantizer)
-    model = quantize_model(net(), 2, 2, quantize_first=True, quantize_last=True)
+    model = quantize_model(net(), 2, 2, quantize_first=True, quantize_last=True, example_input=torch.zeros(1, 3, 12, 12))
     assert isinstance(model[0], QuantConv2d) and isinstance(model[0].input_quantizer, nn.Identity)  # never the image
     assert isinstance(model[5], QuantLinear) and isinstance(model[5].input_quantizer, LQActQuantizer)
 
@@ -126,7 +126,7 @@ def test_bases_round_trip_through_state_dict():
     torch.manual_seed(0)
 
     def net():
-        return quantize_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)), 2, 2)
+        return quantize_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)), 2, 2, example_input=torch.zeros(1, 3, 10, 10))
 
     model = net().train()
     for _ in range(3):

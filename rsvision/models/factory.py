@@ -17,7 +17,7 @@ from rsvision.errors import UserError
 from rsvision.models.pretrained import load_pretrained
 from rsvision.recipe import Recipe
 from rsvision.registry import BACKBONES, HEADS, QUANTIZERS
-from rsvision.subnet import SubNetLike
+from rsvision.subnet import SubNetLike, subnets_of
 from rsvision.switchable import RSNet
 
 
@@ -92,10 +92,14 @@ def create_model(
         adapt_input_channels(net, in_channels)
     head_module = HEADS.build(head, field="model.head_args", backbone=net, num_classes=num_classes, **(head_args or {}))
     body = EncoderDecoder(net, head_module)
+    subnets = subnets_of(subnets or resolutions)
     if quant is not None:
+        # The quantizer reads the graph (where inputs can be negative) from one forward pass.
+        smallest = min(s.resolution for s in subnets)
         quant = dict(quant)
-        body = QUANTIZERS.build(quant.pop("method"), field="quant", model=body, **quant)
-    return RSNet(body, subnets or resolutions, shared_bn=shared_bn)
+        example = torch.zeros(1, in_channels, smallest, smallest)
+        body = QUANTIZERS.build(quant.pop("method"), field="quant", model=body, example_input=example, **quant)
+    return RSNet(body, subnets, shared_bn=shared_bn)
 
 
 def build_model(recipe: Recipe) -> RSNet:

@@ -5,11 +5,12 @@ of a quantized RS-Net lives in :mod:`rsvision.quant.export`.
 """
 
 from rsvision.quant import export  # noqa: F401  (registers the packed format)
-from rsvision.quant.lq import LQActQuantizer, LQWeightQuantizer, quantize_model
+from rsvision.quant.lq import LQActQuantizer, LQSignedActQuantizer, LQWeightQuantizer, quantize_model
 from rsvision.quant.modules import QuantConv2d, QuantLinear, QuantPoint, quantize_layers
 
 __all__ = [
     "LQActQuantizer",
+    "LQSignedActQuantizer",
     "LQWeightQuantizer",
     "QuantConv2d",
     "QuantLinear",

@@ -5,18 +5,28 @@ codes ``b`` (``{-1,+1}^K`` for weights, one basis per output channel; ``{0,1}^K`
 activations, one basis per layer). Each value goes to the nearest level: thresholds are
 the midpoints of the sorted levels, a value above a threshold goes to the upper level.
 
+LQ-Nets' ``{0,1}^K`` activation codes assume a ReLU in front (the lowest level is 0).
+Where a layer's input can be negative (MobileNetV2's linear bottlenecks, RefineNet's
+fusion sums; decided from the graph by :mod:`rsvision.quant.sign`), the activation
+quantizer is signed instead: codes ``{-1,+1}^K`` as for weights, with one basis per layer
+and everything else as for LQ-Nets' activations.
+
 QEM (LQ-Nets Alg. 1): in training mode every forward refits the basis to the current
 codes ``B`` of the values ``x`` by least squares, ``v* = (BᵀB + εI)⁻¹(Bᵀx + εv)`` with
 LQ-Nets' ridge ε = 1e-4 for weights and none for activations (a batch whose codes leave
 ``BᵀB`` singular keeps the old basis), then moves the basis by ``v ← 0.9 v + 0.1 v*``.
 This is the plain moving average; TensorFlow's ``assign_moving_average`` debiases it, which
 only changes the first few updates. Quantized values are computed with the basis from
-before the update. Gradients go straight through to the float weights; for activations
-they pass below the top level and are zero above it (LQ-Nets' ``min(x, top)``).
+before the update. Gradients go straight through to the float weights; for unsigned
+activations they pass below the top level and are zero above it (LQ-Nets' ``min(x, top)``),
+for signed ones they pass between the lowest and the top level and are zero outside.
 
 Initial bases (LQ-Nets): weights ``v_j = 2^j · 0.6745 · sqrt(2/n) / 2^(K-1)`` with
 ``n = k·k·C_out`` (2 bits: ``0.6745·sqrt(2/n)·(1/2, 1)``); activations
-``v_i = 2^i · 0.6745 · 2 / (2^K - 1)`` (2 bits: 0.4497, 0.8993).
+``v_i = 2^i · 0.6745 · 2 / (2^K - 1)`` (2 bits: 0.4497, 0.8993). Signed activations take the
+weight rule for a unit standard deviation, the scale of a BatchNorm output:
+``v_j = 2^j · 0.6745 / 2^(K-1)`` (2 bits: 0.3373, 0.6745, levels ±0.3373, ±1.0118, whose
+thresholds 0, ±0.6745 are the quartiles of a unit normal: the four levels start equally used).
 
 The bases are buffers, so they are saved in the state dict and shared by every
 resolution of an RS-Net (only BNs are private). Data parallelism: the weights are the
@@ -111,17 +121,23 @@ def solve_small(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _ClippedStraightThrough(torch.autograd.Function):
-    """Returns the quantized ``q``; the gradient goes to ``x`` where ``x <= top`` (LQ-Nets' ``min(x, top)``)."""
+    """Returns the quantized ``q``; the gradient goes to ``x`` where ``low <= x <= top``.
+
+    ``low=None`` leaves no lower bound: LQ-Nets' ``min(x, top)`` for unsigned activations.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, q: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x <= top)
+    def forward(ctx, x: torch.Tensor, q: torch.Tensor, low: torch.Tensor | None, top: torch.Tensor) -> torch.Tensor:
+        inside = x <= top
+        if low is not None:
+            inside &= x >= low
+        ctx.save_for_backward(inside)
         return q
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (below,) = ctx.saved_tensors
-        return grad * below, None, None
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None
 
 
 class LQWeightQuantizer(nn.Module):
@@ -170,15 +186,16 @@ class LQWeightQuantizer(nn.Module):
         return q.view_as(weight).to(weight.dtype) + (weight - weight.detach())
 
 
-class LQActQuantizer(nn.Module):
-    """K-bit activations with one learned basis per layer (codes in {0,1}^K, lowest level 0)."""
+class _LQActivationQuantizer(nn.Module):
+    """K-bit activations with one learned basis per layer; subclasses fix the codes and the initial basis."""
 
-    def __init__(self, bits: int) -> None:
+    signed: bool
+
+    def __init__(self, bits: int, base: float) -> None:
         super().__init__()
         self.bits = bits
-        init = NORM_PPF_0_75 * 2 / (2**bits - 1) * 2.0 ** torch.arange(bits, dtype=torch.float32)
-        self.register_buffer("basis", init)
-        self.register_buffer("codes", code_table(bits, signed=False), persistent=False)
+        self.register_buffer("basis", base * 2.0 ** torch.arange(bits, dtype=torch.float32))
+        self.register_buffer("codes", code_table(bits, signed=self.signed), persistent=False)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
@@ -203,10 +220,29 @@ class LQActQuantizer(nn.Module):
         with torch.no_grad():
             levels = self.levels()
             q, counts, sums = quantize_with_stats(x.detach().reshape(1, -1), levels[None], self.training)
+            low = levels.min() if self.signed else None
             top = levels.max()
             if self.training:
                 self.qem_update(counts, sums)
-        return _ClippedStraightThrough.apply(x, q.view_as(x).to(x.dtype), top)
+        return _ClippedStraightThrough.apply(x, q.view_as(x).to(x.dtype), low, top)
+
+
+class LQActQuantizer(_LQActivationQuantizer):
+    """Unsigned K-bit activations (LQ-Nets): codes in {0,1}^K, lowest level 0; for inputs after a ReLU."""
+
+    signed = False
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits, NORM_PPF_0_75 * 2 / (2**bits - 1))
+
+
+class LQSignedActQuantizer(_LQActivationQuantizer):
+    """Signed K-bit activations: codes in {-1,+1}^K (symmetric levels); for inputs that can be negative."""
+
+    signed = True
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits, NORM_PPF_0_75 / 2 ** (bits - 1))
 
 
 @register_quantizer("lq")
@@ -217,10 +253,14 @@ def quantize_model(
     *,
     quantize_first: bool = False,
     quantize_last: bool = False,
+    example_input: torch.Tensor | None = None,
 ) -> nn.Module:
     """LQ-Nets quantization of ``model`` (in place): K-bit weights, optionally K-bit activations.
 
-    The first conv and the last linear stay in float by default, as in LQ-Nets. Registered
+    The first conv and the last linear stay in float by default, as in LQ-Nets. Activations
+    get :class:`LQActQuantizer` where the input is non-negative and
+    :class:`LQSignedActQuantizer` where it can be negative, found from one forward pass of
+    ``example_input`` (required with ``act_bits``; see :func:`quantize_layers`). Registered
     as the quantizer ``lq``, which a recipe's ``quant: {method: lq, ...}`` builds.
     """
 
@@ -229,8 +269,8 @@ def quantize_model(
         out = layer.weight.shape[0]
         return LQWeightQuantizer(weight_bits, out, k * out).to(layer.weight.device)
 
-    def act_quantizer() -> nn.Module:
-        return LQActQuantizer(act_bits)
+    def act_quantizer(signed: bool) -> nn.Module:
+        return LQSignedActQuantizer(act_bits) if signed else LQActQuantizer(act_bits)
 
     return quantize_layers(
         model,
@@ -238,5 +278,6 @@ def quantize_model(
         act_quantizer if act_bits is not None and act_bits < 32 else None,
         quantize_first=quantize_first,
         quantize_last=quantize_last,
+        example_input=example_input,
     )
 

@@ -11,7 +11,10 @@ Activation quantizers go where the model says: a backbone declares its quantizat
 points with :class:`QuantPoint` placeholders (the pre-activation ResNet does, following
 LQ-Nets). A model without any gets one on the input of every quantized layer except the
 model's first layer (whose input is the image); in ReLU networks such as ResNets that is
-the output of each ReLU feeding a conv, which is where LQ-Nets quantizes.
+the output of each ReLU feeding a conv, which is where LQ-Nets quantizes. Each one is
+built signed or unsigned after the autograd graph of an example input
+(:mod:`rsvision.quant.sign`): unsigned where its input is provably non-negative (after a
+ReLU), signed elsewhere (MobileNetV2's linear bottlenecks, RefineNet's fusion sums).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsvision.quant.sign import inputs_can_be_negative
+
 WeightQuantizerFactory = Callable[[nn.Module], nn.Module]
-ActQuantizerFactory = Callable[[], nn.Module]
+ActQuantizerFactory = Callable[[bool], nn.Module]  # argument: whether the input can be negative
 
 
 class QuantPoint(nn.Identity):
@@ -89,6 +94,7 @@ def quantize_layers(
     *,
     quantize_first: bool = False,
     quantize_last: bool = False,
+    example_input: torch.Tensor | None = None,
 ) -> nn.Module:
     """Swap the model's convs and linears for quantized ones (in place; returns ``model``).
 
@@ -96,19 +102,30 @@ def quantize_layers(
     classification network) stay in float unless ``quantize_first`` / ``quantize_last``.
     With ``act_quantizer``, every :class:`QuantPoint` becomes one; a model without quant
     points gets one on the input of each quantized layer but the model's first layer.
+    ``act_quantizer(signed)`` is told whether that input can be negative, which one
+    forward pass of ``example_input`` (an input the model accepts, such as
+    ``torch.zeros(1, 3, 32, 32)``) decides; it is required with ``act_quantizer``.
     """
+    if act_quantizer is not None and example_input is None:
+        raise ValueError(
+            "quantize_layers: activation quantization needs example_input (a tensor the model accepts, "
+            "e.g. torch.zeros(1, 3, 32, 32)) to find which layer inputs can be negative"
+        )
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QUANT_LAYERS)]
     if not layers:
         return model
     points = [n for n, m in model.named_modules() if isinstance(m, QuantPoint)]
     first, last = layers[0][0], layers[-1][0]
-    for name, layer in layers:
-        if (name == first and not quantize_first) or (name == last and not quantize_last):
-            continue
-        act = act_quantizer() if act_quantizer is not None and not points and name != first else None
+    chosen = [(n, m) for n, m in layers if (n != first or quantize_first) and (n != last or quantize_last)]
+    signed: dict[str, bool] = {}
+    if act_quantizer is not None:
+        sites = points or [n for n, _ in chosen if n != first]
+        signed = inputs_can_be_negative(model, sites, example_input) if sites else {}
+    for name, layer in chosen:
+        act = act_quantizer(signed[name]) if name in signed else None
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
         _set(model, name, cls.from_float(layer, weight_quantizer(layer), act))
     if act_quantizer is not None:
         for name in points:
-            _set(model, name, act_quantizer())
+            _set(model, name, act_quantizer(signed[name]))
     return model
