@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchmetrics.aggregation import SumMetric
 
 from rsvision.engine import train
+from rsvision.engine import trainer
 from rsvision.recipe import validate_recipe
 from rsvision.registry import register_task
 from rsvision.task import Task
@@ -25,6 +26,15 @@ from rsvision.tasks.classification import ClassificationMetrics
 RESOLUTIONS, CLASSES, TRAIN, VAL = [12, 10, 8], 3, 32, 10
 SEEN: list[int] = []
 GROUP: dict = {"world_size": 1, "backend": None}
+BUFFERS: list[list[float]] = []  # the network's buffers as each evaluation saw them
+
+
+def _recording_evaluate(real):
+    def evaluate(model, *args, **kwargs):
+        BUFFERS.append([float(b.double().sum()) for b in model.buffers()])
+        return real(model, *args, **kwargs)
+
+    return evaluate
 
 
 class FixedImages(Dataset):
@@ -90,12 +100,14 @@ def main(out: Path, memory: str, grad_accum: int) -> None:
             "output_dir": str(out / "runs"),
         }
     )
+    trainer.evaluate = _recording_evaluate(trainer.evaluate)
     run_dir = train(recipe, name="ddp", quiet=True)
     rank = int(os.environ.get("RANK", 0))
     info = {
         "rank": rank,
         **GROUP,
         "seen": SEEN,
+        "buffers": BUFFERS,
         "run_dir": str(run_dir),
     }
     (out / f"rank{rank}.json").write_text(json.dumps(info))

@@ -98,3 +98,11 @@ def test_evaluation_counts_every_image_once(runs):
     log = [json.loads(line) for line in (Path(ranks[0]["run_dir"]) / "log.jsonl").read_text().splitlines()]
     rows = log[-1]["val"]
     assert [r["images"] for r in rows] == [10, 10, 10, 10]  # 3 resolutions + ensemble; 10 images split 6/4
+
+
+def test_every_process_evaluates_the_main_process_buffers(runs):
+    """BN running statistics follow each process's own shard; before evaluating, every process
+    takes the main process's, so all evaluate (and the main process saves) one network."""
+    _, ranks = runs
+    assert len(ranks[0]["buffers"]) == 2  # one evaluation per epoch
+    assert ranks[0]["buffers"] == ranks[1]["buffers"]

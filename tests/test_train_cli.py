@@ -150,3 +150,44 @@ def test_training_options(tmp_path, train_cfg):
     run_dir = train(validate_recipe(tiny_recipe_dict(tmp_path, train=cfg)), name="opts", quiet=True)
     log = _log(run_dir)
     assert len(log) == 1 and all(r["top1"] >= 0 for r in log[0]["val"])
+
+
+def test_bf16_runs_the_forward_in_bfloat16_on_cpu(tmp_path, monkeypatch):
+    from rsvision.tasks.classification import ClassificationTask
+
+    dtypes: list[torch.dtype] = []
+    real_build = ClassificationTask.build_model
+
+    def build_model(self):
+        model = real_build(self)
+        conv = model.body.backbone.layers[0][0].conv1
+        conv.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype) if m.training else None)
+        return model
+
+    monkeypatch.setattr(ClassificationTask, "build_model", build_model)
+    cfg = {"epochs": 1, "mixed_precision": "bf16", "max_steps_per_epoch": 2}
+    train(validate_recipe(tiny_recipe_dict(tmp_path, train=cfg)), name="bf16", quiet=True)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+
+
+def test_cli_list_shows_every_kind(capsys):
+    main(["list", "--json"])
+    kinds = json.loads(capsys.readouterr().out)
+    assert {"resnet18", "resnet50", "mobilenet_v2", "resnet8", "preact_resnet18"} <= set(kinds["backbones"])
+    assert {"classifier", "refinenet", "unet", "fpn", "deeplabv3plus"} <= set(kinds["heads"])
+    assert kinds["tasks"] == ["cls", "seg"] and "lq" in kinds["quantizers"]
+    assert {"synthetic", "imagefolder", "nyudv2", "segfolder", "synthetic_seg"} <= set(kinds["datasets"])
+    main(["list"])
+    text = capsys.readouterr().out
+    assert "backbones" in text and "resnet18" in text and "refinenet" in text
+
+
+def test_cli_profile_reports_the_paper_costs(capsys):
+    main(["profile", "--backbone", "resnet18", "--res", "224", "96", "--no-latency", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    madds = [row["madds"] for row in report["rows"]]
+    assert madds[0] / 1e9 == pytest.approx(1.82, abs=0.01) and madds[1] / 1e6 == pytest.approx(335, abs=1.5)
+    assert report["parameters_plain"] == 11_689_512 and report["parameters_rsnet"] == 11_689_512 + 9_600
+    main(["profile", "--backbone", "resnet18", "--res", "224", "96", "--no-latency"])
+    text = capsys.readouterr().out
+    assert "1.81G" in text and "334M" in text and "11,699,112" in text

@@ -11,16 +11,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import find_classes
 
+from rsvision.constants import SPLITS, check_split, split_seed
 from rsvision.errors import UserError
 from rsvision.registry import register_dataset
-
-SPLITS = ("train", "val")
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"unknown split '{split}' (expected one of {', '.join(SPLITS)})")
 
 
 class SyntheticShapes(Dataset):
@@ -77,12 +73,12 @@ def synthetic(
 
     ``num_classes`` (2 to 10) keeps both shapes and the finest ``num_classes / 2`` periods.
     """
-    _check_split(split)
+    check_split(split)
     if not 2 <= num_classes <= 10 or num_classes % 2:
         raise UserError(f"data.args.num_classes: the synthetic dataset has 2, 4, 6, 8 or 10 classes, got {num_classes}")
     size = train_size if split == "train" else val_size
     periods = SyntheticShapes.default_periods[: num_classes // 2]
-    return SyntheticShapes(size, image_size, periods, seed=seed * 2 + (split == "val") * 1_000_003)
+    return SyntheticShapes(size, image_size, periods, seed=split_seed(seed, split))
 
 
 def read_rgb(path: str | Path) -> Image.Image:
@@ -94,21 +90,44 @@ def read_rgb(path: str | Path) -> Image.Image:
         raise UserError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
 
 
-@register_dataset("imagefolder")
-def imagefolder(*, root: str | None, split: str = "train") -> Dataset:
-    """``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (torchvision's layout)."""
-    from torchvision.datasets import ImageFolder
+class ClassListFolder(ImageFolder):
+    """An image folder whose class indices come from a given class list (the training split's)."""
 
-    _check_split(split)
+    def __init__(self, folder: Path, classes: list[str]) -> None:
+        self.class_list = list(classes)
+        super().__init__(str(folder), loader=read_rgb, allow_empty=True)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return list(self.class_list), {c: i for i, c in enumerate(self.class_list)}
+
+
+@register_dataset("imagefolder")
+def imagefolder(*, root: str | None = None, split: str = "train") -> Dataset:
+    """``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (torchvision's layout).
+
+    Class indices follow the sorted class folders of ``train/`` for both splits, so a
+    validation folder lacking a class keeps the others' indices; a validation class that
+    training does not have is an error.
+    """
+    check_split(split)
     if root is None:
         raise UserError("data.root: the imagefolder dataset needs a root folder holding train/ and val/")
-    folder = Path(root).expanduser() / split
-    if not folder.is_dir():
-        raise UserError(f"{folder}: folder not found (imagefolder expects {root}/train and {root}/val)")
+    base = Path(root).expanduser()
+    folders = {s: base / s for s in SPLITS}
+    for s in {"train", split}:
+        if not folders[s].is_dir():
+            raise UserError(f"{folders[s]}: folder not found (imagefolder expects {root}/train and {root}/val)")
     try:
-        return ImageFolder(str(folder), loader=read_rgb)
+        classes, _ = find_classes(str(folders["train"]))
+        extra = sorted(set(find_classes(str(folders[split]))[0]) - set(classes))
     except FileNotFoundError as exc:
-        raise UserError(f"{folder}: {exc}") from None
+        raise UserError(f"{base}: {exc}") from None
+    if extra:
+        raise UserError(f"{folders[split]}: class folder(s) {', '.join(extra)} do not exist in {folders['train']} (training classes: {', '.join(classes)})")
+    try:
+        return ClassListFolder(folders[split], classes)
+    except FileNotFoundError as exc:
+        raise UserError(f"{folders[split]}: {exc}") from None
 
 
 _CIFAR_FILES = {
@@ -120,7 +139,7 @@ _CIFAR_FILES = {
 def _cifar(cls_name: str, root: str | None, split: str) -> Dataset:
     import torchvision.datasets as tvd
 
-    _check_split(split)
+    check_split(split)
     root = str(Path(root or "data").expanduser())
     try:
         ds = getattr(tvd, cls_name)(root, train=split == "train", download=False)
