@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from rsvision.models import build_model
-from rsvision.quant.export import compact_, export_packed, load_packed, size_report
+from rsvision.quant.export import compact_, export_packed, load_packed_run, size_report
 from rsvision.recipe import load_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "resnet18_lq_w2a32.yaml"
@@ -36,7 +36,7 @@ def main() -> None:
             compact_(model, remainder=remainder, linear_bits=linear_bits)  # the settings only round further
             path = Path(tmp) / "r18.lq"
             rep = size_report(model, export_packed(model, path, meta, remainder=remainder, linear_bits=linear_bits), remainder=remainder, linear_bits=linear_bits)
-            reloaded, _ = load_packed(path)
+            reloaded = load_packed_run(path).model
             with torch.no_grad():
                 same = all(torch.equal(model(x[r]), reloaded(x[r])) for r in recipe.resolutions)
             fc = f"int{linear_bits}" if linear_bits else remainder.replace("float", "fp")

@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from rsvision.engine import evaluate_model, load_run, train
+from rsvision.artifacts import load_artifact
+from rsvision.engine import evaluate, train
 from rsvision.quant.export import export_packed
 from rsvision.recipe import load_recipe
 
@@ -25,11 +26,11 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart_quant.yam
 
 def top1(run_dir: Path, resolutions: list[int]) -> tuple[dict[int, float], int]:
     """Top-1 at each resolution, and the packed size of the run's model."""
-    task, model, alpha, meta = load_run(run_dir)
-    rows = evaluate_model(model, task, resolutions)
+    artifact = load_artifact(run_dir)
+    rows = evaluate(artifact.model, artifact.task, resolutions)
     with tempfile.TemporaryDirectory() as tmp:
-        size = export_packed(model, Path(tmp) / "m.lq", meta, alpha)
-    return {row["resolution"]: row["top1"] for row in rows if isinstance(row["resolution"], int)}, size
+        size = export_packed(artifact.model, Path(tmp) / "m.lq", artifact.meta, artifact.tensors)
+    return {row["resolution"]: row["top1"] for row in rows}, size
 
 
 def main() -> None:

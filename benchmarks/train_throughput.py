@@ -32,19 +32,20 @@ import json
 import statistics
 import tempfile
 import time
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 import torchvision
-from accelerate import Accelerator
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from rsvision.engine.steps import MultiResolutionModel, low_memory_step, standard_step
 from rsvision.models import build_model
 from rsvision.mred import MREDLoss
 from rsvision.recipe import validate_recipe
+from rsvision.registry import TASKS
+from rsvision.training import MREDTraining, StepContext
 
 RESOLUTIONS = [64, 56, 48, 40, 32]
 CLASSES = 100
@@ -104,31 +105,36 @@ class ResNet18Parallel(nn.Module):
         return self.head(self.features(xs))
 
 
-def rsvision_model(channels_last: bool = False) -> MultiResolutionModel:
+CTX = StepContext(lambda loss: loss.backward(), nullcontext)
+
+
+def rsvision_model(channels_last: bool = False, memory: str = "standard") -> MREDTraining:
     recipe = validate_recipe(
         {
             "task": "cls",
             "resolutions": RESOLUTIONS,
             "model": {"backbone": "resnet18", "head": "classifier", "num_classes": CLASSES},
             "data": {"dataset": "synthetic"},
+            "train": {"memory": memory},
         }
     )
-    model = build_model(recipe)
+    method = MREDTraining(build_model(recipe), TASKS.get("cls")(recipe), recipe)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return MultiResolutionModel(model, MREDLoss(len(RESOLUTIONS)), lambda z, b: list(z)).train()
+        method = method.to(memory_format=torch.channels_last)
+    return method.train()
 
 
-def make_steps(batch: dict, accelerator: Accelerator, extras: bool) -> dict[str, Callable[[], None]]:
-    rs = rsvision_model()
+def make_steps(batch: dict, extras: bool) -> dict[str, Callable[[], None]]:
+    rs, rs_low = rsvision_model(), rsvision_model(memory="low")
+    rs_low.load_state_dict(rs.state_dict())
     naive_net = ResNet18Parallel(CLASSES, len(RESOLUTIONS)).train()
     naive_loss = MREDLoss(len(RESOLUTIONS))
     singles = [torchvision.models.resnet18(num_classes=CLASSES).train() for _ in RESOLUTIONS]
 
-    def rs_step(module, step):
+    def rs_step(module, step_batch=batch):
         def run():
             module.zero_grad(set_to_none=True)
-            step(module, batch, accelerator)
+            module.step(step_batch, CTX)
 
         return run
 
@@ -144,19 +150,13 @@ def make_steps(batch: dict, accelerator: Accelerator, extras: bool) -> dict[str,
 
         return run
 
-    steps = {"standard": rs_step(rs, standard_step), "low": rs_step(rs, low_memory_step), "naive": naive}
+    steps = {"standard": rs_step(rs), "low": rs_step(rs_low), "naive": naive}
     steps.update({f"single {r}": single(i) for i, r in enumerate(RESOLUTIONS)})
     if extras:
-        cl = rsvision_model(channels_last=True)
         cl_batch = {**batch, "images": [x.contiguous(memory_format=torch.channels_last) for x in batch["images"]]}
-
-        def channels_last():
-            cl.zero_grad(set_to_none=True)
-            standard_step(cl, cl_batch, accelerator)
-
         compiled = rsvision_model()
-        compiled.model = torch.compile(compiled.model)
-        steps.update({"standard channels_last": channels_last, "standard compile": rs_step(compiled, standard_step)})
+        compiled.model.body = torch.compile(compiled.model.body)
+        steps.update({"standard channels_last": rs_step(rsvision_model(channels_last=True), cl_batch), "standard compile": rs_step(compiled)})
     return steps
 
 
@@ -180,8 +180,7 @@ def main() -> None:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     batch = {"images": [torch.randn(args.batch, 3, r, r, generator=g) for r in RESOLUTIONS], "target": torch.randint(CLASSES, (args.batch,), generator=g)}
-    accelerator = Accelerator(cpu=True)
-    steps = make_steps(batch, accelerator, args.extras)
+    steps = make_steps(batch, args.extras)
 
     for name, step in steps.items():  # warm-up (and compilation)
         start = time.perf_counter()

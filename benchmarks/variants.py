@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from rsvision.engine import evaluate_model, load_run, train
+from rsvision.artifacts import load_artifact
+from rsvision.engine import evaluate, train
 from rsvision.recipe import apply_overrides, validate_recipe
 
 
@@ -23,10 +24,10 @@ def train_variant(base: dict, output_dir: str, name: str, top: dict | None = Non
 
 def scores(run_dir: Path, resolutions: list[int]) -> dict[int, dict]:
     """Metrics per resolution; an I-Net tested away from its one resolution uses its only BN."""
-    task, model, _, _ = load_run(run_dir)
+    artifact = load_artifact(run_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = evaluate_model(model, task, resolutions)
+        rows = evaluate(artifact.model, artifact.task, resolutions)
     return {row["resolution"]: row for row in rows}
 
 
