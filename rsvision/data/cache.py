@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 
 def _decoded(value: Any) -> Any:
-    return np.asarray(value) if isinstance(value, Image.Image) else value
+    return np.array(value) if isinstance(value, Image.Image) else value
 
 
 class InMemory(Dataset):
