@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from rsvision.data.sampling import mix_seed
 from rsvision.errors import UserError
 from rsvision.subnet import SubNet, SubNetLike, subnets_of
-from rsvision.switchable import at_subnet, switchable_bns
+from rsvision.switchable import SwitchableBatchNorm, at_subnet, switchable_bns
 
 FORMAT = "rsvision-calibration"
 DEFAULT_IMAGES = 2000
@@ -51,8 +51,14 @@ def calibrate(
     bns = switchable_bns(model)
     if not bns:
         raise UserError("calibration needs a switchable network (it has no switchable BatchNorm)")
+    if images < 1:
+        raise UserError(f"calibration needs at least one image, got images={images}")
+    for subnet in subnets:
+        check_servable(bns[0], subnet)
     resolutions = sorted({s.resolution for s in subnets}, reverse=True)
     data = task.eval_dataset(resolutions, split="train")
+    if len(data) == 0:
+        raise UserError(f"{task.recipe.source}: the training split of '{task.recipe.data.dataset}' is empty; nothing to calibrate on")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(mix_seed(seed, len(data))))
     count = min(images, len(data))
     loader = DataLoader(
@@ -62,10 +68,8 @@ def calibrate(
     )
     was_training = model.training
     model.eval()
-    groups = []
-    for subnet in subnets:
-        with at_subnet(model, subnet):
-            groups += [bn.add_calibrated(subnet).train() for bn in bns]
+    # Not pinned while adding: the layer's plan (nearest, interpolated) is what is copied, not a warning.
+    groups = [bn.add_calibrated(subnet).train() for subnet in subnets for bn in bns]
     device = next(model.parameters()).device
     task_id = progress.add_task("calibrate", total=len(loader), epoch="calibrate", stats="") if progress else None
     try:
@@ -83,6 +87,18 @@ def calibrate(
         if progress:
             progress.remove_task(task_id)
     return count
+
+
+def check_servable(bn: SwitchableBatchNorm, subnet: SubNet) -> None:
+    """A :class:`UserError` naming ``subnet`` when the network has no BN parameters to serve it with."""
+    try:
+        bn.status(subnet)
+    except ValueError:
+        trained = ", ".join(s.id for s in bn.subnets)
+        raise UserError(
+            f"cannot calibrate sub-network {subnet.id} ({subnet.label()}): the network has no BatchNorm "
+            f"parameters for it to start from (trained sub-networks: {trained})"
+        ) from None
 
 
 def calibrated_subnets(model: nn.Module) -> list[SubNet]:
@@ -114,9 +130,8 @@ def load_calibration(model: nn.Module, path: Path) -> list[SubNet]:
     subnets = [SubNet.parse(i) for i in json.loads(header["subnets"])]
     bns = switchable_bns(model)
     for subnet in subnets:
-        with at_subnet(model, subnet):
-            for bn in bns:
-                bn.add_calibrated(subnet).eval()
+        for bn in bns:
+            bn.add_calibrated(subnet).eval()
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     left = [k for k in missing if ".calibrated." in k]
     if unexpected or left:
