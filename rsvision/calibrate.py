@@ -68,6 +68,11 @@ def calibrate(
     )
     was_training = model.training
     model.eval()
+    previous = [(bn, dict(bn.calibrated)) for bn in bns]
+    for bn in bns:  # a sub-network calibrated again starts from the trained groups, not its old statistics
+        for subnet in subnets:
+            if subnet.id in bn.calibrated:
+                del bn.calibrated[subnet.id]
     # Not pinned while adding: the layer's plan (nearest, interpolated) is what is copied, not a warning.
     groups = [bn.add_calibrated(subnet).train() for subnet in subnets for bn in bns]
     device = next(model.parameters()).device
@@ -80,6 +85,11 @@ def calibrate(
                     model(x)
             if progress:
                 progress.advance(task_id)
+    except BaseException:  # half-computed statistics never stay: the model keeps its earlier groups
+        for bn, saved in previous:
+            bn.calibrated.clear()
+            bn.calibrated.update(saved)
+        raise
     finally:
         for g in groups:
             g.eval()
