@@ -64,6 +64,7 @@ def calibrate(
     loader = DataLoader(
         Subset(data, order[:count].tolist()),
         batch_size=batch_size or task.recipe.data.eval_batch_size or task.recipe.data.batch_size,
+        num_workers=task.recipe.data.workers,
         collate_fn=task.eval_collate,
     )
     was_training = model.training
