@@ -12,6 +12,7 @@ Other formats (``rsvision export``'s packed files) register a loader with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -119,6 +120,15 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata or {"format": "rsvision"}))
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def library_versions() -> dict[str, str]:
     out = {}
     for pkg in ("rsvision", "torch", "torchvision", "accelerate", "timm", "segmentation-models-pytorch"):
@@ -183,7 +193,7 @@ def load_run_folder(run_dir: Path, data_root: str | None = None) -> Artifact:
     except RuntimeError as exc:
         raise UserError(f"{weights}: does not fit the model its {META} describes ({exc})") from None
     if (run_dir / CALIBRATION).is_file():
-        load_calibration(model, run_dir / CALIBRATION)
+        load_calibration(model, run_dir / CALIBRATION, weights)
     model.eval()
     return Artifact(run_dir, task, model, meta, tensors)
 

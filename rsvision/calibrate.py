@@ -12,12 +12,15 @@ first ``images`` of a seeded shuffle of the training split, in the evaluation vi
 (shorter side to int(r / 0.875), centre crop), so the statistics match what evaluation sees.
 
 Calibrated groups are stored beside the weights (``calibration.safetensors``), leaving
-the trained groups untouched; evaluation prefers a calibrated group where one exists.
+the trained groups untouched; evaluation prefers a calibrated group where one exists. The
+file records the SHA-256 of the weights it was measured on: if the run trains on, the
+stale statistics are ignored (with a warning) until calibrated again.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -121,29 +124,45 @@ def calibration_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if ".calibrated." in k}
 
 
-def save_calibration(model: nn.Module, path: Path) -> None:
-    from rsvision.artifacts import save_tensors
+def save_calibration(model: nn.Module, path: Path, weights: Path | None = None) -> None:
+    """Store the calibrated groups of ``model``; with ``weights``, the digest of the weights file they belong to."""
+    from rsvision.artifacts import file_sha256, save_tensors
 
     ids = [s.id for s in calibrated_subnets(model)]
-    save_tensors(path, calibration_state(model), {"format": FORMAT, "subnets": json.dumps(ids)})
+    header = {"format": FORMAT, "subnets": json.dumps(ids)}
+    if weights is not None:
+        header["weights_sha256"] = file_sha256(weights)
+    save_tensors(path, calibration_state(model), header)
 
 
-def load_calibration(model: nn.Module, path: Path) -> list[SubNet]:
-    """Add the calibrated groups stored in ``path`` to ``model``; returns their sub-networks."""
+def load_calibration(model: nn.Module, path: Path, weights: Path | None = None) -> list[SubNet]:
+    """Add the calibrated groups stored in ``path`` to ``model``; returns their sub-networks.
+
+    Statistics measured on other weights than ``weights`` (the run trained on after its
+    calibration) would be wrong: they are skipped with a warning.
+    """
+    from rsvision.artifacts import file_sha256
+
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
         tensors = load_file(str(path))
+        subnets = [SubNet.parse(i) for i in json.loads(header.get("subnets", "null"))]
     except Exception as exc:
         raise UserError(f"{path}: cannot read calibrated statistics ({exc})") from None
     if header.get("format") != FORMAT:
         raise UserError(f"{path}: not an rsvision calibration file")
-    subnets = [SubNet.parse(i) for i in json.loads(header["subnets"])]
+    if weights is not None and header.get("weights_sha256") not in (None, file_sha256(weights)):
+        warnings.warn(f"{path}: ignored: measured on other weights than {weights} (the run changed since); run `rsvision calibrate` again", stacklevel=2)
+        return []
     bns = switchable_bns(model)
     for subnet in subnets:
         for bn in bns:
             bn.add_calibrated(subnet).eval()
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:
+        raise UserError(f"{path}: does not fit the model ({str(exc).splitlines()[-1].strip()})") from None
     left = [k for k in missing if ".calibrated." in k]
     if unexpected or left:
         raise UserError(f"{path}: does not fit the model (unexpected {unexpected[:3]}, missing {left[:3]})")
@@ -155,7 +174,7 @@ def calibrate_run(run_dir: str | Path, subnets: Sequence[SubNetLike], images: in
 
     Earlier calibrated groups of other sub-networks are kept; those asked again are redone.
     """
-    from rsvision.artifacts import CALIBRATION, load_artifact
+    from rsvision.artifacts import CALIBRATION, WEIGHTS, load_artifact
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -163,5 +182,5 @@ def calibrate_run(run_dir: str | Path, subnets: Sequence[SubNetLike], images: in
     artifact = load_artifact(run_dir, data_root)
     seed = artifact.task.recipe.train.seed
     used = calibrate(artifact.model, artifact.task, subnets, images, batch_size, seed, progress)
-    save_calibration(artifact.model, run_dir / CALIBRATION)
+    save_calibration(artifact.model, run_dir / CALIBRATION, run_dir / WEIGHTS)
     return {"run": str(run_dir), "subnets": [s.id for s in subnets_of(subnets)], "images": used, "file": str(run_dir / CALIBRATION)}
