@@ -177,10 +177,18 @@ def calibrate_run(run_dir: str | Path, subnets: Sequence[SubNetLike], images: in
     from rsvision.artifacts import CALIBRATION, WEIGHTS, load_artifact
 
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: no such run folder")
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: calibration writes into a run folder; this is not one")
+        raise UserError(f"{run_dir}: calibration writes into a run folder; this is a file")
     artifact = load_artifact(run_dir, data_root)
     seed = artifact.task.recipe.train.seed
     used = calibrate(artifact.model, artifact.task, subnets, images, batch_size, seed, progress)
     save_calibration(artifact.model, run_dir / CALIBRATION, run_dir / WEIGHTS)
-    return {"run": str(run_dir), "subnets": [s.id for s in subnets_of(subnets)], "images": used, "file": str(run_dir / CALIBRATION)}
+    return {
+        "run": str(run_dir),
+        "subnets": [s.id for s in subnets_of(subnets)],
+        "images": used,
+        "file": str(run_dir / CALIBRATION),
+        "calibrated": [s.id for s in calibrated_subnets(artifact.model)],
+    }
