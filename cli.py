@@ -65,8 +65,8 @@ def train(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...], re
 
 @cli.command("eval")
 @click.option("--task", "task_name", default=None, help="Task of the run (cls, seg): picks the latest such run, and is checked against --checkpoint.")
-@click.option("--res", multiple=True, type=int, help="Resolution(s) to evaluate; default: the trained ones and the ensemble.")
-@click.argument("extra_res", nargs=-1, type=int)
+@click.option("--res", multiple=True, help="Resolution(s) or ranges START:STOP:STEP (64:256:16) to evaluate; default: the trained ones and the ensemble.")
+@click.argument("extra_res", nargs=-1)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Run folder or packed file (default: the latest finished run under ./runs).")
 @click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
 @click.option("--batch-size", type=int, default=None)
@@ -77,10 +77,11 @@ def evaluate(task_name, res, extra_res, checkpoint, data_root, batch_size, as_js
     from rsvision.artifacts import find_latest_run, load_artifact
     from rsvision.engine import evaluate_artifact
     from rsvision.engine.report import console, results_table
+    from rsvision.ranges import parse_resolutions
     from rsvision.registry import load_plugins
 
     load_plugins(plugins)
-    resolutions = _resolutions(res, extra_res) or None
+    resolutions = parse_resolutions(res + extra_res) or None
     run_dir = checkpoint or find_latest_run(RUNS_DIR, task_name)
     artifact = load_artifact(run_dir, data_root)
     meta = artifact.meta
