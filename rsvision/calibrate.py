@@ -103,14 +103,14 @@ def calibrate(
     return count
 
 
-def check_servable(bn: SwitchableBatchNorm, subnet: SubNet) -> None:
+def check_servable(bn: SwitchableBatchNorm, subnet: SubNet, source: str = "") -> None:
     """A :class:`UserError` naming ``subnet`` when the network has no BN parameters to serve it with."""
     try:
         bn.status(subnet)
     except ValueError:
         trained = ", ".join(s.id for s in bn.subnets)
         raise UserError(
-            f"cannot calibrate sub-network {subnet.id} ({subnet.label()}): the network has no BatchNorm "
+            f"{source + ': ' if source else ''}cannot calibrate sub-network {subnet.id} ({subnet.label()}): the network has no BatchNorm "
             f"parameters for it to start from (trained sub-networks: {trained})"
         ) from None
 
@@ -182,6 +182,9 @@ def calibrate_run(run_dir: str | Path, subnets: Sequence[SubNetLike], images: in
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: calibration writes into a run folder; this is a file")
     artifact = load_artifact(run_dir, data_root)
+    for bn in switchable_bns(artifact.model)[:1]:
+        for subnet in subnets_of(subnets):
+            check_servable(bn, subnet, str(run_dir))
     seed = artifact.task.recipe.train.seed
     used = calibrate(artifact.model, artifact.task, subnets, images, batch_size, seed, progress)
     save_calibration(artifact.model, run_dir / CALIBRATION, run_dir / WEIGHTS)
