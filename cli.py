@@ -75,8 +75,8 @@ def train(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...], re
 def evaluate(task_name, res, extra_res, checkpoint, data_root, batch_size, as_json, plugins) -> None:
     """Evaluate a trained run at any resolution (untrained ones through BN interpolation)."""
     from rsvision.artifacts import find_latest_run, load_artifact
-    from rsvision.engine import evaluate_artifact
     from rsvision.engine.report import console, results_table
+    from rsvision.evaluations import evaluate_and_record
     from rsvision.ranges import parse_resolutions
     from rsvision.registry import load_plugins
 
@@ -89,7 +89,7 @@ def evaluate(task_name, res, extra_res, checkpoint, data_root, batch_size, as_js
         raise UserError(f"{run_dir}: a '{meta.get('task')}' run, not '{task_name}' (drop --task or pick a {task_name} run)")
     if not artifact.complete:
         console.print(f"[yellow]warning:[/] {run_dir} stopped after epoch {meta.get('epochs_done')} of {meta['recipe']['train']['epochs']}")
-    rows = evaluate_artifact(artifact, resolutions, batch_size)
+    rows = evaluate_and_record(artifact, resolutions, batch_size)
     if as_json:
         _emit_json({"run": str(run_dir), "task": meta["task"], "results": rows})
         return
