@@ -100,6 +100,37 @@ def evaluate(task_name, res, extra_res, checkpoint, data_root, batch_size, as_js
 
 
 @cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--res", multiple=True, required=True, help="Resolutions, ranges (112:144:16) or sub-network ids to calibrate, trained or not.")
+@click.argument("extra_res", nargs=-1)
+@click.option("--images", type=int, default=2000, show_default=True, help="Training images to measure the statistics on.")
+@click.option("--batch-size", type=int, default=None, help="Default: the recipe's evaluation batch size.")
+@click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@plugin_option
+def calibrate(run, res, extra_res, images, batch_size, data_root, as_json, plugins) -> None:
+    """Recompute BatchNorm statistics of RUN at any resolution from training images (kept beside the weights)."""
+    from rich.progress import Progress
+
+    from rsvision.calibrate import calibrate_run
+    from rsvision.engine.report import console
+    from rsvision.ranges import parse_subnets
+    from rsvision.registry import load_plugins
+
+    load_plugins(plugins)
+    if images < 1:
+        raise UserError(f"--images: expected at least 1 image, got {images}")
+    subnets = parse_subnets(res + extra_res)
+    with Progress(console=console, disable=as_json, transient=True) as bar:
+        report = calibrate_run(run, subnets, images, batch_size, data_root, progress=bar)
+    if as_json:
+        _emit_json(report)
+        return
+    out.print(f"calibrated {', '.join(report['subnets'])} on {report['images']} training images → {report['file']}", soft_wrap=True)
+    out.print(f"calibrated statistics in the run: {', '.join(report['calibrated'])} (`rsvision eval` uses them)", soft_wrap=True)
+
+
+@cli.command()
 @click.option("--backbone", default=None, help="A registered backbone (with the classifier head).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="A run folder.")
 @click.option("--res", multiple=True, type=int, required=True, help="Resolutions, e.g. --res 224 192 160 128 96.")
