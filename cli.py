@@ -131,6 +131,37 @@ def calibrate(run, res, extra_res, images, batch_size, data_root, as_json, plugi
 
 
 @cli.command()
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Figure to write: .png or .svg.")
+@click.option("--res", multiple=True, help="Resolutions or ranges (64:256:16) to evaluate each RUN at; default: its trained and calibrated ones.")
+@click.option("--inets", multiple=True, metavar="RUN,RUN,...", help="Single-resolution runs drawn as one I-Nets curve, each at its own resolution.")
+@click.option("--label", "labels", multiple=True, metavar="NAME", help="Curve names in order: the RUNs, then each --inets group.")
+@click.option("--data", "data_root", default=None, help="Data root, replacing the runs' data.root.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the plotted points as JSON.")
+@plugin_option
+def plot(runs, out_path, res, inets, labels, data_root, batch_size, as_json, plugins) -> None:
+    """Accuracy vs. MAdds and vs. resolution of RUNs (RS-Nets Fig. 1 and Fig. 4 right)."""
+    from rsvision.plot import draw, output_format, plot_data
+    from rsvision.ranges import parse_resolutions
+    from rsvision.registry import load_plugins
+
+    load_plugins(plugins)
+    output_format(out_path)
+    groups = [[p.strip() for p in group.split(",") if p.strip()] for group in inets]
+    if any(not g for g in groups):
+        raise UserError("--inets: expected run folders separated by commas, got an empty list")
+    data = plot_data(runs, groups, parse_resolutions(res) or None, labels, data_root, batch_size)
+    draw(data, out_path)
+    if as_json:
+        _emit_json({"figure": str(out_path), **data.as_dict()})
+        return
+    for curve in data.curves:
+        out.print(f"{curve.label}: " + ", ".join(f"{p.resolution} {p.value:.1f}" for p in curve.points), soft_wrap=True)
+    out.print(f"figure: {out_path}", soft_wrap=True)
+
+
+@cli.command()
 @click.option("--backbone", default=None, help="A registered backbone (with the classifier head).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="A run folder.")
 @click.option("--res", multiple=True, type=int, required=True, help="Resolutions, e.g. --res 224 192 160 128 96.")
