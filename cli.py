@@ -162,6 +162,32 @@ def plot(runs, out_path, res, inets, labels, data_root, batch_size, as_json, plu
 
 
 @cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--from", "source", required=True, metavar="rs-nets", help="Format of CHECKPOINT: rs-nets (the official RS-Nets PyTorch code).")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder to create.")
+@click.option("--arch", default=None, help="resnet18, resnet34, resnet50, resnet101 or mobilenet_v2; checked against the checkpoint's own arch.")
+@click.option("--res", multiple=True, help="The training run's --sizes in their order [default: 224 192 160 128 96].")
+@click.argument("extra_res", nargs=-1)
+@click.option("--classes", "classes_file", type=click.Path(path_type=Path), default=None, help="Class names, one per line (default: indices).")
+@click.option("--json", "as_json", is_flag=True)
+def convert(checkpoint, source, out_dir, arch, res, extra_res, classes_file, as_json) -> None:
+    """Turn an official RS-Nets checkpoint into a run folder that `rsvision eval` reads."""
+    from rsvision.official import PUBLISHED_SIZES, convert_official_run
+    from rsvision.ranges import parse_resolutions
+
+    if source != "rs-nets":
+        raise UserError(f"--from {source}: unknown checkpoint format (supported: rs-nets)")
+    resolutions = parse_resolutions(res + extra_res) or list(PUBLISHED_SIZES)
+    report = convert_official_run(checkpoint, out_dir, arch, resolutions, classes_file)
+    if as_json:
+        _emit_json(report)
+        return
+    sizes = " ".join(map(str, report["resolutions"]))
+    out.print(f"{checkpoint} ({report['arch']}, {report['num_classes']} classes, S = {sizes}) → {out_dir}", soft_wrap=True)
+    out.print(f"evaluate with: rsvision eval --checkpoint {out_dir} --data IMAGENET_ROOT (inputs in [0, 1], no mean/std)", soft_wrap=True)
+
+
+@cli.command()
 @click.option("--backbone", default=None, help="A registered backbone (with the classifier head).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="A run folder.")
 @click.option("--res", multiple=True, type=int, required=True, help="Resolutions, e.g. --res 224 192 160 128 96.")
