@@ -81,7 +81,7 @@ def plot_data(
     if not runs and not inets:
         raise UserError("plot: give at least one run (or --inets RUN,RUN,...)")
     if len(labels) > len(runs) + len(inets):
-        raise UserError(f"--label: {len(labels)} labels for {len(runs) + len(inets)} curves")
+        raise UserError(f"--label: more labels ({len(labels)}) than curves ({len(runs) + len(inets)})")
     # Everything is loaded and checked before the first evaluation.
     singles = [load_artifact(path, data_root) for path in runs]
     groups = [[load_artifact(path, data_root) for path in group] for group in inets]
