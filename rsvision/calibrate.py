@@ -147,11 +147,14 @@ def load_calibration(model: nn.Module, path: Path, weights: Path | None = None) 
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
         tensors = load_file(str(path))
-        subnets = [SubNet.parse(i) for i in json.loads(header.get("subnets", "null"))]
     except Exception as exc:
         raise UserError(f"{path}: cannot read calibrated statistics ({exc})") from None
     if header.get("format") != FORMAT:
         raise UserError(f"{path}: not an rsvision calibration file")
+    try:
+        subnets = [SubNet.parse(i) for i in json.loads(header["subnets"])]
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: the header lists no valid sub-networks") from None
     if weights is not None and header.get("weights_sha256") not in (None, file_sha256(weights)):
         warnings.warn(f"{path}: ignored: measured on other weights than {weights} (the run changed since); run `rsvision calibrate` again", stacklevel=2)
         return []
