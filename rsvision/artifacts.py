@@ -98,13 +98,23 @@ def load_artifact(path: str | Path, data_root: str | None = None) -> Artifact:
     raise UserError(f"{path}: neither a run folder nor a file of a known format ({', '.join(f.name for f in _FORMATS) or 'none'})")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file over ``path``."""
+    """Call ``write(tmp_path)`` then rename the temporary file over ``path``.
+
+    The file gets the permissions of a plainly created one (mkstemp's are owner-only).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
