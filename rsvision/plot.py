@@ -119,14 +119,20 @@ def output_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
+def _madds_tick(value: float, _position=None) -> str:
+    """``500K``, ``2.5M``, ``1G``: one unit per tick, no padded decimals."""
+    for unit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= unit:
+            return f"{value / unit:g}{suffix}"
+    return f"{value:g}"
+
+
 def draw(data: PlotData, path: str | Path) -> Path:
     """Two panels, accuracy vs MAdds and accuracy vs resolution, written as PNG or SVG (no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter
-
-    from rsvision.profile import human
 
     path = Path(path)
     fmt = output_format(path)
@@ -145,7 +151,7 @@ def draw(data: PlotData, path: str | Path) -> Path:
                         [getattr(p, x) for p in pts], [p.value for p in pts], marker=marker, s=36, zorder=3,
                         color=color, facecolors=color if filled else "white", linewidths=1.3,
                     )
-    cost.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human(int(v)) if v > 0 else "0"))
+    cost.xaxis.set_major_formatter(FuncFormatter(_madds_tick))
     cost.set_xlabel("multiply-adds")
     cost.set_ylabel(f"{data.metric} (%)")
     cost.set_title("accuracy vs. cost")

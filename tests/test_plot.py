@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -65,6 +66,9 @@ def test_plot_draws_what_eval_measured(runs, tmp_path, capsys, monkeypatch):
     }
     assert len(set(MARKERS.values())) == len(MARKERS)  # each status is drawn its own way
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(f.stat().st_mode & 0o777) for f in (tmp_path / "fig.png", run / FILE)} == {0o666 & ~umask}
     assert ET.parse(tmp_path / "fig.svg").getroot().tag.endswith("svg")
 
 
