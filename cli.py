@@ -65,8 +65,8 @@ def train(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...], re
 
 @cli.command("eval")
 @click.option("--task", "task_name", default=None, help="Task of the run (cls, seg): picks the latest such run, and is checked against --checkpoint.")
-@click.option("--res", multiple=True, type=int, help="Resolution(s) to evaluate; default: the trained ones and the ensemble.")
-@click.argument("extra_res", nargs=-1, type=int)
+@click.option("--res", multiple=True, help="Resolution(s) or ranges START:STOP:STEP (64:256:16) to evaluate; default: the trained ones and the ensemble.")
+@click.argument("extra_res", nargs=-1)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Run folder or packed file (default: the latest finished run under ./runs).")
 @click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
 @click.option("--batch-size", type=int, default=None)
@@ -75,12 +75,13 @@ def train(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...], re
 def evaluate(task_name, res, extra_res, checkpoint, data_root, batch_size, as_json, plugins) -> None:
     """Evaluate a trained run at any resolution (untrained ones through BN interpolation)."""
     from rsvision.artifacts import find_latest_run, load_artifact
-    from rsvision.engine import evaluate_artifact
     from rsvision.engine.report import console, results_table
+    from rsvision.evaluations import evaluate_and_record
+    from rsvision.ranges import parse_resolutions
     from rsvision.registry import load_plugins
 
     load_plugins(plugins)
-    resolutions = _resolutions(res, extra_res) or None
+    resolutions = parse_resolutions(res + extra_res) or None
     run_dir = checkpoint or find_latest_run(RUNS_DIR, task_name)
     artifact = load_artifact(run_dir, data_root)
     meta = artifact.meta
@@ -88,7 +89,7 @@ def evaluate(task_name, res, extra_res, checkpoint, data_root, batch_size, as_js
         raise UserError(f"{run_dir}: a '{meta.get('task')}' run, not '{task_name}' (drop --task or pick a {task_name} run)")
     if not artifact.complete:
         console.print(f"[yellow]warning:[/] {run_dir} stopped after epoch {meta.get('epochs_done')} of {meta['recipe']['train']['epochs']}")
-    rows = evaluate_artifact(artifact, resolutions, batch_size)
+    rows = evaluate_and_record(artifact, resolutions, batch_size)
     if as_json:
         _emit_json({"run": str(run_dir), "task": meta["task"], "results": rows})
         return
@@ -96,6 +97,94 @@ def evaluate(task_name, res, extra_res, checkpoint, data_root, batch_size, as_js
     interpolated = [str(r["resolution"]) for r in rows if r.get("status") == "interpolated"]
     if interpolated:
         out.print(f"BN interpolated between trained resolutions for: {', '.join(interpolated)}")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--res", multiple=True, required=True, help="Resolutions, ranges (112:144:16) or sub-network ids to calibrate, trained or not.")
+@click.argument("extra_res", nargs=-1)
+@click.option("--images", type=int, default=2000, show_default=True, help="Training images to measure the statistics on.")
+@click.option("--batch-size", type=int, default=None, help="Default: the recipe's evaluation batch size.")
+@click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@plugin_option
+def calibrate(run, res, extra_res, images, batch_size, data_root, as_json, plugins) -> None:
+    """Recompute BatchNorm statistics of RUN at any resolution from training images (kept beside the weights)."""
+    from rich.progress import Progress
+
+    from rsvision.calibrate import calibrate_run
+    from rsvision.engine.report import console
+    from rsvision.ranges import parse_subnets
+    from rsvision.registry import load_plugins
+
+    load_plugins(plugins)
+    if images < 1:
+        raise UserError(f"--images: expected at least 1 image, got {images}")
+    subnets = parse_subnets(res + extra_res)
+    with Progress(console=console, disable=as_json, transient=True) as bar:
+        report = calibrate_run(run, subnets, images, batch_size, data_root, progress=bar)
+    if as_json:
+        _emit_json(report)
+        return
+    out.print(f"calibrated {', '.join(report['subnets'])} on {report['images']} training images → {report['file']}", soft_wrap=True)
+    out.print(f"calibrated statistics in the run: {', '.join(report['calibrated'])} (`rsvision eval` uses them)", soft_wrap=True)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Figure to write: .png or .svg.")
+@click.option("--res", multiple=True, help="Resolutions or ranges (64:256:16) to evaluate each RUN at; default: its trained and calibrated ones.")
+@click.option("--inets", multiple=True, metavar="RUN,RUN,...", help="Single-resolution runs drawn as one I-Nets curve, each at its own resolution.")
+@click.option("--label", "labels", multiple=True, metavar="NAME", help="Curve names in order: the RUNs, then each --inets group.")
+@click.option("--data", "data_root", default=None, help="Data root, replacing the runs' data.root.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the plotted points as JSON.")
+@plugin_option
+def plot(runs, out_path, res, inets, labels, data_root, batch_size, as_json, plugins) -> None:
+    """Accuracy vs. MAdds and vs. resolution of RUNs (RS-Nets Fig. 1 and Fig. 4 right)."""
+    from rsvision.plot import draw, output_format, plot_data
+    from rsvision.ranges import parse_resolutions
+    from rsvision.registry import load_plugins
+
+    load_plugins(plugins)
+    output_format(out_path)
+    groups = [[p.strip() for p in group.split(",") if p.strip()] for group in inets]
+    if any(not g for g in groups):
+        raise UserError("--inets: expected run folders separated by commas, got an empty list")
+    data = plot_data(runs, groups, parse_resolutions(res) or None, labels, data_root, batch_size)
+    draw(data, out_path)
+    if as_json:
+        _emit_json({"figure": str(out_path), **data.as_dict()})
+        return
+    for curve in data.curves:
+        out.print(f"{curve.label}: " + ", ".join(f"{p.resolution} {p.value:.1f}" for p in curve.points), soft_wrap=True)
+    out.print(f"figure: {out_path}", soft_wrap=True)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--from", "source", required=True, metavar="rs-nets", help="Format of CHECKPOINT: rs-nets (the official RS-Nets PyTorch code).")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder to create.")
+@click.option("--arch", default=None, help="resnet18, resnet34, resnet50, resnet101 or mobilenet_v2; checked against the checkpoint's own arch.")
+@click.option("--res", multiple=True, help="The training run's --sizes in their order [default: 224 192 160 128 96].")
+@click.argument("extra_res", nargs=-1)
+@click.option("--classes", "classes_file", type=click.Path(path_type=Path), default=None, help="Class names, one per line (default: indices).")
+@click.option("--json", "as_json", is_flag=True)
+def convert(checkpoint, source, out_dir, arch, res, extra_res, classes_file, as_json) -> None:
+    """Turn an official RS-Nets checkpoint into a run folder that `rsvision eval` reads."""
+    from rsvision.official import PUBLISHED_SIZES, convert_official_run
+    from rsvision.ranges import parse_resolutions
+
+    if source != "rs-nets":
+        raise UserError(f"--from {source}: unknown checkpoint format (supported: rs-nets)")
+    resolutions = parse_resolutions(res + extra_res) or list(PUBLISHED_SIZES)
+    report = convert_official_run(checkpoint, out_dir, arch, resolutions, classes_file)
+    if as_json:
+        _emit_json(report)
+        return
+    sizes = " ".join(map(str, report["resolutions"]))
+    out.print(f"{checkpoint} ({report['arch']}, {report['num_classes']} classes, S = {sizes}) → {out_dir}", soft_wrap=True)
+    out.print(f"evaluate with: rsvision eval --checkpoint {out_dir} --data IMAGENET_ROOT (inputs in [0, 1], no mean/std)", soft_wrap=True)
 
 
 @cli.command()

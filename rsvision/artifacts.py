@@ -12,6 +12,7 @@ Other formats (``rsvision export``'s packed files) register a loader with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -97,13 +98,23 @@ def load_artifact(path: str | Path, data_root: str | None = None) -> Artifact:
     raise UserError(f"{path}: neither a run folder nor a file of a known format ({', '.join(f.name for f in _FORMATS) or 'none'})")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file over ``path``."""
+    """Call ``write(tmp_path)`` then rename the temporary file over ``path``.
+
+    The file gets the permissions of a plainly created one (mkstemp's are owner-only).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -117,6 +128,15 @@ def write_json(path: Path, data: Any) -> None:
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata or {"format": "rsvision"}))
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:
@@ -183,7 +203,7 @@ def load_run_folder(run_dir: Path, data_root: str | None = None) -> Artifact:
     except RuntimeError as exc:
         raise UserError(f"{weights}: does not fit the model its {META} describes ({exc})") from None
     if (run_dir / CALIBRATION).is_file():
-        load_calibration(model, run_dir / CALIBRATION)
+        load_calibration(model, run_dir / CALIBRATION, weights)
     model.eval()
     return Artifact(run_dir, task, model, meta, tensors)
 

@@ -12,12 +12,15 @@ first ``images`` of a seeded shuffle of the training split, in the evaluation vi
 (shorter side to int(r / 0.875), centre crop), so the statistics match what evaluation sees.
 
 Calibrated groups are stored beside the weights (``calibration.safetensors``), leaving
-the trained groups untouched; evaluation prefers a calibrated group where one exists.
+the trained groups untouched; evaluation prefers a calibrated group where one exists. The
+file records the SHA-256 of the weights it was measured on: if the run trains on, the
+stale statistics are ignored (with a warning) until calibrated again.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +33,7 @@ from torch.utils.data import DataLoader, Subset
 from rsvision.data.sampling import mix_seed
 from rsvision.errors import UserError
 from rsvision.subnet import SubNet, SubNetLike, subnets_of
-from rsvision.switchable import at_subnet, switchable_bns
+from rsvision.switchable import SwitchableBatchNorm, at_subnet, switchable_bns
 
 FORMAT = "rsvision-calibration"
 DEFAULT_IMAGES = 2000
@@ -51,21 +54,31 @@ def calibrate(
     bns = switchable_bns(model)
     if not bns:
         raise UserError("calibration needs a switchable network (it has no switchable BatchNorm)")
+    if images < 1:
+        raise UserError(f"calibration needs at least one image, got images={images}")
+    for subnet in subnets:
+        check_servable(bns[0], subnet)
     resolutions = sorted({s.resolution for s in subnets}, reverse=True)
     data = task.eval_dataset(resolutions, split="train")
+    if len(data) == 0:
+        raise UserError(f"{task.recipe.source}: the training split of '{task.recipe.data.dataset}' is empty; nothing to calibrate on")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(mix_seed(seed, len(data))))
     count = min(images, len(data))
     loader = DataLoader(
         Subset(data, order[:count].tolist()),
         batch_size=batch_size or task.recipe.data.eval_batch_size or task.recipe.data.batch_size,
+        num_workers=task.recipe.data.workers,
         collate_fn=task.eval_collate,
     )
     was_training = model.training
     model.eval()
-    groups = []
-    for subnet in subnets:
-        with at_subnet(model, subnet):
-            groups += [bn.add_calibrated(subnet).train() for bn in bns]
+    previous = [(bn, dict(bn.calibrated)) for bn in bns]
+    for bn in bns:  # a sub-network calibrated again starts from the trained groups, not its old statistics
+        for subnet in subnets:
+            if subnet.id in bn.calibrated:
+                del bn.calibrated[subnet.id]
+    # Not pinned while adding: the layer's plan (nearest, interpolated) is what is copied, not a warning.
+    groups = [bn.add_calibrated(subnet).train() for subnet in subnets for bn in bns]
     device = next(model.parameters()).device
     task_id = progress.add_task("calibrate", total=len(loader), epoch="calibrate", stats="") if progress else None
     try:
@@ -76,6 +89,11 @@ def calibrate(
                     model(x)
             if progress:
                 progress.advance(task_id)
+    except BaseException:  # half-computed statistics never stay: the model keeps its earlier groups
+        for bn, saved in previous:
+            bn.calibrated.clear()
+            bn.calibrated.update(saved)
+        raise
     finally:
         for g in groups:
             g.eval()
@@ -83,6 +101,18 @@ def calibrate(
         if progress:
             progress.remove_task(task_id)
     return count
+
+
+def check_servable(bn: SwitchableBatchNorm, subnet: SubNet, source: str = "") -> None:
+    """A :class:`UserError` naming ``subnet`` when the network has no BN parameters to serve it with."""
+    try:
+        bn.status(subnet)
+    except ValueError:
+        trained = ", ".join(s.id for s in bn.subnets)
+        raise UserError(
+            f"{source + ': ' if source else ''}cannot calibrate sub-network {subnet.id} ({subnet.label()}): the network has no BatchNorm "
+            f"parameters for it to start from (trained sub-networks: {trained})"
+        ) from None
 
 
 def calibrated_subnets(model: nn.Module) -> list[SubNet]:
@@ -94,15 +124,25 @@ def calibration_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if ".calibrated." in k}
 
 
-def save_calibration(model: nn.Module, path: Path) -> None:
-    from rsvision.artifacts import save_tensors
+def save_calibration(model: nn.Module, path: Path, weights: Path | None = None) -> None:
+    """Store the calibrated groups of ``model``; with ``weights``, the digest of the weights file they belong to."""
+    from rsvision.artifacts import file_sha256, save_tensors
 
     ids = [s.id for s in calibrated_subnets(model)]
-    save_tensors(path, calibration_state(model), {"format": FORMAT, "subnets": json.dumps(ids)})
+    header = {"format": FORMAT, "subnets": json.dumps(ids)}
+    if weights is not None:
+        header["weights_sha256"] = file_sha256(weights)
+    save_tensors(path, calibration_state(model), header)
 
 
-def load_calibration(model: nn.Module, path: Path) -> list[SubNet]:
-    """Add the calibrated groups stored in ``path`` to ``model``; returns their sub-networks."""
+def load_calibration(model: nn.Module, path: Path, weights: Path | None = None) -> list[SubNet]:
+    """Add the calibrated groups stored in ``path`` to ``model``; returns their sub-networks.
+
+    Statistics measured on other weights than ``weights`` (the run trained on after its
+    calibration) would be wrong: they are skipped with a warning.
+    """
+    from rsvision.artifacts import file_sha256
+
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -111,13 +151,21 @@ def load_calibration(model: nn.Module, path: Path) -> list[SubNet]:
         raise UserError(f"{path}: cannot read calibrated statistics ({exc})") from None
     if header.get("format") != FORMAT:
         raise UserError(f"{path}: not an rsvision calibration file")
-    subnets = [SubNet.parse(i) for i in json.loads(header["subnets"])]
+    try:
+        subnets = [SubNet.parse(i) for i in json.loads(header["subnets"])]
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: the header lists no valid sub-networks") from None
+    if weights is not None and header.get("weights_sha256") not in (None, file_sha256(weights)):
+        warnings.warn(f"{path}: ignored: measured on other weights than {weights} (the run changed since); run `rsvision calibrate` again", stacklevel=2)
+        return []
     bns = switchable_bns(model)
     for subnet in subnets:
-        with at_subnet(model, subnet):
-            for bn in bns:
-                bn.add_calibrated(subnet).eval()
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+        for bn in bns:
+            bn.add_calibrated(subnet).eval()
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:
+        raise UserError(f"{path}: does not fit the model ({str(exc).splitlines()[-1].strip()})") from None
     left = [k for k in missing if ".calibrated." in k]
     if unexpected or left:
         raise UserError(f"{path}: does not fit the model (unexpected {unexpected[:3]}, missing {left[:3]})")
@@ -129,13 +177,24 @@ def calibrate_run(run_dir: str | Path, subnets: Sequence[SubNetLike], images: in
 
     Earlier calibrated groups of other sub-networks are kept; those asked again are redone.
     """
-    from rsvision.artifacts import CALIBRATION, load_artifact
+    from rsvision.artifacts import CALIBRATION, WEIGHTS, load_artifact
 
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: no such run folder")
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: calibration writes into a run folder; this is not one")
+        raise UserError(f"{run_dir}: calibration writes into a run folder; this is a file")
     artifact = load_artifact(run_dir, data_root)
+    for bn in switchable_bns(artifact.model)[:1]:
+        for subnet in subnets_of(subnets):
+            check_servable(bn, subnet, str(run_dir))
     seed = artifact.task.recipe.train.seed
     used = calibrate(artifact.model, artifact.task, subnets, images, batch_size, seed, progress)
-    save_calibration(artifact.model, run_dir / CALIBRATION)
-    return {"run": str(run_dir), "subnets": [s.id for s in subnets_of(subnets)], "images": used, "file": str(run_dir / CALIBRATION)}
+    save_calibration(artifact.model, run_dir / CALIBRATION, run_dir / WEIGHTS)
+    return {
+        "run": str(run_dir),
+        "subnets": [s.id for s in subnets_of(subnets)],
+        "images": used,
+        "file": str(run_dir / CALIBRATION),
+        "calibrated": [s.id for s in calibrated_subnets(artifact.model)],
+    }

@@ -37,6 +37,8 @@ OFFICIAL_ARCHS = {
 }
 ALPHA = "alpha"
 _DATA_PARALLEL = "module."
+# torch.save writes a zip archive (PyTorch >= 1.6) or, in the legacy format, pickles (protocol >= 2).
+_ZIP_MAGIC, _PICKLE_PROTO = b"PK\x03\x04", b"\x80"
 _BN_CHILD = re.compile(r"\.bn_(\d+)\.")
 # rsvision keys: a switchable BN tensor, or a plain (shared) tensor.
 _RS_BN = re.compile(r"^body\.(?P<path>.+)\.groups\.(?P<res>\d+)\.(?P<name>\w+)$")
@@ -86,9 +88,18 @@ def official_recipe(arch: str, num_classes: int, resolutions: Sequence[int], dat
 
 def read_official_checkpoint(path: str | Path) -> OfficialCheckpoint:
     """Read an official checkpoint (the training wrapper dict or a bare state dict) on the CPU."""
+    return read_official_file(path)[0]
+
+
+def read_official_file(path: str | Path) -> tuple[OfficialCheckpoint, dict[str, int | float | str]]:
+    """:func:`read_official_checkpoint` and the wrapper's scalar fields (``epoch``, ``best_acc``, ...)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(_ZIP_MAGIC) or magic.startswith(_PICKLE_PROTO)):
+        raise UserError(f"{path}: cannot read checkpoint (not a PyTorch file: neither a zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # not a torch file, or one holding arbitrary pickled objects
@@ -103,7 +114,8 @@ def read_official_checkpoint(path: str | Path) -> OfficialCheckpoint:
     for key, value in state.items():
         if not isinstance(value, Tensor):
             raise UserError(f"{path}: '{key}' is a {type(value).__name__}, not a tensor; not an RS-Nets state dict")
-    return OfficialCheckpoint(strip_data_parallel(state), arch)
+    fields = {k: v for k, v in obj.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    return OfficialCheckpoint(strip_data_parallel(state), arch), fields
 
 
 def strip_data_parallel(state: dict[str, Tensor]) -> dict[str, Tensor]:
