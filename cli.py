@@ -305,7 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="rsvision", standalone_mode=False)
     except click.exceptions.ClickException as exc:
-        exc.show()
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "rsvision"
+        click.secho("error: ", fg="red", err=True, nl=False)
+        click.echo(f"{exc.format_message()} (see `{command} --help`)", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -27,8 +27,8 @@ def _run(args, capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return exit_info.value.code, " ".join(err.split())  # rich may wrap the line
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return exit_info.value.code, " ".join(err.split())
 
 
 def _one_line(code: int, err: str, *fragments: str) -> None:
@@ -191,3 +191,12 @@ def test_non_square_inputs(tmp_path):
     model.eval()
     with pytest.warns(UserWarning, match=r"input 20x40 is not square: running at resolution 28"):
         model(torch.zeros(1, 3, 20, 40))
+
+
+def test_command_line_usage_errors_are_one_line(tmp_path, capsys):
+    code, err = _run(["calibrate", str(tmp_path), "--images", "abc"], capsys)
+    _one_line(code, err, "Invalid value for '--images': 'abc' is not a valid integer", "(see `rsvision calibrate --help`)")
+    code, err = _run(["train"], capsys)
+    _one_line(code, err, "Missing argument 'RECIPE'")
+    code, err = _run(["fly"], capsys)
+    _one_line(code, err, "No such command 'fly'")
