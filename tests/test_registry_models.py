@@ -39,6 +39,16 @@ HEADS = {
 NUM_CLASSES = 3
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: at batch 2 and 32-64 px a second thread gains little, and on a
+    shared, oversubscribed machine two threads made this file about 10x slower (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _backbone_names() -> list[str]:
     return [STAND_INS.get(name, name) for name in list_backbones()]
 
