@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -98,11 +99,16 @@ def _import_file(path: Path) -> None:
 
 
 class Registry:
-    """A name → builder map with duplicate checks and helpful misses."""
+    """A name → builder map with duplicate checks and helpful misses.
+
+    Besides single names, a prefix can stand for a family of names built by one factory
+    (``timm/<name>`` for any timm CNN): see :meth:`register_prefix`.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._prefixes: dict[str, tuple[Callable[..., Any], str]] = {}
 
     def register(self, name: str, *, override: bool = False) -> Callable[[Callable], Callable]:
         """Decorator registering ``fn`` under ``name``; a taken name is an error unless ``override``."""
@@ -117,17 +123,33 @@ class Registry:
 
         return decorator
 
+    def register_prefix(
+        self, prefix: str, factory: Callable[..., Any], *, placeholder: str = "<name>", override: bool = False
+    ) -> None:
+        """Resolve every name ``prefix + rest`` to ``factory`` with ``rest`` as its first argument.
+
+        ``factory(rest, /, **kwargs)`` checks ``rest`` itself when building (the family's
+        names are not known in advance). A name registered exactly wins over a prefix;
+        :meth:`list` shows the family as ``prefix + placeholder`` (``timm/<any timm CNN>``).
+        """
+        if prefix in self._prefixes and not override and self._prefixes[prefix][0] is not factory:
+            raise RegistryError(f"{self.kind} prefix '{prefix}' is already registered; pass override=True to replace it")
+        self._prefixes[prefix] = (factory, placeholder)
+
     def get(self, name: str) -> Callable[..., Any]:
         load_builtins()
-        try:
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
-            if close:
-                hint = f"did you mean {', '.join(repr(c) for c in close)}? (`rsvision list` shows all)"
-            else:
-                hint = f"known: {', '.join(sorted(self._entries)) or 'none'}"
-            raise RegistryError(f"unknown {self.kind} '{name}'; {hint}") from None
+        for prefix, (factory, _) in self._prefixes.items():
+            if name.startswith(prefix):
+                return functools.partial(factory, name[len(prefix):])
+        known = self._names()
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        if close:
+            hint = f"did you mean {', '.join(repr(c) for c in close)}? (`rsvision list` shows all)"
+        else:
+            hint = f"known: {', '.join(sorted(known)) or 'none'}"
+        raise RegistryError(f"unknown {self.kind} '{name}'; {hint}")
 
     def build(self, name: str, /, *, field: str | None = None, **kwargs: Any) -> Any:
         """Call the builder registered as ``name`` with ``kwargs`` (``None`` values dropped).
@@ -149,8 +171,12 @@ class Registry:
         return fn(**kwargs)
 
     def list(self, pattern: str = "*") -> list[str]:
+        """Registered names matching ``pattern``, each prefix family as ``prefix + placeholder``."""
         load_builtins()
-        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+        return sorted(n for n in self._names() if fnmatch.fnmatch(n, pattern))
+
+    def _names(self) -> list[str]:
+        return [*self._entries, *(prefix + placeholder for prefix, (_, placeholder) in self._prefixes.items())]
 
 
 BACKBONES = Registry("backbone")

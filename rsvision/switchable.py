@@ -141,7 +141,12 @@ class SwitchableBatchNorm(Switchable):
             if x.shape[1] == group.num_features:
                 return group(x)
             return _batch_norm(group, x, {})
-        return _batch_norm(how[0], x, _lerp_state(*how))
+        state = _lerp_state(*how)
+        if x.shape[1] == how[0].num_features:
+            # The group's own forward on the interpolated tensors: a BN subclass that does
+            # more than normalize (timm's BatchNormAct2d applies its activation) keeps doing it.
+            return functional_call(how[0], state, (x,))
+        return _batch_norm(how[0], x, state)
 
     def materialize(self, subnet: SubNet, channels: int | None = None) -> nn.Module:
         """A plain BN module computing what this layer computes for ``subnet`` in evaluation."""

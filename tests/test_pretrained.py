@@ -5,11 +5,12 @@ import urllib.error
 import pytest
 import torch
 from safetensors.torch import save_file
-from torchvision.models import resnet18
+from torchvision.models import mobilenet_v2, resnet18
 
 from rsvision.errors import UserError
-from rsvision.models import build_model
+from rsvision.models import build_model, create_model
 from rsvision.recipe import validate_recipe
+from rsvision.switchable import at_resolution
 
 from conftest import tiny_recipe_dict
 
@@ -57,3 +58,22 @@ def test_download_offline_gives_a_clear_message(tmp_path, monkeypatch):
         build_model(_recipe(tmp_path, "IMAGENET1K_V1"))
     with pytest.raises(UserError, match="neither a file nor a torchvision weight name"):
         build_model(_recipe(tmp_path, "NOT_A_WEIGHT"))
+
+
+def test_torchvision_mobilenet_v2_weights_give_torchvision_features(tmp_path):
+    torch.manual_seed(0)
+    reference = mobilenet_v2().eval()
+    with torch.no_grad():  # statistics that differ from a fresh BN, so a skipped tensor shows
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "mnv2.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model(backbone="mobilenet_v2", resolutions=[32], pretrained=str(path)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), at_resolution(model, 32):
+        features = model.body.backbone(x)
+        expected = [reference.features[:end](x) for end in (4, 7, 14, 19)]
+    for got, want in zip(features, expected):
+        torch.testing.assert_close(got, want)

@@ -1,6 +1,6 @@
 """Backbones and heads, registered by name, and :func:`create_model` (see :mod:`rsvision.models.factory`)."""
 
-from rsvision.models import backbones, heads, preact_resnet, refinenet, smp_heads  # noqa: F401  (register the built-ins)
+from rsvision.models import backbones, heads, preact_resnet, refinenet, smp_heads, timm_backbones  # noqa: F401  (register the built-ins)
 from rsvision.models.factory import EncoderDecoder, build_model, check_backbone, create_model
 from rsvision.models.heads import ClassifierHead
 

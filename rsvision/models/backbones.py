@@ -79,16 +79,18 @@ class TorchvisionMobileNetV2(nn.Module):
         return features
 
     def load_pretrained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a torchvision MobileNetV2 state dict (its classifier is dropped)."""
+        """Load a torchvision MobileNetV2 state dict (its classifier is dropped).
+
+        ``features.n`` becomes ``stages.s.n``: slicing an ``nn.Sequential`` keeps the
+        original indices as module names.
+        """
         mapped = {}
         for key, value in state.items():
             parts = key.split(".")
             if parts[0] != "features":
                 continue
-            index = int(parts[1])
-            stage = next(i for i, end in enumerate(self._stage_ends) if index < end)
-            start = (0,) + self._stage_ends[:-1]
-            mapped[".".join(["stages", str(stage), str(index - start[stage]), *parts[2:]])] = value
+            stage = next(i for i, end in enumerate(self._stage_ends) if int(parts[1]) < end)
+            mapped[".".join(["stages", str(stage), *parts[1:]])] = value
         self.load_state_dict(mapped)
 
 

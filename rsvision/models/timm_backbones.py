@@ -1,0 +1,129 @@
+"""Any timm CNN as a backbone: ``backbone: timm/<name>`` (e.g. ``timm/resnet18``, ``timm/efficientnet_b0``).
+
+timm builds the network as a feature extractor (``features_only=True``) and never downloads
+anything: ``pretrained=False`` always, and ``model.pretrained`` takes a local file holding
+the state dict of the same timm model. timm's BatchNorms (``BatchNormAct2d`` included, a
+``nn.BatchNorm2d`` subclass) become switchable like any other; a model without BatchNorm
+has nothing to switch and is refused. timm is imported on first use, not with rsvision.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from rsvision.errors import RegistryError, UserError
+from rsvision.registry import BACKBONES
+from rsvision.switchable import BN_TYPES
+
+PREFIX = "timm/"
+#: Arguments rsvision sets itself: passing them would let timm fetch weights or change the output.
+_RESERVED = ("pretrained", "features_only", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
+
+
+class TimmBackbone(nn.Module):
+    """A timm features model under the backbone contract.
+
+    Returns the stages at ``keep`` (positions in timm's feature list), shallowest first;
+    ``out_channels`` and ``output_stride`` come from timm's ``feature_info``.
+    """
+
+    def __init__(self, name: str, model: nn.Module, keep: Sequence[int]) -> None:
+        super().__init__()
+        self.timm_name = name
+        self.model = model
+        self.keep = list(keep)
+        channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
+        self.out_channels = [int(channels[i]) for i in self.keep]
+        self.reductions = [int(reductions[i]) for i in self.keep]
+        self.output_stride = self.reductions[-1]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = self.model(x)
+        return [features[i] for i in self.keep]
+
+    def load_pretrained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the state dict of the full timm model (``timm.create_model(name).state_dict()``).
+
+        Keys the features model lacks (the classifier, stages past the last output) are
+        dropped. timm's feature wrappers flatten ``stages.0`` into ``stages_0``; both
+        spellings are accepted.
+        """
+        own = self.model.state_dict()
+        mapped, missing = {}, []
+        for key, tensor in own.items():
+            source = next((k for k in _source_keys(key) if k in state), None)
+            if source is None:
+                missing.append(key)
+            elif state[source].shape != tensor.shape:
+                raise RuntimeError(f"'{source}' has shape {tuple(state[source].shape)}, timm/{self.timm_name} needs {tuple(tensor.shape)}")
+            else:
+                mapped[key] = state[source]
+        if missing:
+            raise RuntimeError(f"{len(missing)} of {len(own)} tensors of timm/{self.timm_name} are not in the file (first: '{missing[0]}')")
+        self.model.load_state_dict(mapped)
+
+
+def _source_keys(key: str) -> list[str]:
+    """``key`` and the spellings it had before timm flattened a Sequential (``stages_0.x`` → ``stages.0.x``)."""
+    head, dot, rest = key.partition(".")
+    unflattened = [f"{head[:i]}.{head[i + 1:]}{dot}{rest}" for i, c in enumerate(head) if c == "_"]
+    return [key, *unflattened]
+
+
+def _check_name(name: str) -> None:
+    import timm
+
+    if ":" in name:  # hf-hub:..., local-dir:...: timm would fetch or read a model config
+        raise UserError(
+            f"model.backbone: '{PREFIX}{name}' names a model source; give a timm architecture name "
+            "(weights come from a local file in model.pretrained)"
+        )
+    if timm.is_model(name):
+        return
+    arch = name.split(".", 1)[0]  # drop a pretrained tag (resnet50.a1_in1k)
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(repr(PREFIX + c) for c in close)}?" if close else "no close match (timm.list_models('*resnet*') lists timm's names)"
+    raise RegistryError(f"unknown timm model '{name}'; {hint}")
+
+
+def timm_backbone(name: str, /, *, out_indices: Sequence[int] | int | None = None, **kwargs: Any) -> nn.Module:
+    """The timm model ``name`` as a backbone; ``kwargs`` go to ``timm.create_model`` (e.g. ``drop_rate``).
+
+    By default the stages at reduction ≥ 4 are returned (strides 4..32 for a timm ResNet,
+    what the segmentation heads need); ``out_indices`` picks timm's feature indices instead
+    (a list, or n for the last n).
+    """
+    import timm
+
+    _check_name(name)
+    reserved = [k for k in kwargs if k in _RESERVED]
+    if reserved:
+        raise UserError(
+            f"model.backbone_args: {', '.join(repr(k) for k in reserved)} is set by rsvision for timm models "
+            "(nothing is downloaded; give weights as a local file in model.pretrained)"
+        )
+    if out_indices is not None:
+        kwargs["out_indices"] = tuple(out_indices) if isinstance(out_indices, (list, tuple)) else out_indices
+    try:
+        model = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
+    except TypeError as exc:  # an argument the model's constructor does not take
+        raise UserError(f"model.backbone_args: timm model '{name}' rejects its arguments: {exc}") from None
+    if not any(isinstance(m, BN_TYPES) for m in model.modules()):
+        norms = sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__})
+        uses = f" (it normalizes with {', '.join(norms)})" if norms else ""
+        raise UserError(
+            f"model.backbone: timm model '{name}' has no BatchNorm{uses}, so there is nothing to keep per "
+            "resolution; pick a timm CNN with BatchNorm (e.g. timm/resnet18, timm/efficientnet_b0)"
+        )
+    reductions = model.feature_info.reduction()
+    keep = range(len(reductions)) if out_indices is not None else [i for i, r in enumerate(reductions) if r >= 4]
+    if not keep:
+        raise UserError(f"model.backbone: timm model '{name}' has no stage at stride 4 or more (strides {reductions})")
+    return TimmBackbone(name, model, keep)
+
+
+BACKBONES.register_prefix(PREFIX, timm_backbone, placeholder="<any timm CNN>")

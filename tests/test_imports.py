@@ -1,0 +1,168 @@
+"""Import hygiene: every module of the package imports on its own, and no import cycle exists.
+
+The modules are those of the packages ``pyproject.toml`` installs (``rsvision.tasks`` lives
+in ``tasks/``), found through the import system. The static check reads module-level
+imports only: an import inside a function runs on first call, which is how a module defers
+a dependency it needs in one place.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _installed_packages() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return config["tool"]["setuptools"]["packages"]
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the installed packages → its source file."""
+    modules = {}
+    for package in _installed_packages():
+        spec = importlib.util.find_spec(package)
+        modules[package] = Path(spec.origin)
+        for info in pkgutil.iter_modules(spec.submodule_search_locations):
+            if not info.ispkg:
+                modules[f"{package}.{info.name}"] = Path(info.module_finder.path) / f"{info.name}.py"
+    return dict(sorted(modules.items()))
+
+
+def test_every_subpackage_is_installed():
+    packages = _installed_packages()
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        for info in pkgutil.iter_modules(spec.submodule_search_locations):
+            assert not info.ispkg or f"{package}.{info.name}" in packages, f"{package}.{info.name} is not in pyproject.toml's packages"
+
+
+_IMPORT_EACH = """
+import importlib, json, sys, traceback
+import torch  # once: what every module shares, and the slow part
+
+failures = {}
+for name in json.loads(sys.argv[1]):
+    for loaded in [m for m in sys.modules if m == "rsvision" or m.startswith("rsvision.")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(name)
+    except BaseException:
+        failures[name] = traceback.format_exc().strip().splitlines()[-1]
+print(json.dumps(failures))
+"""
+
+
+def test_every_module_imports_on_its_own():
+    names = list(_modules())
+    result = subprocess.run([sys.executable, "-c", _IMPORT_EACH, json.dumps(names)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    failures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not failures, "\n".join(f"{name}: {error}" for name, error in failures.items())
+
+
+def _module_level_imports(tree: ast.Module, module: str, is_package: bool) -> set[str]:
+    """Absolute names imported when ``module`` runs (``from a import b`` gives ``a`` and ``a.b``)."""
+    names: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolved against the importing package
+                    package = module if is_package else module.rpartition(".")[0]
+                    anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{anchor}.{base}" if base else anchor
+                names.add(base)
+                names.update(f"{base}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.If) and not _is_type_checking(node.test):
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+                for handler in node.handlers:
+                    visit(handler.body)
+                visit(node.orelse)
+                visit(node.finalbody)
+
+    visit(tree.body)
+    return names
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _ancestors(name: str) -> list[str]:
+    """``a.b.c`` → ``a``, ``a.b``, ``a.b.c``: importing a module first imports its packages."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module → the package modules it imports at module level.
+
+    Importing ``a.b`` also runs the package ``a``, except where ``a`` is a package of the
+    importing module itself: that one is already being imported.
+    """
+    modules = _modules()
+    graph = {}
+    for module, path in modules.items():
+        own = set(_ancestors(module))
+        imported = _module_level_imports(ast.parse(path.read_text()), module, path.name == "__init__.py")
+        graph[module] = {a for name in imported for a in _ancestors(name) if a in modules and a not in own}
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as ``[a, b, ..., a]``, or None."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return path[path.index(node):] + [node]
+        if node in done:
+            return None
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            cycle = visit(nxt)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        cycle = visit(start)
+        if cycle:
+            return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = _find_cycle(_import_graph())
+    assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+def test_the_cycle_finder_sees_cycles():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+    tree = ast.parse("from . import x\nfrom ..y import z\nif TYPE_CHECKING:\n    import hidden\ndef f():\n    import lazy\n")
+    assert _module_level_imports(tree, "p.q.m", is_package=False) == {"p.q", "p.q.x", "p.y", "p.y.z"}
