@@ -154,3 +154,17 @@ def test_timm_is_imported_on_first_use_and_listed():
     assert "timm/<any timm CNN>" in list_backbones()
     result = CliRunner().invoke(cli, ["list", "--json"])
     assert "timm/<any timm CNN>" in json.loads(result.output)["backbones"]
+
+
+def test_sync_bn_keeps_the_activation_of_timm_norm_act_layers():
+    from timm.layers import SyncBatchNormAct
+
+    from rsvision.engine.trainer import synchronized_bn
+
+    model = create_model(backbone="timm/mobilenetv3_small_050", num_classes=3, resolutions=[32, 16])
+    acts = [m for m in model.modules() if isinstance(m, BatchNormAct2d)]
+    assert acts and any(not isinstance(m.act, nn.Identity) for m in acts)
+    synced = synchronized_bn(model)
+    converted = [m for m in synced.modules() if isinstance(m, SyncBatchNormAct)]
+    assert len(converted) == len(acts)
+    assert [type(m.act) for m in converted] == [type(m.act) for m in acts]

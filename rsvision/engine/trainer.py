@@ -66,6 +66,14 @@ class RunProgress:
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
+def synchronized_bn(model: nn.Module) -> nn.Module:
+    """Every BN (each switchable group included) as a SyncBatchNorm; timm's conversion also
+    keeps the activation of its norm + activation layers (``BatchNormAct2d``)."""
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
+
+
 def build_optimizer(method: TrainingMethod, recipe: Recipe) -> torch.optim.Optimizer:
     """``train.optimizer`` over the method's parameter groups (the network with weight decay)."""
     t = recipe.train
@@ -143,7 +151,7 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
     set_seed(t.seed)
     model = task.build_model()
     if t.sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = synchronized_bn(model)
     method = method_cls(model, task, recipe)
     train_set = EpochSeeded(task.train_dataset(), t.seed)
     sampler = EpochSampler(len(train_set), t.seed)
