@@ -28,6 +28,7 @@ ENTRY_POINT_GROUP = "rsvision.plugins"
 _BUILTIN_MODULES = (
     "rsvision.models",
     "rsvision.data.datasets",
+    "rsvision.data.idx",
     "rsvision.data.segmentation",
     "rsvision.quant",
     "rsvision.tasks",

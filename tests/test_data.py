@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rsvision.constants import val_resize
-from rsvision.data.datasets import synthetic
+from rsvision.data.datasets import SyntheticShapes, synthetic
 from rsvision.data.transforms import EvalTransform, InputFormat, MultiResolutionTransform, batch_resolutions
 
 RAW = InputFormat(3, None, None)  # [0, 1] inputs, no normalisation
@@ -98,6 +98,40 @@ def test_synthetic_data_is_deterministic_rgb():
     (a, ya), (b, yb) = ds[3], ds[3]
     assert a.mode == "RGB" and a.size == (24, 24)
     assert ya == yb and np.array_equal(np.asarray(a), np.asarray(b))
-    assert len(ds.classes) == 4
+    assert ds.classes == ["disc_plus", "disc_x", "square_plus", "square_x"]
+    again = synthetic(split="train", train_size=5, image_size=24, num_classes=4)[3]
+    assert again[1] == ya and np.array_equal(np.asarray(again[0]), np.asarray(a))
     val = synthetic(split="val", val_size=5, image_size=24)
     assert not np.array_equal(np.asarray(val[3][0]), np.asarray(a))
+    other_seed = synthetic(split="train", train_size=5, image_size=24, num_classes=4, seed=1)
+    assert not np.array_equal(np.asarray(other_seed[3][0]), np.asarray(a))
+
+
+def _kept_difference(draw_a: np.ndarray, draw_b: np.ndarray, size: int) -> float:
+    """Energy of the difference of two images left after downsizing to ``size``, per unit area
+    (1 = all of it; a difference of coarse regions keeps most, of fine detail little)."""
+    a, b = (torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1) for x in (draw_a, draw_b))
+    full = (a - b).pow(2).sum()
+    low = (_down(a, size) - _down(b, size)).pow(2).sum() * (a.shape[-1] / size) ** 2
+    return float(low / full)
+
+
+def test_synthetic_fine_evidence_fades_with_resolution():
+    """A "+" and an "x" (the fine half of a class) drawn with the same random draws differ
+    only in their marks. Downsizing from 144 px wipes out that difference step by step: the
+    smaller the image, the less is kept, and at 48 px marks of up to 3 pixels keep under 5 %
+    of it, while 12-pixel marks keep most of it and a change of shape (the coarse half) a
+    good part."""
+    ds = SyntheticShapes(1, image_size=144)
+    sizes = (128, 96, 64, 48)
+
+    def kept(shape_b: int, mark_b: int, arm: float) -> list[float]:
+        pairs = [(ds.draw(np.random.default_rng(s), 0, 0, arm / 144), ds.draw(np.random.default_rng(s), shape_b, mark_b, arm / 144)) for s in range(4)]
+        return [np.mean([_kept_difference(a, b, size) for a, b in pairs]) for size in sizes]
+
+    marks = {arm: kept(0, 1, arm) for arm in (1, 2, 3, 12)}
+    for arm, by_size in marks.items():
+        assert by_size == sorted(by_size, reverse=True), arm
+    assert max(marks[arm][-1] for arm in (1, 2, 3)) < 0.05
+    assert marks[12][-1] > 0.5
+    assert kept(1, 0, 3)[-1] > 0.3

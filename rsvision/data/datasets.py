@@ -20,21 +20,30 @@ from rsvision.registry import register_dataset
 
 
 class SyntheticShapes(Dataset):
-    """Deterministic images whose class needs fine detail: a striped shape on noise.
+    """Deterministic images whose class evidence fades step by step as they are downsized.
 
-    Class = (shape: disc or square) x (stripe period, ``periods`` values, in pixels of a
-    64-pixel image, scaled with ``image_size``). The shape covers 35-70% of the image at a
-    random place, angle and colour; the stripes of adjacent classes differ by a couple of
-    pixels in period, so downsizing the image blurs them together and accuracy really
-    drops at low resolution.
+    Class = (shape: disc, square, triangle, ring or cross) x (mark: "+" or "x"). The shape
+    is coarse evidence; the eight marks scattered around it are fine evidence: a "+" and an
+    "x" of one size have the same ink and the same spread, so once downsizing blurs them
+    into dots they look alike. Each image draws its mark size (half-length of an arm) and
+    its shape's radius log-uniformly from ``mark_range`` and ``shape_range`` (fractions of
+    the image side: 1 to 12 and 10 to 37 pixels at 144), so the lower the resolution, the
+    more images lose their marks (a coin toss between two classes) and, at the lowest,
+    the more small shapes blur into one another; marks and shapes near the limit still
+    leave a faint trace. Place, angle and colours of the shape, the marks' places and
+    colour, and pixel noise are random too; horizontal flips keep every class.
     """
 
-    shapes = ("disc", "square")
-    default_periods = (4.0, 6.0, 9.0, 13.5, 20.0)
+    shapes = ("disc", "square", "triangle", "ring", "cross")
+    marks = ("plus", "x")
+    mark_range = (1 / 144, 1 / 12)
+    num_marks = 8
+    shape_range = (0.07, 0.26)
 
-    def __init__(self, size: int, image_size: int = 64, periods: tuple[float, ...] = default_periods, seed: int = 0) -> None:
-        self.size, self.image_size, self.periods, self.seed = size, image_size, tuple(periods), seed
-        self.classes = [f"{s}_p{p:g}" for s in self.shapes for p in self.periods]
+    def __init__(self, size: int, image_size: int = 64, num_shapes: int = 5, seed: int = 0) -> None:
+        self.size, self.image_size, self.seed = size, image_size, seed
+        self.classes = [f"{s}_{m}" for s in self.shapes[:num_shapes] for m in self.marks]
+        self._yy, self._xx = np.mgrid[0:image_size, 0:image_size].astype(np.float32) + 0.5
 
     def __len__(self) -> int:
         return self.size
@@ -44,25 +53,69 @@ class SyntheticShapes(Dataset):
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, index])
         label = int(rng.integers(len(self.classes)))
-        shape, period = divmod(label, len(self.periods))
-        return Image.fromarray(self._draw(rng, shape, self.periods[period])), label
+        shape, mark = divmod(label, len(self.marks))
+        mark_size = float(np.exp(rng.uniform(*np.log(self.mark_range))))
+        return Image.fromarray(self.draw(rng, shape, mark, mark_size)), label
 
-    def _draw(self, rng: np.random.Generator, shape: int, period: float) -> np.ndarray:
-        n = self.image_size
-        yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) + 0.5
-        radius = n * rng.uniform(0.18, 0.3)
-        cy, cx = rng.uniform(radius, n - radius, size=2)
-        angle = rng.uniform(0, np.pi)
-        u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
-        v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
-        inside = (u**2 + v**2 <= radius**2) if shape == 0 else (np.maximum(abs(u), abs(v)) <= radius * 0.85)
-        period = period * n / 64
-        stripes = 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * u / period + rng.uniform(0, 2 * np.pi)))
-        fg = rng.uniform(0.5, 1.0, size=3)
-        bg = rng.uniform(0.0, 0.5, size=3)
-        image = bg + rng.normal(0, 0.08, size=(n, n, 3))
-        image = np.where(inside[..., None], fg * (0.35 + 0.65 * stripes[..., None]), image)
+    def draw(self, rng: np.random.Generator, shape: int, mark: int, mark_size: float) -> np.ndarray:
+        """An ``image_size``-square uint8 RGB image; ``rng`` draws everything but the class
+        and the mark size, in an order that does not depend on them."""
+        n, yy, xx = self.image_size, self._yy, self._xx
+        radius = n * float(np.exp(rng.uniform(*np.log(self.shape_range))))
+        cy, cx = rng.uniform(0.4 * n, 0.6 * n, size=2)
+        angle = rng.uniform(0, 2 * np.pi)
+        fg, bg = rng.uniform(0.35, 0.7, size=3), rng.uniform(0.0, 0.3, size=3)
+        ink = bg + rng.uniform(0.6, 0.9)
+        cos, sin = np.cos(angle) / radius, np.sin(angle) / radius
+        u, v = (xx - cx) * cos + (yy - cy) * sin, (yy - cy) * cos - (xx - cx) * sin
+        image = np.where(_SHAPES[shape](u, v)[..., None], fg, bg).astype(np.float32)
+        arm = mark_size * n
+        for my, mx in self._mark_places(rng, (cy, cx), radius, arm):
+            lo_y, lo_x = int(my - arm - 2), int(mx - arm - 2)
+            dy, dx = yy[lo_y : int(my + arm + 3), 0] - my, xx[0, lo_x : int(mx + arm + 3)] - mx
+            cover = _mark_cover(dy[:, None], dx[None, :], arm, mark)[..., None]
+            patch = image[lo_y : lo_y + len(dy), lo_x : lo_x + len(dx)]
+            patch += cover * (ink - patch)
+        image += 0.05 * rng.standard_normal((n, n, 3), dtype=np.float32)
         return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+    def _mark_places(self, rng: np.random.Generator, centre, radius: float, arm: float) -> list[tuple[float, float]]:
+        """Up to ``num_marks`` centres off the shape and apart, inside the central crop."""
+        n, places = self.image_size, []
+        for _ in range(20 * self.num_marks):
+            if len(places) == self.num_marks:
+                break
+            p = rng.uniform(0.1 * n + arm, 0.9 * n - arm, size=2)
+            if np.hypot(*(p - centre)) > 1.2 * radius + arm + 1 and all(np.hypot(*(p - q)) > 2 * arm + 3 for q in places):
+                places.append((float(p[0]), float(p[1])))
+        return places
+
+
+def _mark_cover(dy: np.ndarray, dx: np.ndarray, arm: float, mark: int) -> np.ndarray:
+    """Ink coverage (0-1, antialiased) of a "+" (mark 0) or an "x" (mark 1) of arm ``arm``."""
+    if mark == 1:
+        dy, dx = (dy + dx) / np.sqrt(2), (dy - dx) / np.sqrt(2)
+    along, across = np.maximum(abs(dy), abs(dx)), np.minimum(abs(dy), abs(dx))
+    dist = np.hypot(np.maximum(along - arm, 0), across)
+    return np.clip(0.22 * arm + 0.5 - dist, 0, 1)
+
+
+def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (np.maximum(abs(u), abs(v)) <= 1) & (np.minimum(abs(u), abs(v)) <= 0.38)
+
+
+def _triangle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    sides = [u * np.cos(a) + v * np.sin(a) <= 0.6 for a in np.pi / 2 + np.arange(3) * 2 * np.pi / 3]
+    return sides[0] & sides[1] & sides[2]
+
+
+_SHAPES = (
+    lambda u, v: u**2 + v**2 <= 1,
+    lambda u, v: np.maximum(abs(u), abs(v)) <= 0.85,
+    _triangle,
+    lambda u, v: (u**2 + v**2 <= 1) & (u**2 + v**2 >= 0.3),
+    _cross,
+)
 
 
 @register_dataset("synthetic")
@@ -71,14 +124,14 @@ def synthetic(
 ) -> Dataset:
     """Built-in data, generated on the fly: no files, no download.
 
-    ``num_classes`` (2 to 10) keeps both shapes and the finest ``num_classes / 2`` periods.
+    ``num_classes`` (2 to 10, even) keeps the first ``num_classes / 2`` shapes, each with
+    both marks.
     """
     check_split(split)
     if not 2 <= num_classes <= 10 or num_classes % 2:
         raise UserError(f"data.args.num_classes: the synthetic dataset has 2, 4, 6, 8 or 10 classes, got {num_classes}")
     size = train_size if split == "train" else val_size
-    periods = SyntheticShapes.default_periods[: num_classes // 2]
-    return SyntheticShapes(size, image_size, periods, seed=split_seed(seed, split))
+    return SyntheticShapes(size, image_size, num_classes // 2, seed=split_seed(seed, split))
 
 
 def read_rgb(path: str | Path) -> Image.Image:
