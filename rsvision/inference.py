@@ -74,6 +74,12 @@ class LoadedModel:
     def _default_subnet(self) -> SubNet:
         return self.subnets[0]
 
+    def _parse(self, subnet: SubNetLike) -> SubNet:
+        try:
+            return SubNet.parse(subnet)
+        except ValueError as exc:
+            raise UserError(f"{self.source}: {exc}") from None
+
     def preprocess(self, image: Any, resolution: int) -> torch.Tensor:
         """One image as the ``[C, r, r]`` float tensor evaluation feeds the network."""
         image = _read(image)
@@ -88,7 +94,7 @@ class LoadedModel:
         ``images``: one image or a list (a 4-D array or tensor is a batch). Returns one
         result for one image, a list for a list.
         """
-        subnet = self._default_subnet() if resolution is None else SubNet.parse(resolution)
+        subnet = self._default_subnet() if resolution is None else self._parse(resolution)
         network = self.at(subnet)
         batch = list(images) if _is_batch(images) else [images]
         if not batch:
@@ -202,10 +208,7 @@ class OnnxModel(LoadedModel):
     def at(self, subnet: SubNetLike) -> OnnxSubnet:
         from rsvision.onnx_export import subnet_file
 
-        try:
-            key = SubNet.parse(subnet)
-        except ValueError as exc:
-            raise UserError(f"{self.source}: {exc}") from None
+        key = self._parse(subnet)
         if key not in self._entries:
             exported = ", ".join(s.id for s in self.subnets)
             raise UserError(f"{self.source}: sub-network {key.id} is not in this export (exported: {exported})")

@@ -83,7 +83,7 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_subnets(model: nn.Module, requested: Sequence[SubNetLike] | None, source: str, calibrated: bool = True) -> list[SubNet]:
+def resolve_subnets(model: nn.Module, requested: Sequence[SubNetLike] | None, source: str) -> list[SubNet]:
     """The sub-networks to serve: ``requested`` (checked), or the trained (and calibrated) ones.
 
     A sub-network the run cannot serve is refused in one line: an id that does not parse,
@@ -93,7 +93,7 @@ def resolve_subnets(model: nn.Module, requested: Sequence[SubNetLike] | None, so
     from rsvision.calibrate import calibrated_subnets
 
     if not requested:
-        found = trained_subnets(model) + (calibrated_subnets(model) if calibrated else [])
+        found = trained_subnets(model) + calibrated_subnets(model)
         return subnets_of(found) if found else []
     out = []
     trained = trained_resolutions(model)
@@ -196,11 +196,9 @@ def export_artifact(
     """Export ``subnets`` of a loaded run (:class:`rsvision.artifacts.Artifact`) to ``out_dir``; returns the manifest.
 
     ``check`` images per sub-network go through onnxruntime when it is installed (0: no check).
-    ``on_subnet`` is called with each sub-network's manifest entry as it is written.
+    ``on_subnet`` is called with each sub-network's manifest entry as it is written. The
+    model's mode is restored afterwards.
     """
-    from rsvision.fold import plain_subnet
-    from rsvision.profile import count_madds
-
     require("onnx", "onnxscript")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -212,51 +210,30 @@ def export_artifact(
         raise UserError(f"{source}: the model has no switchable sub-networks to export")
     checking = check > 0 and has_onnxruntime()
     inputs, inputs_text = check_inputs(task, [s.resolution for s in chosen], check) if checking else ({}, "")
-    meta = artifact.meta
-    num_classes = task.recipe.model.num_classes
-    kind = ""
     entries, quantization = [], None
     out_dir.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
     model.eval()
-    for subnet in chosen:
-        example = task.example_input(subnet.resolution)
-        try:
-            with torch.no_grad(), at_subnet(model, subnet):
-                madds = count_madds(model, example)
-                reference_shape = list(model(example).shape)
-        except (RuntimeError, ValueError) as exc:
-            raise UserError(f"{source}: the network cannot run at {subnet.resolution}x{subnet.resolution} ({str(exc).splitlines()[0]})") from None
-        kind = "classification" if len(reference_shape) == 2 else "dense"
-        plain = plain_subnet(model, subnet)
-        quantization = plain.quantization
-        path = out_dir / f"model_{subnet.id}.onnx"
-        export_network(plain.network, torch.cat([example, example]), path, opset)
-        entry: dict[str, Any] = {"id": subnet.id, "resolution": subnet.resolution}
-        if subnet.width is not None:
-            entry["width"] = subnet.width
-        entry.update(
-            file=path.name,
-            sha256=sha256(path),
-            bytes=path.stat().st_size,
-            madds=madds,
-            parameters=plain.parameters,
-            bn_status=subnet_status(model, subnet),
-            **plain.fold.as_dict(),
-            output_shape=["N", *reference_shape[1:]],
-        )
-        if checking:
-            entry["check_max_abs_diff"] = check_subnet(model, subnet, path, inputs[subnet.resolution])
-        entries.append(entry)
-        if on_subnet is not None:
-            on_subnet(entry)
+    try:
+        for subnet in chosen:
+            entry, quantization = _export_subnet(model, task, subnet, out_dir, opset, source)
+            if checking:
+                entry["check_max_abs_diff"] = check_subnet(model, subnet, out_dir / entry["file"], inputs[subnet.resolution])
+            entries.append(entry)
+            if on_subnet is not None:
+                on_subnet(entry)
+    finally:
+        model.train(was_training)
+    kind = "classification" if len(entries[0]["output_shape"]) == 2 else "dense"
+    num_classes = task.recipe.model.num_classes
     manifest = {
         "format": FORMAT,
         "rsvision": rsvision_version(),
         "torch": torch.__version__,
         "opset": opset,
         "source": source,
-        "task": meta.get("task", task.recipe.task),
-        "class_names": list(meta.get("class_names") or [str(i) for i in range(num_classes)]),
+        "task": artifact.meta.get("task", task.recipe.task),
+        "class_names": list(artifact.meta.get("class_names") or [str(i) for i in range(num_classes)]),
         "input": {"name": INPUT, "layout": "NCHW", "dtype": "float32", "batch": "dynamic", **task.input_format.as_dict()},
         "view": view_description(kind),
         "output": output_description(kind, num_classes),
@@ -267,6 +244,37 @@ def export_artifact(
     }
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def _export_subnet(model: nn.Module, task, subnet: SubNet, out_dir: Path, opset: int, source: str) -> tuple[dict[str, Any], dict | None]:
+    """Write one sub-network's graph; returns its manifest entry and what de-quantization did."""
+    from rsvision.fold import plain_subnet
+    from rsvision.profile import count_madds
+
+    example = task.example_input(subnet.resolution)
+    try:
+        with torch.no_grad(), at_subnet(model, subnet):
+            madds = count_madds(model, example)
+            output_shape = list(model(example).shape)
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(f"{source}: the network cannot run at {subnet.resolution}x{subnet.resolution} ({str(exc).splitlines()[0]})") from None
+    plain = plain_subnet(model, subnet)
+    path = out_dir / f"model_{subnet.id}.onnx"
+    export_network(plain.network, torch.cat([example, example]), path, opset)
+    entry: dict[str, Any] = {"id": subnet.id, "resolution": subnet.resolution}
+    if subnet.width is not None:
+        entry["width"] = subnet.width
+    entry.update(
+        file=path.name,
+        sha256=sha256(path),
+        bytes=path.stat().st_size,
+        madds=madds,
+        parameters=plain.parameters,
+        bn_status=subnet_status(model, subnet),
+        **plain.fold.as_dict(),
+        output_shape=["N", *output_shape[1:]],
+    )
+    return entry, plain.quantization
 
 
 def check_subnet(model: nn.Module, subnet: SubNet, path: Path, x: torch.Tensor) -> float:
