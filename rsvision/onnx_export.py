@@ -116,10 +116,14 @@ def export_network(network: nn.Module, example: torch.Tensor, path: str | Path, 
     """Write ``network`` (eval mode) to ``path`` as one ONNX file, batch dimension dynamic."""
     require("onnx", "onnxscript")
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(
-        network, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-        dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
-    )
+    try:
+        program = torch.onnx.export(
+            network, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+            dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
+        )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(f"{path}: the ONNX exporter failed ({type(exc).__name__}: {first})") from exc
     program.save(str(path), external_data=False)
 
 
