@@ -15,7 +15,11 @@ rounds after warm-up:
 Each latency is also given as a ratio to the largest resolution's, next to the MAdds ratio
 (the target: the smallest resolution's latency ratio within 1.5x of its MAdds ratio), and a
 least-squares line ``latency = fixed + per_GMAdd x MAdds`` over the resolutions gives each
-path's fixed cost per call (the part that does not shrink with the input).
+path's fixed cost per call (the part that does not shrink with the input). Wall-clock
+medians and minima at ``--threads``, and, because a shared machine's wall clock mostly
+measures the other jobs, the CPU time of the calling thread with 1 thread (PyTorch and
+onnxruntime both compute on the calling thread then), which waiting for a core does not
+inflate.
 
 Switching: the cost of changing resolution in one loaded model (``at_subnet``, a cached
 ``rsvision.load(...).at(r)``, the first ``at(r)``, which builds the folded network) against
@@ -59,16 +63,23 @@ def build(name: str):
     return build_model(recipe).eval(), sorted(recipe.resolutions, reverse=True)
 
 
-def callables(model, resolutions, threads: int, tmp: Path) -> dict[tuple[str, int], Callable[[], object]]:
-    """One zero-argument call per (path, resolution), each on its own batch-1 input."""
-    calls = {}
+def networks(model, resolutions, tmp: Path) -> dict[int, tuple]:
+    """Per resolution: a batch-1 input, the plain and the folded network, and the exported ONNX file."""
+    out = {}
     for r in resolutions:
         x = torch.rand(1, 3, r, r)
-        plain = materialize(model, r)
         folded = plain_subnet(model, r).network
-        onnx_path = tmp / f"{r}.onnx"
-        export_network(folded, torch.cat([x, x]), onnx_path)
-        sess = session(onnx_path, threads)
+        path = tmp / f"{r}.onnx"
+        export_network(folded, torch.cat([x, x]), path)
+        out[r] = (x, materialize(model, r), folded, path)
+    return out
+
+
+def callables(model, nets: dict[int, tuple], threads: int) -> dict[tuple[str, int], Callable[[], object]]:
+    """One zero-argument call per (path, resolution); onnxruntime sessions with ``threads`` threads."""
+    calls = {}
+    for r, (x, plain, folded, path) in nets.items():
+        sess = session(path, threads)
         feed = {sess.get_inputs()[0].name: x.numpy()}
 
         def eager(x=x, r=r):
@@ -83,17 +94,18 @@ def callables(model, resolutions, threads: int, tmp: Path) -> dict[tuple[str, in
 
 
 @torch.no_grad()
-def interleaved(calls: dict, rounds: int, warmup: int) -> dict[tuple[str, int], float]:
+def interleaved(calls: dict, rounds: int, warmup: int, clock: Callable[[], float]) -> dict[tuple[str, int], list[float]]:
+    """Milliseconds of every call in every round (rounds interleave all calls), by ``clock``."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
     times: dict = {key: [] for key in calls}
     for _ in range(rounds):
         for key, fn in calls.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[key].append((time.perf_counter() - start) * 1000)
-    return {key: statistics.median(v) for key, v in times.items()}
+            times[key].append((clock() - start) * 1000)
+    return times
 
 
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -103,28 +115,39 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
-def latency_table(name: str, threads: int, rounds: int, warmup: int) -> None:
-    model, resolutions = build(name)
-    madds = {}
-    for r in resolutions:
-        with at_subnet(model, r):
-            madds[r] = count_madds(model, torch.zeros(1, 3, r, r))
-    with tempfile.TemporaryDirectory() as tmp, torch_threads(threads):
-        ms = interleaved(callables(model, resolutions, threads, Path(tmp)), rounds, warmup)
+def report(title: str, ms: dict, madds: dict, resolutions: list[int]) -> None:
     top, low = resolutions[0], resolutions[-1]
-    print(f"\n{name}: batch 1, {threads} threads, median of {rounds} interleaved rounds (ms; ratio to {top} px in brackets)")
+    print(f"\n{title} (ms; ratio to {top} px in brackets)")
     print(f"{'res':>5} {'MAdds':>8} {'ratio':>6} " + " ".join(f"{p:>19}" for p in PATHS))
     for r in resolutions:
         cells = " ".join(f"{ms[p, r]:>10.2f} ({ms[p, r] / ms[p, top]:.3f})" for p in PATHS)
         print(f"{r:>5} {human(madds[r]):>8} {madds[r] / madds[top]:>6.3f} {cells}")
     target = madds[low] / madds[top]
-    print(f"{low}/{top}: MAdds ratio {target:.3f}; within 1.5x means latency ratio <= {1.5 * target:.3f}")
+    print(f"{low}/{top}: MAdds ratio {target:.3f}; within 1.5x means a latency ratio <= {1.5 * target:.3f}")
     for p in PATHS:
         ratio = ms[p, low] / ms[p, top]
         fixed, slope = fit_line([madds[r] / 1e9 for r in resolutions], [ms[p, r] for r in resolutions])
         verdict = "meets" if ratio <= 1.5 * target else "misses"
-        print(f"  {p:>11}: latency ratio {ratio:.3f} = {ratio / target:.2f}x the MAdds ratio ({verdict}); "
-              f"fit: {fixed:.2f} ms fixed + {slope:.2f} ms per GMAdd; vs eager at {top}: {ms['eager', top] / ms[p, top]:.2f}x faster")
+        print(f"  {p:>11}: ratio {ratio:.3f} = {ratio / target:.2f}x the MAdds ratio ({verdict}); "
+              f"line fit {fixed:.2f} ms + {slope:.2f} ms/GMAdd; {ms['eager', top] / ms[p, top]:.2f}x eager's speed at {top}")
+
+
+def latency_tables(name: str, threads: int, rounds: int, warmup: int) -> None:
+    model, resolutions = build(name)
+    madds = {}
+    for r in resolutions:
+        with at_subnet(model, r):
+            madds[r] = count_madds(model, torch.zeros(1, 3, r, r))
+    with tempfile.TemporaryDirectory() as tmp:
+        nets = networks(model, resolutions, Path(tmp))
+        with torch_threads(threads):
+            wall = interleaved(callables(model, nets, threads), rounds, warmup, time.perf_counter)
+        with torch_threads(1):
+            cpu = interleaved(callables(model, nets, 1), rounds, warmup, time.thread_time)
+    print(f"\n=== {name}: batch 1, {rounds} interleaved rounds after {warmup} warm-up rounds")
+    report(f"wall clock, {threads} threads, median", {k: statistics.median(v) for k, v in wall.items()}, madds, resolutions)
+    report(f"wall clock, {threads} threads, minimum", {k: min(v) for k, v in wall.items()}, madds, resolutions)
+    report("CPU time of the calling thread, 1 thread, median", {k: statistics.median(v) for k, v in cpu.items()}, madds, resolutions)
 
 
 def switching(threads: int) -> None:
@@ -183,7 +206,7 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (at start)")
     for name in args.models:
-        latency_table(name, args.threads, args.rounds, args.warmup)
+        latency_tables(name, args.threads, args.rounds, args.warmup)
     switching(args.threads)
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
