@@ -10,6 +10,9 @@ rounds after warm-up:
                dispatch in every SwitchableBatchNorm)
   plain        ``materialize``: the fixed network of the sub-network, BN as nn.BatchNorm2d
   folded       ``plain`` with every conv -> BN pair folded (``rsvision.fold``)
+  folded_cl    ``folded`` with its weights in channels-last memory format (input as it is),
+               what ``rsvision.load(run).at(r)`` runs: PyTorch picks other convolution
+               kernels for small feature maps then
   onnxruntime  the exported ONNX graph, CPU session, all graph optimisations
 
 Each latency is also given as a ratio to the largest resolution's, next to the MAdds ratio
@@ -51,7 +54,7 @@ from rsvision.recipe import load_recipe
 from rsvision.switchable import at_subnet, materialize
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = ("eager", "plain", "folded", "onnxruntime")
+PATHS = ("eager", "plain", "folded", "folded_cl", "onnxruntime")
 
 
 def build(name: str):
@@ -64,21 +67,22 @@ def build(name: str):
 
 
 def networks(model, resolutions, tmp: Path) -> dict[int, tuple]:
-    """Per resolution: a batch-1 input, the plain and the folded network, and the exported ONNX file."""
+    """Per resolution: a batch-1 input, the plain, folded and channels-last folded networks, and the ONNX file."""
     out = {}
     for r in resolutions:
         x = torch.rand(1, 3, r, r)
         folded = plain_subnet(model, r).network
         path = tmp / f"{r}.onnx"
         export_network(folded, torch.cat([x, x]), path)
-        out[r] = (x, materialize(model, r), folded, path)
+        channels_last = plain_subnet(model, r, channels_last=True).network
+        out[r] = (x, materialize(model, r), folded, channels_last, path)
     return out
 
 
 def callables(model, nets: dict[int, tuple], threads: int) -> dict[tuple[str, int], Callable[[], object]]:
     """One zero-argument call per (path, resolution); onnxruntime sessions with ``threads`` threads."""
     calls = {}
-    for r, (x, plain, folded, path) in nets.items():
+    for r, (x, plain, folded, channels_last, path) in nets.items():
         sess = session(path, threads)
         feed = {sess.get_inputs()[0].name: x.numpy()}
 
@@ -89,6 +93,7 @@ def callables(model, nets: dict[int, tuple], threads: int) -> dict[tuple[str, in
         calls["eager", r] = eager
         calls["plain", r] = lambda net=plain, x=x: net(x)
         calls["folded", r] = lambda net=folded, x=x: net(x)
+        calls["folded_cl", r] = lambda net=channels_last, x=x: net(x)
         calls["onnxruntime", r] = lambda s=sess, f=feed: s.run(None, f)
     return calls
 

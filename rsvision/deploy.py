@@ -5,7 +5,7 @@ with calibrated BN statistics stored in the run, and any extra resolutions (serv
 interpolated BN, §4.3). Each gets its validation score (the task's primary metric, e.g.
 top-1 or mIoU, from :func:`rsvision.engine.evaluate`), its multiply-adds and its latency
 at batch 1 on this machine (onnxruntime on the exported graph when onnxruntime is
-installed, else the BN-folded PyTorch network). The best score within the budget wins
+installed, else the BN-folded PyTorch network that ``rsvision.load(run).at(r)`` gives). The best score within the budget wins
 (ties: the cheaper one) and its ONNX graph and manifest are written to the output directory.
 """
 
@@ -149,7 +149,7 @@ def deploy(
             if backend == "onnxruntime":
                 latency = onnx_ms(Path(tmp) / entry["file"], example, threads)
             else:
-                latency = network_ms(plain_subnet(model, subnet).network, example, threads)
+                latency = network_ms(plain_subnet(model, subnet, channels_last=True).network, example, threads)
             rows.append({
                 "subnet": subnet.id, "resolution": subnet.resolution, **({"width": subnet.width} if subnet.width is not None else {}),
                 "status": entry["bn_status"], metric: scores[subnet.id][metric], "madds": entry["madds"], "latency_ms": latency,

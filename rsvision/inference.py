@@ -119,7 +119,11 @@ class LoadedModel:
 
 
 class TorchModel(LoadedModel):
-    """A run folder or packed file in PyTorch; ``at(r)`` is the BN-folded plain network of ``r`` (cached)."""
+    """A run folder or packed file in PyTorch; ``at(r)`` is the BN-folded plain network of ``r`` (cached).
+
+    Its convolution weights are stored channels-last (faster CPU kernels at batch 1; see
+    :func:`rsvision.fold.plain_subnet`); inputs may be in either memory format.
+    """
 
     def __init__(self, artifact) -> None:
         from rsvision.calibrate import calibrated_subnets
@@ -150,7 +154,7 @@ class TorchModel(LoadedModel):
 
         subnet = resolve_subnets(self.model, [subnet], self.source)[0]
         if subnet not in self._networks:
-            self._networks[subnet] = plain_subnet(self.model, subnet).network
+            self._networks[subnet] = plain_subnet(self.model, subnet, channels_last=True).network
         return self._networks[subnet]
 
     @torch.no_grad()

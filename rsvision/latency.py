@@ -2,7 +2,8 @@
 
 - ``eager``: the switchable PyTorch model, the sub-network chosen with ``at_subnet``;
 - ``folded``: the plain PyTorch network of the sub-network, BN folded into the
-  convolutions (:func:`rsvision.fold.plain_subnet`);
+  convolutions, weights channels-last (:func:`rsvision.fold.plain_subnet`, what
+  ``rsvision.load(run).at(r)`` runs);
 - ``onnxruntime``: its exported ONNX graph in an onnxruntime CPU session (every graph
   optimisation on; intra-op threads = the threads asked for, default every core).
 
@@ -101,7 +102,7 @@ def measure_subnet(
     subnet = SubNet.parse(subnet)
     out = {
         "eager": eager_ms(model, subnet, example, threads, repeats, warmup),
-        "folded": network_ms(plain_subnet(model, subnet).network, example, threads, repeats, warmup),
+        "folded": network_ms(plain_subnet(model, subnet, channels_last=True).network, example, threads, repeats, warmup),
     }
     if onnx_path is not None:
         out["onnxruntime"] = onnx_ms(onnx_path, example, threads, repeats, warmup)
