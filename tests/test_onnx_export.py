@@ -169,6 +169,16 @@ def test_profile_onnx_reports_latency_and_madds(tmp_path_factory, capsys):
     assert all(r["latency_ms"] > 0 for r in report["rows"]) and report["rows"][0]["latency_ratio"] == 1.0
 
 
+def test_latency_of_one_sub_network_three_ways(tmp_path_factory):
+    from rsvision.latency import measure_subnet
+
+    artifact = load_artifact(cls_run(tmp_path_factory))
+    artifact.model.train()
+    ms = measure_subnet(artifact.model, 12, torch.zeros(1, 3, 12, 12), cls_export(tmp_path_factory) / "model_12.onnx", threads=1, repeats=2, warmup=1)
+    assert set(ms) == {"eager", "folded", "onnxruntime"} and all(v > 0 for v in ms.values())
+    assert artifact.model.training and torch.get_num_threads() == 2  # mode and threads restored
+
+
 def _broken_copy(export_dir, tmp_path, fix_hash):
     import shutil
 
