@@ -298,9 +298,7 @@ def check_subnet(model: nn.Module, subnet: SubNet, path: Path, x: torch.Tensor) 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     from rsvision.artifacts import write_json
 
-    path = Path(out_dir) / MANIFEST
-    write_json(path, manifest)
-    path.chmod(0o644)
+    write_json(Path(out_dir) / MANIFEST, manifest)
 
 
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:
