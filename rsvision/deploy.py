@@ -84,7 +84,7 @@ def candidates(model, source: str, calibrated: bool, extra: Sequence[int]) -> li
     if calibrated:
         stored = calibrated_subnets(model)
         if not stored:
-            raise UserError(f"{source}: --calibrated, but the run stores no calibrated sub-networks (calibrate some first)")
+            raise UserError(f"{source}: --calibrated, but the run stores no calibrated sub-networks (`rsvision calibrate {source} --res ...` adds some)")
         found += stored
     found += resolve_subnets(model, list(extra), source) if extra else []
     return subnets_of(found)

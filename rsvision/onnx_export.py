@@ -106,7 +106,7 @@ def resolve_subnets(model: nn.Module, requested: Sequence[SubNetLike] | None, so
         if status == "nearest":
             raise UserError(
                 f"{source}: resolution {subnet.resolution} is outside the trained range {trained[-1]}..{trained[0]} "
-                "(its BN statistics would be extrapolated); calibrate it first or choose a resolution in range"
+                f"(its BN statistics would be extrapolated); run `rsvision calibrate {source} --res {subnet.id}` first or choose a resolution in range"
             )
         out.append(subnet)
     return list(dict.fromkeys(out))
