@@ -190,21 +190,30 @@ def convert(checkpoint, source, out_dir, arch, res, extra_res, classes_file, as_
 @cli.command()
 @click.option("--backbone", default=None, help="A registered backbone (with the classifier head).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="A run folder.")
-@click.option("--res", multiple=True, type=int, required=True, help="Resolutions, e.g. --res 224 192 160 128 96.")
+@click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path), default=None, help="An ONNX export directory: onnxruntime latency per sub-network.")
+@click.option("--res", multiple=True, type=int, help="Resolutions, e.g. --res 224 192 160 128 96 (not with --onnx).")
 @click.argument("extra_res", nargs=-1, type=int)
 @click.option("--num-classes", type=int, default=1000, show_default=True)
 @click.option("--no-latency", is_flag=True, help="Skip the CPU latency measurement.")
+@click.option("--threads", type=int, default=None, help="--onnx: onnxruntime threads (default: every core).")
 @click.option("--json", "as_json", is_flag=True)
 @plugin_option
-def profile(backbone, checkpoint, res, extra_res, num_classes, no_latency, as_json, plugins) -> None:
+def profile(backbone, checkpoint, onnx_dir, res, extra_res, num_classes, no_latency, threads, as_json, plugins) -> None:
     """Parameters, multiply-adds and CPU latency per resolution."""
     from rsvision.profile import human, profile_backbone, profile_run
     from rsvision.registry import load_plugins
 
     load_plugins(plugins)
-    if (backbone is None) == (checkpoint is None):
-        raise UserError("profile: give exactly one of --backbone NAME or --checkpoint RUN_DIR")
+    if sum(x is not None for x in (backbone, checkpoint, onnx_dir)) != 1:
+        raise UserError("profile: give exactly one of --backbone NAME, --checkpoint RUN_DIR or --onnx EXPORT_DIR")
     resolutions = _resolutions(res, extra_res)
+    if onnx_dir is not None:
+        if resolutions:
+            raise UserError("profile: --onnx measures the exported sub-networks; drop --res")
+        _profile_onnx(onnx_dir, threads, as_json)
+        return
+    if not resolutions:
+        raise UserError("profile: --res is required with --backbone or --checkpoint (e.g. --res 224 160 96)")
     if backbone:
         report = profile_backbone(backbone, resolutions, num_classes, latency=not no_latency)
     else:
@@ -223,6 +232,23 @@ def profile(backbone, checkpoint, res, extra_res, num_classes, no_latency, as_js
         f"parameters: plain {report['parameters_plain']:,} · RS-Net (S={S}) {report['parameters_rsnet']:,} "
         f"(+{(S - 1) * bn:,} = {S - 1} x {bn:,} BN affine)"
     )
+
+
+def _profile_onnx(export_dir: Path, threads: int | None, as_json: bool) -> None:
+    from rsvision.latency import profile_export
+    from rsvision.profile import human
+
+    report = profile_export(export_dir, threads)
+    if as_json:
+        _emit_json(report)
+        return
+    table = Table(title=f"{export_dir} ({report['backend']}, {report['threads']} threads, batch 1)")
+    for col in ("sub-network", "MAdds", "latency (ms)", "MAdds / largest", "latency / largest"):
+        table.add_column(col, justify="right")
+    for row in report["rows"]:
+        ratio = f"{row['madds_ratio']:.3f}" if row.get("madds_ratio") is not None else "-"
+        table.add_row(row["id"], human(row["madds"]) if "madds" in row else "-", f"{row['latency_ms']:.2f}", ratio, f"{row['latency_ratio']:.3f}")
+    out.print(table)
 
 
 @cli.command("list")
@@ -268,14 +294,32 @@ def predict(images, checkpoint, res, out_dir, compare) -> None:
 
 
 @cli.command("export")
-@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True, help="Run folder of a quantized RS-Net.")
-@click.option("--format", "fmt", type=click.Choice(["lq"]), default="lq", show_default=True, help="Packed format: K-bit LQ-Nets codes + bases.")
-@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Packed file to write.")
-@click.option("--fp16", is_flag=True, help="Store the float remainder (BN, first conv, classifier) in float16.")
-@click.option("--linear-bits", type=click.IntRange(2, 8), default=None, help="Store float linear layers (the classifier) as N-bit integers per row.")
+@click.argument("run_and_res", nargs=-1, metavar="[RUN]")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="The run folder (same as RUN).")
+@click.option("--format", "fmt", type=click.Choice(["lq", "onnx"]), default="lq", show_default=True,
+              help="lq: packed K-bit LQ-Nets codes + bases of a quantized run; onnx: one BN-folded ONNX graph per sub-network + manifest.json.")
+@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True, help="lq: the packed file; onnx: the directory.")
+@click.option("--res", multiple=True, type=int, help="onnx: resolutions to export, e.g. --res 224 160 96 (default: the trained and calibrated ones).")
+@click.option("--subnet", "subnet_ids", multiple=True, metavar="ID", help="onnx: sub-network ids to export, e.g. 160w70.")
+@click.option("--fp16", is_flag=True, help="lq: store the float remainder (BN, first conv, classifier) in float16.")
+@click.option("--linear-bits", type=click.IntRange(2, 8), default=None, help="lq: store float linear layers (the classifier) as N-bit integers per row.")
 @click.option("--json", "as_json", is_flag=True)
-def export(checkpoint: Path, fmt: str, out_path: Path, fp16: bool, linear_bits: int | None, as_json: bool) -> None:
-    """Pack a quantized run into one file (`rsvision eval --checkpoint FILE` reads it)."""
+def export(run_and_res, checkpoint, fmt, out_path, res, subnet_ids, fp16, linear_bits, as_json) -> None:
+    """Export a run: a packed file of a quantized run (lq) or ONNX graphs per sub-network (onnx)."""
+    tokens = list(run_and_res)
+    if checkpoint is None:
+        if not tokens:
+            raise UserError("export: give the run folder (RUN or --checkpoint RUN)")
+        checkpoint, tokens = Path(tokens[0]), tokens[1:]
+    if fmt == "onnx":
+        _export_onnx(checkpoint, out_path, list(res) + [_int_token("--res", t) for t in tokens], subnet_ids, as_json)
+        return
+    if tokens or res or subnet_ids:
+        raise UserError("export: --res and --subnet apply to --format onnx; --format lq packs every sub-network")
+    if not checkpoint.is_dir():
+        raise UserError(f"{checkpoint}: no such run folder")
+    if out_path.is_dir():
+        raise UserError(f"{out_path}: is a directory; --format lq writes one file")
     from rsvision.quant.export import export_run
 
     report = export_run(checkpoint, out_path, remainder="float16" if fp16 else "float32", linear_bits=linear_bits)
@@ -290,6 +334,72 @@ def export(checkpoint: Path, fmt: str, out_path: Path, fp16: bool, linear_bits: 
     table.add_row("float32 RS-Net", f"{report['float32_rsnet_bytes']:,}", f"{report['ratio_vs_float32_rsnet']:.1f}x")
     table.add_row(f"{report['resolutions']} packed I-Nets", f"{report['inets_packed_bytes']:,}", f"{report['ratio_vs_inets']:.1f}x")
     out.print(table)
+
+
+def _int_token(option: str, token: str) -> int:
+    try:
+        value = int(token)
+    except ValueError:
+        raise UserError(f"{option}: expected a resolution (a positive integer), got '{token}'") from None
+    if value <= 0:
+        raise UserError(f"{option}: expected a positive resolution, got {value}")
+    return value
+
+
+def _export_onnx(run: Path, out_dir: Path, res: list[int], subnet_ids: tuple[str, ...], as_json: bool) -> None:
+    from rsvision.onnx_export import export_run
+    from rsvision.profile import human
+
+    requested = _resolutions(tuple(res), ()) + list(subnet_ids)
+
+    def line(e) -> None:
+        diff = f"max |onnxruntime - PyTorch| {e['check_max_abs_diff']:.2g}" if "check_max_abs_diff" in e else "not checked"
+        out.print(f"{out_dir / e['file']}: {e['id']} ({e['bn_status']}), {human(e['madds'])} MAdds, "
+                  f"BN folded {e['bn_folded']}, left {e['bn_left']}, {diff}", soft_wrap=True)
+
+    manifest = export_run(run, out_dir, requested or None, on_subnet=None if as_json else line)
+    if as_json:
+        _emit_json(manifest)
+        return
+    q = manifest["quantization"]
+    if q:
+        out.print(f"quantized run: exported as a de-quantized float graph ({q['weight_quantized_layers']} layers with "
+                  f"{'/'.join(map(str, q['weight_bits']))}-bit weights stored as float values; activations: {q['activations']})", soft_wrap=True)
+        if q["left"]:
+            out.print(f"activation quantizers kept as traced PyTorch code: {', '.join(q['left'])}")
+    out.print(f"{out_dir / 'manifest.json'}: {manifest['task']}, opset {manifest['opset']}, checked on {manifest['check']['inputs']}", soft_wrap=True)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("extra_res", nargs=-1, type=int)
+@click.option("--budget-madds", default=None, metavar="N", help="Most multiply-adds per image, e.g. 600M, 1.2G, 150000000.")
+@click.option("--budget-ms", default=None, metavar="MS", help="Most milliseconds per image at batch 1 on this machine.")
+@click.option("--calibrated", is_flag=True, help="Also consider the calibrated sub-networks stored in the run.")
+@click.option("--res", multiple=True, type=int, help="Also consider these resolutions (BN interpolated between trained ones).")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("deployed"), show_default=True, help="Directory for the chosen ONNX graph and its manifest.")
+@click.option("--threads", type=int, default=None, help="Threads for the latency measurement (default: every core).")
+@click.option("--json", "as_json", is_flag=True)
+def deploy(run, extra_res, budget_madds, budget_ms, calibrated, res, out_dir, threads, as_json) -> None:
+    """Export the most accurate sub-network of RUN within a MAdds or latency budget."""
+    from rsvision.deploy import Budget, deploy as choose_and_export
+    from rsvision.profile import human
+
+    budget = Budget.parse(budget_madds, budget_ms)
+    report = choose_and_export(run, budget, calibrated=calibrated, extra=_resolutions(res, extra_res), out_dir=out_dir, threads=threads)
+    if as_json:
+        _emit_json({k: v for k, v in report.items() if k != "manifest"})
+        return
+    metric, chosen = report["metric"], report["chosen"]
+    table = Table(title=f"{run}: budget {budget.text()} (latency: {report['latency_backend']}, batch 1)")
+    for col in ("", "sub-network", "BN", metric, "MAdds", "latency (ms)", "within budget"):
+        table.add_column(col, justify="right")
+    for row in report["candidates"]:
+        table.add_row("->" if row is chosen else "", row["subnet"], row["status"], f"{row[metric]:.2f}", human(row["madds"]),
+                      f"{row['latency_ms']:.2f}", "yes" if row["within_budget"] else "no")
+    out.print(table)
+    entry = report["manifest"]["subnets"][0]
+    out.print(f"deployed {chosen['subnet']} ({metric} {chosen[metric]:.2f}) to {Path(out_dir) / entry['file']}", soft_wrap=True)
 
 
 def _last_line(exc: UserError) -> str:

@@ -35,7 +35,7 @@ from rsvision.switchable import (
 )
 
 #: Public functions imported on first use (they pull in torchvision, timm, smp).
-_LAZY = {"create_model": "rsvision.models"}
+_LAZY = {"create_model": "rsvision.models", "load": "rsvision.inference"}
 
 
 def __getattr__(name: str) -> Any:
@@ -64,6 +64,7 @@ __all__ = [
     "list_heads",
     "list_quantizers",
     "list_tasks",
+    "load",
     "load_plugins",
     "load_recipe",
     "make_switchable",

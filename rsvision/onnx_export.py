@@ -1,0 +1,357 @@
+"""ONNX export: one graph per sub-network, BN folded, with a manifest, checked with onnxruntime.
+
+Each sub-network becomes a plain network (:func:`rsvision.fold.plain_subnet`: its BN group,
+or calibrated or interpolated statistics; quantized weights as their float values; BN
+folded into the preceding convolutions) exported with PyTorch's ``torch.export``-based
+exporter (``dynamo=True``; the TorchScript exporter is deprecated) at opset
+:data:`OPSET`, batch dimension dynamic, weights inside the ``.onnx`` file. The export
+directory holds one ``model_<id>.onnx`` per sub-network and ``manifest.json``:
+
+- ``task``, ``class_names``, ``input`` (name, NCHW float32, channels, mean, std: feed
+  ``(x / 255 - mean) / std``), ``view`` (how evaluation brings an image to r x r),
+  ``output`` (classification: logits ``[N, C]``; dense tasks: logits at the head's stride,
+  to be upsampled to the image);
+- per sub-network: id, resolution, width, file, SHA-256, MAdds, parameters, BN status
+  (trained, calibrated, interpolated), BNs folded and left, and the check's largest
+  difference from PyTorch;
+- ``quantization``: for quantized runs, what the float graph holds instead;
+- ``opset``, ``rsvision`` version, the source run.
+
+The check runs a few validation images of the run's task through onnxruntime and through
+the switchable PyTorch model at the same sub-network, and fails the export when an
+output differs by more than ``1e-4 x max(1, |output|)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from rsvision.errors import UserError
+from rsvision.subnet import SubNet, SubNetLike, subnets_of
+from rsvision.switchable import at_subnet, subnet_status, trained_resolutions, trained_subnets
+
+OPSET = 18
+FORMAT = "rsvision-onnx"
+MANIFEST = "manifest.json"
+INPUT, OUTPUT = "input", "logits"
+TOLERANCE = 1e-4
+CHECK_IMAGES = 4
+INSTALL_HINT = 'pip install "rsvision[deploy]"'
+
+
+def require(*modules: str) -> None:
+    """Raise a one-line :class:`UserError` naming the first of ``modules`` that is not installed."""
+    for name in modules:
+        try:
+            __import__(name)
+        except ImportError:
+            raise UserError(f"{name} is not installed: {INSTALL_HINT}") from None
+
+
+def has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def rsvision_version() -> str:
+    try:
+        return version("rsvision")
+    except PackageNotFoundError:
+        from rsvision import __version__
+
+        return __version__
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_subnets(model: nn.Module, requested: Sequence[SubNetLike] | None, source: str) -> list[SubNet]:
+    """The sub-networks to serve: ``requested`` (checked), or the trained (and calibrated) ones.
+
+    A sub-network the run cannot serve is refused in one line: an id that does not parse,
+    a width the run has no BN for, a resolution outside the trained range (its BN would be
+    extrapolated) unless calibrated statistics exist for it.
+    """
+    from rsvision.calibrate import calibrated_subnets
+
+    if not requested:
+        found = trained_subnets(model) + calibrated_subnets(model)
+        return subnets_of(found) if found else []
+    out = []
+    trained = trained_resolutions(model)
+    for value in requested:
+        try:
+            subnet = SubNet.parse(value)
+            status = subnet_status(model, subnet)
+        except ValueError as exc:
+            raise UserError(f"{source}: sub-network {value}: {exc}") from None
+        if status == "nearest":
+            raise UserError(
+                f"{source}: resolution {subnet.resolution} is outside the trained range {trained[-1]}..{trained[0]} "
+                f"(its BN statistics would be extrapolated); run `rsvision calibrate {source} --res {subnet.id}` first or choose a resolution in range"
+            )
+        out.append(subnet)
+    return list(dict.fromkeys(out))
+
+
+def export_network(network: nn.Module, example: torch.Tensor, path: str | Path, opset: int = OPSET) -> None:
+    """Write ``network`` (eval mode) to ``path`` as one ONNX file, batch dimension dynamic."""
+    require("onnx", "onnxscript")
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.onnx.export(
+            network, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+            dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
+        )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(f"{path}: the ONNX exporter failed ({type(exc).__name__}: {first})") from exc
+    program.save(str(path), external_data=False)
+
+
+def session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session: ``threads`` intra-op threads (default: every core), all graph optimisations."""
+    require("onnxruntime")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable ONNX model ({first})") from None
+
+
+def run_session(sess, x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().numpy().astype(np.float32)})[0])
+
+
+def check_inputs(task, resolutions: Sequence[int], count: int = CHECK_IMAGES) -> tuple[dict[int, torch.Tensor], str]:
+    """The first ``count`` validation images of ``task`` at every resolution, or seeded noise when the data is missing."""
+    resolutions = sorted(set(resolutions), reverse=True)
+    try:
+        data = task.eval_dataset(resolutions)
+        n = min(count, len(data))
+        batch = task.eval_collate([data[i] for i in range(n)])
+        return dict(zip(resolutions, batch["images"])), f"{n} validation images"
+    except UserError as exc:
+        g = torch.Generator().manual_seed(0)
+        channels = task.input_format.channels
+        inputs = {r: torch.randn(count, channels, r, r, generator=g) for r in resolutions}
+        return inputs, f"{count} random inputs (validation data unavailable: {exc})"
+
+
+def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def within_tolerance(diff: float, reference: torch.Tensor) -> bool:
+    return diff <= TOLERANCE * max(1.0, float(reference.abs().max()))
+
+
+def output_description(kind: str, num_classes: int) -> dict[str, Any]:
+    if kind == "classification":
+        return {"name": OUTPUT, "shape": ["N", num_classes], "meaning": "class scores (logits); softmax gives probabilities"}
+    return {
+        "name": OUTPUT,
+        "shape": ["N", num_classes, "h", "w"],
+        "meaning": "per-pixel class scores at the head's stride (h, w per sub-network below); "
+        "upsample bilinearly (align_corners=False) to the image's size, then arg-max over classes",
+    }
+
+
+def view_description(kind: str) -> dict[str, str]:
+    if kind == "classification":
+        return {"name": "center_crop", "text": "shorter side resized to int(r / 0.875) (bilinear, antialiased), centre crop r x r"}
+    return {"name": "resize", "text": "whole image resized to r x r (bilinear, antialiased), normalised first"}
+
+
+def export_artifact(
+    artifact,
+    out_dir: str | Path,
+    subnets: Sequence[SubNetLike] | None = None,
+    *,
+    opset: int = OPSET,
+    check: int = CHECK_IMAGES,
+    on_subnet: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Export ``subnets`` of a loaded run (:class:`rsvision.artifacts.Artifact`) to ``out_dir``; returns the manifest.
+
+    ``check`` images per sub-network go through onnxruntime when it is installed (0: no check).
+    ``on_subnet`` is called with each sub-network's manifest entry as it is written. The
+    model's mode is restored afterwards.
+    """
+    require("onnx", "onnxscript")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a directory")
+    task, model = artifact.task, artifact.model
+    source = str(artifact.path)
+    chosen = resolve_subnets(model, subnets, source)
+    if not chosen:
+        raise UserError(f"{source}: the model has no switchable sub-networks to export")
+    checking = check > 0 and has_onnxruntime()
+    inputs, inputs_text = check_inputs(task, [s.resolution for s in chosen], check) if checking else ({}, "")
+    entries, quantization = [], None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        for subnet in chosen:
+            entry, quantization = _export_subnet(model, task, subnet, out_dir, opset, source)
+            if checking:
+                entry["check_max_abs_diff"] = check_subnet(model, subnet, out_dir / entry["file"], inputs[subnet.resolution])
+            entries.append(entry)
+            if on_subnet is not None:
+                on_subnet(entry)
+    finally:
+        model.train(was_training)
+    kind = "classification" if len(entries[0]["output_shape"]) == 2 else "dense"
+    num_classes = task.recipe.model.num_classes
+    manifest = {
+        "format": FORMAT,
+        "rsvision": rsvision_version(),
+        "torch": torch.__version__,
+        "opset": opset,
+        "source": source,
+        "task": artifact.meta.get("task", task.recipe.task),
+        "class_names": list(artifact.meta.get("class_names") or [str(i) for i in range(num_classes)]),
+        "input": {"name": INPUT, "layout": "NCHW", "dtype": "float32", "batch": "dynamic", **task.input_format.as_dict()},
+        "view": view_description(kind),
+        "output": output_description(kind, num_classes),
+        "quantization": quantization,
+        "check": {"inputs": inputs_text, "tolerance": f"{TOLERANCE} x max(1, |output|)"} if checking else
+        {"inputs": "not checked" + ("" if check <= 0 else ": onnxruntime is not installed")},
+        "subnets": entries,
+    }
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _export_subnet(model: nn.Module, task, subnet: SubNet, out_dir: Path, opset: int, source: str) -> tuple[dict[str, Any], dict | None]:
+    """Write one sub-network's graph; returns its manifest entry and what de-quantization did."""
+    from rsvision.fold import plain_subnet
+    from rsvision.profile import count_madds
+
+    example = task.example_input(subnet.resolution)
+    try:
+        with torch.no_grad(), at_subnet(model, subnet):
+            madds = count_madds(model, example)
+            output_shape = list(model(example).shape)
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(f"{source}: the network cannot run at {subnet.resolution}x{subnet.resolution} ({str(exc).splitlines()[0]})") from None
+    plain = plain_subnet(model, subnet)
+    path = out_dir / f"model_{subnet.id}.onnx"
+    export_network(plain.network, torch.cat([example, example]), path, opset)
+    entry: dict[str, Any] = {"id": subnet.id, "resolution": subnet.resolution}
+    if subnet.width is not None:
+        entry["width"] = subnet.width
+    entry.update(
+        file=path.name,
+        sha256=sha256(path),
+        bytes=path.stat().st_size,
+        madds=madds,
+        parameters=plain.parameters,
+        bn_status=subnet_status(model, subnet),
+        **plain.fold.as_dict(),
+        output_shape=["N", *output_shape[1:]],
+    )
+    return entry, plain.quantization
+
+
+def check_subnet(model: nn.Module, subnet: SubNet, path: Path, x: torch.Tensor) -> float:
+    """Largest |onnxruntime - PyTorch| on ``x``; raises when above the tolerance."""
+    sess = session(path)
+    with torch.no_grad(), at_subnet(model, subnet):
+        reference = model(x)
+    diff = max_difference(run_session(sess, x), reference)
+    if not within_tolerance(diff, reference):
+        raise RuntimeError(
+            f"{path}: onnxruntime's output differs from PyTorch's by {diff:.3g} at sub-network {subnet.id} "
+            f"(tolerance {TOLERANCE} x max(1, |output|)); the file is kept for inspection"
+        )
+    return diff
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    from rsvision.artifacts import write_json
+
+    write_json(Path(out_dir) / MANIFEST, manifest)
+
+
+def read_manifest(export_dir: str | Path) -> dict[str, Any]:
+    """The manifest of an export directory (checked to be one)."""
+    export_dir = Path(export_dir)
+    path = export_dir / MANIFEST
+    if not export_dir.is_dir():
+        raise UserError(f"{export_dir}: no such export directory")
+    if not path.is_file():
+        raise UserError(f"{export_dir}: no {MANIFEST} (not an ONNX export directory; write one with `rsvision export RUN --format onnx`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: corrupt manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not manifest.get("subnets"):
+        raise UserError(f"{path}: not an rsvision ONNX manifest")
+    return manifest
+
+
+def subnet_file(export_dir: str | Path, entry: dict[str, Any], verify: bool = True) -> Path:
+    """The ONNX file of one manifest entry, its SHA-256 checked against the manifest."""
+    path = Path(export_dir) / entry["file"]
+    if not path.is_file():
+        raise UserError(f"{path}: missing (listed in {MANIFEST})")
+    if verify and sha256(path) != entry.get("sha256"):
+        raise UserError(f"{path}: corrupt or changed since export (SHA-256 differs from {MANIFEST})")
+    return path
+
+
+def copy_export(source_dir: Path, manifest: dict[str, Any], keep: Sequence[str], out_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Copy the entries ``keep`` (ids) of an export into ``out_dir`` with their own manifest (``extra`` added to it)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = [e for e in manifest["subnets"] if e["id"] in keep]
+    for entry in entries:
+        shutil.copyfile(Path(source_dir) / entry["file"], out_dir / entry["file"])
+    selected = {**manifest, "subnets": entries, **(extra or {})}
+    write_manifest(out_dir, selected)
+    return selected
+
+
+def export_run(
+    run: str | Path,
+    out_dir: str | Path,
+    subnets: Sequence[SubNetLike] | None = None,
+    *,
+    check: int = CHECK_IMAGES,
+    on_subnet: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Load a run folder or packed file and export it (see :func:`export_artifact`)."""
+    from rsvision.artifacts import load_artifact
+
+    require("onnx", "onnxscript")
+    return export_artifact(load_artifact(run), out_dir, subnets, check=check, on_subnet=on_subnet)

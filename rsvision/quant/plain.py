@@ -1,0 +1,112 @@
+"""Quantized layers as plain float layers: what an ONNX export of a quantized network runs.
+
+:func:`dequantize` replaces, in place and for evaluation:
+
+- every :class:`~rsvision.quant.modules.QuantConv2d` / ``QuantLinear`` by an ``nn.Conv2d`` /
+  ``nn.Linear`` whose weight is the quantized weight as float values (the K-bit levels the
+  layer computes with), preceded by its input quantizer;
+- every activation quantizer that has fixed levels (LQ-Nets', with a ``levels()`` method)
+  by :class:`NearestLevel`: comparisons with the midpoints between sorted levels, the same
+  rule and the same float32 thresholds the quantizer uses in evaluation, so its output is
+  identical and exports as plain element-wise ops (Greater, Where).
+
+Activation quantizers without ``levels()`` are left as they are; :func:`dequantize` lists them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from rsvision.quant.modules import QUANT_LAYERS, QuantConv2d
+
+
+class NearestLevel(nn.Module):
+    """Each value to the nearest of fixed ``levels`` (a value above a midpoint takes the upper level)."""
+
+    def __init__(self, levels: torch.Tensor) -> None:
+        super().__init__()
+        ordered = levels.detach().flatten().float().sort().values
+        self.register_buffer("levels", ordered.clone())
+        self.register_buffer("thresholds", (ordered[1:] + ordered[:-1]) / 2)
+        self.count = int(ordered.numel())
+
+    def extra_repr(self) -> str:
+        return f"levels={self.count}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.levels[0].to(x.dtype).expand_as(x)
+        for i in range(self.count - 1):
+            q = torch.where(x > self.thresholds[i], self.levels[i + 1].to(x.dtype), q)
+        return q
+
+
+def _is_act_quantizer(m: nn.Module) -> bool:
+    return callable(getattr(m, "levels", None)) and isinstance(getattr(m, "basis", None), torch.Tensor) and getattr(m, "basis").dim() == 1
+
+
+def _float_layer(layer: nn.Module) -> nn.Module:
+    weight = layer.quantized_weight().detach()
+    if isinstance(layer, QuantConv2d):
+        plain = nn.Conv2d(
+            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+            layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
+        )
+    else:
+        plain = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
+    plain = plain.to(device=weight.device, dtype=weight.dtype)
+    plain.weight.data.copy_(weight)
+    if layer.bias is not None:
+        plain.bias.data.copy_(layer.bias.detach())
+    return plain.eval()
+
+
+def _set(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, module)
+
+
+@torch.no_grad()
+def dequantize(model: nn.Module) -> dict[str, Any] | None:
+    """Replace quantized layers and fixed-level activation quantizers (see the module docstring).
+
+    Returns None for a model without quantized layers, else what was replaced: the count
+    of weight-quantized layers and activation quantizers, their bits, and the activation
+    quantizers left as they are (``left``, module names).
+    """
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS)]
+    if not layers:
+        return None
+    was_training = model.training
+    model.eval()
+    weight_bits = sorted({int(m.weight_quantizer.bits) for _, m in layers if hasattr(m.weight_quantizer, "bits")})
+    acts, left, act_bits = 0, [], set()
+    for name, layer in layers:
+        quantizer = layer.input_quantizer
+        plain = _float_layer(layer)
+        if isinstance(quantizer, nn.Identity):
+            _set(model, name, plain)
+        elif _is_act_quantizer(quantizer):
+            _set(model, name, nn.Sequential(NearestLevel(quantizer.levels()), plain))
+            acts += 1
+            act_bits.add(int(getattr(quantizer, "bits", 0)))
+        else:
+            _set(model, name, nn.Sequential(quantizer, plain))
+            left.append(name)
+    for name, m in list(model.named_modules()):
+        if name and _is_act_quantizer(m) and not isinstance(m, NearestLevel):
+            _set(model, name, NearestLevel(m.levels()))
+            acts += 1
+            act_bits.add(int(getattr(m, "bits", 0)))
+    model.train(was_training)
+    return {
+        "weights": "quantized weights stored as their float values",
+        "weight_quantized_layers": len(layers),
+        "weight_bits": weight_bits,
+        "activation_quantizers": acts,
+        "activation_bits": sorted(b for b in act_bits if b),
+        "activations": "nearest-level rounding as Greater/Where ops" if acts else "not quantized",
+        "left": left,
+    }
