@@ -13,13 +13,19 @@ first ``images`` of a seeded shuffle of the training split, in the evaluation vi
 
 Calibrated groups are stored beside the weights (``calibration.safetensors``), leaving
 the trained groups untouched; evaluation prefers a calibrated group where one exists.
+:func:`calibrated_for` calibrates for one block of code only (validation during training
+with post-hoc BN), leaving the model's calibrated groups as they were.
+
+Width-switchable sub-networks (``160w50``) are calibrated alike: a narrower sub-network
+updates the first channels of its group's statistics.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from safetensors import safe_open
@@ -83,6 +89,19 @@ def calibrate(
         if progress:
             progress.remove_task(task_id)
     return count
+
+
+@contextmanager
+def calibrated_for(model: nn.Module, task, subnets: Sequence[SubNetLike], images: int, seed: int = 0) -> Iterator[int]:
+    """Calibrate ``subnets`` for the block only (yields the images used); afterwards every
+    switchable BN has the calibrated groups it had before."""
+    bns = switchable_bns(model)
+    saved = [dict(bn.calibrated.items()) for bn in bns]
+    try:
+        yield calibrate(model, task, subnets, images, seed=seed)
+    finally:
+        for bn, before in zip(bns, saved):
+            bn.calibrated = nn.ModuleDict(before)
 
 
 def calibrated_subnets(model: nn.Module) -> list[SubNet]:
