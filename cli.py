@@ -91,7 +91,8 @@ def evaluate(task_name, res, extra_res, widths, checkpoint, data_root, batch_siz
         console.print(f"[yellow]warning:[/] {run_dir} stopped after epoch {meta.get('epochs_done')} of {meta['recipe']['train']['epochs']}")
     subnets = resolutions
     if widths or artifact.task.recipe.widths is not None:
-        subnets = _width_subnets(artifact, resolutions, widths) if resolutions or widths else None
+        chosen = _width_subnets(artifact, resolutions, widths)
+        subnets = chosen if resolutions or widths else None  # None: the trained ones and combined rows
     rows = evaluate_artifact(artifact, subnets, batch_size)
     if as_json:
         _emit_json({"run": str(run_dir), "task": meta["task"], "results": rows})

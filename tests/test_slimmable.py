@@ -219,3 +219,13 @@ def test_madds_of_each_subnetwork_as_the_flop_counter_measures_and_falling_with_
         madds.append(counted)
     assert madds == sorted(madds, reverse=True) and len(set(madds)) == len(madds)
     assert madds[0] > 8 * madds[-1]
+
+
+def test_segmentation_head_keeps_its_classifier_full_or_is_refused():
+    model = create_model(backbone="resnet8", head="refinenet", num_classes=5, resolutions=[32], widths=[1.0, 0.5], shared_bn=True, backbone_args={"width": 16})
+    last = [m for m in slimmable_layers(model) if m.full_outputs]
+    assert len(last) == 1 and last[0].out_channels == 5
+    with at_subnet(model.eval(), SubNet(32, 0.5)):
+        assert model(torch.zeros(1, 3, 32, 32)).shape[1] == 5
+    with pytest.raises(UserError, match=r"^widths: resnet18 with head unet cannot be made width-switchable: head\.decoder\.blocks\.0: it concatenates"):
+        create_model(backbone="resnet18", head="unet", num_classes=5, resolutions=[32], widths=[1.0, 0.5], shared_bn=True)

@@ -104,7 +104,10 @@ def create_model(
 
         smallest = min(SubNet.parse(s).resolution for s in subnets) if subnets else min(resolutions)
         example = torch.zeros(2, in_channels, smallest, smallest)
-        make_slimmable(body, (min(widths), max(widths)), width_divisor, example_input=example)
+        try:
+            make_slimmable(body, (min(widths), max(widths)), width_divisor, example_input=example)
+        except UserError as exc:
+            raise UserError(f"widths: {backbone} with head {head} cannot be made width-switchable: {exc}") from None
         subnets = subnets or [SubNet(r, w) for w in widths for r in resolutions]
     subnets = subnets_of(subnets or resolutions)
     if quant is not None:
