@@ -37,7 +37,7 @@ from rsvision.errors import UserError
 from rsvision.subnet import SubNet, active_channels
 from rsvision.switchable import BN_TYPES, Switchable, SwitchableBatchNorm, at_subnet
 
-__all__ = ["SlimmableConv2d", "SlimmableLinear", "make_slimmable", "slimmable_layers", "width_range_of"]
+__all__ = ["SlimmableConv2d", "SlimmableLinear", "make_slimmable", "slimmable_layers"]
 
 
 class _Slimmable(Switchable):
@@ -56,6 +56,10 @@ class _Slimmable(Switchable):
         if self.full_outputs or width is None:
             return channels
         return active_channels(width, channels, self.divisor)
+
+    def _slim_repr(self) -> str:
+        low, high = self.width_range
+        return f"widths={low:g}..{high:g}, divisor={self.divisor}" + (", full outputs" if self.full_outputs else "")
 
     @property
     def width(self) -> float | None:
@@ -118,8 +122,7 @@ class SlimmableConv2d(_Slimmable, nn.Conv2d):
         return conv.eval()
 
     def extra_repr(self) -> str:
-        full = ", full outputs" if self.full_outputs else ""
-        return f"{super().extra_repr()}, divisor={self.divisor}{full}"
+        return f"{super().extra_repr()}, {self._slim_repr()}"
 
 
 class SlimmableLinear(_Slimmable, nn.Linear):
@@ -154,18 +157,11 @@ class SlimmableLinear(_Slimmable, nn.Linear):
         return linear.eval()
 
     def extra_repr(self) -> str:
-        full = ", full outputs" if self.full_outputs else ""
-        return f"{super().extra_repr()}, divisor={self.divisor}{full}"
+        return f"{super().extra_repr()}, {self._slim_repr()}"
 
 
 def slimmable_layers(model: nn.Module) -> list[_Slimmable]:
     return [m for m in model.modules() if isinstance(m, _Slimmable)]
-
-
-def width_range_of(model: nn.Module) -> tuple[float, float] | None:
-    """The width range a model was made slimmable for; None if it is not slimmable."""
-    layer = next(iter(slimmable_layers(model)), None)
-    return None if layer is None else layer.width_range
 
 
 # --------------------------------------------------------------------------- conversion

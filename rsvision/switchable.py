@@ -32,7 +32,6 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
