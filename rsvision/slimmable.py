@@ -212,7 +212,7 @@ def _check_layer(m: nn.Module, name: str) -> None:
             raise UserError(f"{name}: grouped convolution ({m.groups} groups of {m.in_channels // m.groups} channels); slicing channels would break its groups, only depthwise and plain convolutions can be slimmed")
         return
     if isinstance(m, nn.Linear):
-        if type(m) is not nn.Linear:
+        if not _plain_linear(m):
             raise UserError(f"{name}: a {type(m).__name__} (a Linear with a forward of its own); slimming converts plain nn.Linear only")
         return
     if isinstance(m, BN_TYPES):
@@ -224,10 +224,19 @@ def _check_layer(m: nn.Module, name: str) -> None:
         raise UserError(f"{name}: {type(m).__name__} has channel-sized parameters that slimming cannot slice (supported: Conv2d, Linear, BatchNorm)")
 
 
+@torch.no_grad()
+def _plain_linear(m: nn.Linear) -> bool:
+    """``nn.Linear`` itself, or a subclass computing exactly ``F.linear`` (timm's ``Linear``)."""
+    if type(m) is nn.Linear:
+        return True
+    x = torch.randn(2, m.in_features, generator=torch.Generator().manual_seed(0)).to(m.weight)
+    return torch.equal(m(x), F.linear(x, m.weight, m.bias))
+
+
 def _convert(m: nn.Module, divisor: int, width_range: tuple[float, float], last: bool) -> nn.Module | None:
     if type(m) is nn.Conv2d:
         return SlimmableConv2d.from_conv(m, divisor, width_range, full_outputs=last)
-    if type(m) is nn.Linear:
+    if isinstance(m, nn.Linear):
         return SlimmableLinear.from_linear(m, divisor, width_range, full_outputs=last)
     return None
 

@@ -116,9 +116,10 @@ def test_slimmed_network_equals_its_materialized_plain_network(backbone, args):
 
 
 def test_timm_resnet_and_mobilenet_convert():
+    """timm's BatchNormAct2d, squeeze-excitation and its Linear (MobileNetV3) slim like torchvision's layers."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    for name in ("resnet10t", "mobilenetv2_035"):
+    for name in ("resnet10t", "mobilenetv3_small_050"):
         net = timm.create_model(name, num_classes=5)
         make_slimmable(net, (0.5, 1.0), example_input=torch.zeros(2, 3, 32, 32))
         from rsvision.switchable import RSNet
