@@ -17,7 +17,8 @@ from rsvision.engine import evaluate, train
 from rsvision.errors import UserError
 from rsvision.models import build_model
 from rsvision.mred import kl_divergence
-from rsvision.recipe import check_unused, validate_recipe
+from rsvision.query import parse_budget, width_grid
+from rsvision.recipe import WidthsConfig, check_unused, validate_recipe
 from rsvision.registry import TASKS, register_task
 from rsvision.slimmable import slimmable_layers
 from rsvision.subnet import SubNet, active_channels
@@ -172,6 +173,13 @@ def test_private_bn_keeps_a_group_per_width_and_resolution(tmp_path):
     bn = next(m for m in method.model.modules() if type(m).__name__ == "SwitchableBatchNorm")
     assert list(bn.groups) == ["16w100", "12w100", "8w100", "16w50", "12w50", "8w50"]
     assert method.uncalibrated(method.eval_subnets()) == []
+
+
+def test_query_grid_and_budgets():
+    assert width_grid(WidthsConfig(range=[0.25, 1.0])) == [round(1 - 0.05 * k, 2) for k in range(16)]
+    assert width_grid(WidthsConfig(range=[0.33, 0.9]))[-3:] == [0.4, 0.35, 0.33]
+    assert width_grid(WidthsConfig(list=[0.5, 1.0])) == [1.0, 0.5]
+    assert (parse_budget("150M"), parse_budget("1.2G"), parse_budget("3000")) == (150e6, 1.2e9, 3000)
 
 
 # ---------------------------------------------------------------- a trained tiny run
