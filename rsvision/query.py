@@ -276,8 +276,10 @@ def print_query(report: dict[str, Any], picked: Sequence[dict[str, Any]] = (), c
         console.print(f"[yellow]warning:[/] {report['run']} did not finish training")
     console.print(query_table(report, picked))
     metric = report["metric"]
+    if report.get("cached"):
+        console.print(f"read from {report['run']}/{QUERY} (the table of these weights)")
     if report.get("calibrated"):
-        console.print(f"BN statistics recomputed for {len(report['calibrated'])} sub-networks on {report['images']} training images (post-hoc BN)")
+        console.print(f"BN statistics of {len(report['calibrated'])} sub-networks recomputed on {report['images']} training images (post-hoc BN)")
     for c in picked:
         row, unit = c["choice"], "MAdds" if c["kind"] == "madds" else "ms"
         console.print(
