@@ -67,12 +67,13 @@ def train(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...], re
 @click.option("--task", "task_name", default=None, help="Task of the run (cls, seg): picks the latest such run, and is checked against --checkpoint.")
 @click.option("--res", multiple=True, help="Resolution(s) or ranges START:STOP:STEP (64:256:16) to evaluate; default: the trained ones and the ensemble.")
 @click.argument("extra_res", nargs=-1)
+@click.option("--width", "widths", multiple=True, type=float, help="Width(s) of a width-switchable run, e.g. --width 0.5 (default: its trained ones).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Run folder or packed file (default: the latest finished run under ./runs).")
 @click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @plugin_option
-def evaluate(task_name, res, extra_res, checkpoint, data_root, batch_size, as_json, plugins) -> None:
+def evaluate(task_name, res, extra_res, widths, checkpoint, data_root, batch_size, as_json, plugins) -> None:
     """Evaluate a trained run at any resolution (untrained ones through BN interpolation)."""
     from rsvision.artifacts import find_latest_run, load_artifact
     from rsvision.engine.report import console, results_table
@@ -89,7 +90,11 @@ def evaluate(task_name, res, extra_res, checkpoint, data_root, batch_size, as_js
         raise UserError(f"{run_dir}: a '{meta.get('task')}' run, not '{task_name}' (drop --task or pick a {task_name} run)")
     if not artifact.complete:
         console.print(f"[yellow]warning:[/] {run_dir} stopped after epoch {meta.get('epochs_done')} of {meta['recipe']['train']['epochs']}")
-    rows = evaluate_and_record(artifact, resolutions, batch_size)
+    subnets = resolutions
+    if widths or artifact.task.recipe.widths is not None:
+        chosen = _width_subnets(artifact, resolutions, widths)
+        subnets = chosen if resolutions or widths else None  # None: the trained ones and combined rows
+    rows = evaluate_and_record(artifact, subnets, batch_size)
     if as_json:
         _emit_json({"run": str(run_dir), "task": meta["task"], "results": rows})
         return
@@ -370,6 +375,20 @@ def _export_onnx(run: Path, out_dir: Path, res: list[int], subnet_ids: tuple[str
     out.print(f"{out_dir / 'manifest.json'}: {manifest['task']}, opset {manifest['opset']}, checked on {manifest['check']['inputs']}", soft_wrap=True)
 
 
+def _width_subnets(artifact, resolutions, widths):
+    """``--width`` x ``--res`` of a width run; sub-networks without BN statistics of their own
+    get them recomputed first (post-hoc BN), and the user is told."""
+    from rsvision.engine.report import console
+    from rsvision.query import calibrate_missing, width_subnets
+
+    subnets = width_subnets(artifact, resolutions, widths)
+    done, images = calibrate_missing(artifact, subnets)
+    if done:
+        where = f", saved to {artifact.path}/calibration.safetensors" if Path(artifact.path).is_dir() else ""
+        console.print(f"post-hoc BN: recomputed the statistics of {', '.join(s.id for s in done)} on {images} training images{where}")
+    return subnets
+
+
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("extra_res", nargs=-1, type=int)
@@ -400,6 +419,34 @@ def deploy(run, extra_res, budget_madds, budget_ms, calibrated, res, out_dir, th
     out.print(table)
     entry = report["manifest"]["subnets"][0]
     out.print(f"deployed {chosen['subnet']} ({metric} {chosen[metric]:.2f}) to {Path(out_dir) / entry['file']}", soft_wrap=True)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--budget", "budgets", multiple=True, metavar="MADDS", help="Best configuration within this many multiply-adds, e.g. 150M (repeatable).")
+@click.option("--budget-ms", "budgets_ms", multiple=True, metavar="MS", help="Best configuration within this latency in ms (this machine, batch 1; repeatable).")
+@click.option("--images", type=click.IntRange(1), default=None, help="Training images for recomputed BN statistics (default 2000).")
+@click.option("--step", type=click.FloatRange(0.01, 1.0), default=0.05, show_default=True, help="Width step of the grid (range runs).")
+@click.option("--refresh", is_flag=True, help="Rebuild the table even if the run folder holds one for these weights.")
+@click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@plugin_option
+def query(run, budgets, budgets_ms, images, step, refresh, data_root, as_json, plugins) -> None:
+    """Query table of a width run: every (width, resolution) with MAdds, latency and accuracy, and the best per budget."""
+    from rsvision.engine.report import training_progress
+    from rsvision.query import choices, parse_budget, parse_ms, print_query, query_run
+    from rsvision.registry import load_plugins
+
+    load_plugins(plugins)
+    madds = [parse_budget(b) for b in budgets]
+    ms = [parse_ms(b) for b in budgets_ms]
+    with training_progress(disable=as_json) as bar:
+        report = query_run(run, images, step, data_root, refresh, progress=bar)
+    picked = choices(report, madds, ms)
+    if as_json:
+        _emit_json({**report, "best": picked})
+        return
+    print_query(report, picked, out)
 
 
 def _last_line(exc: UserError) -> str:

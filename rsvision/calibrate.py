@@ -15,14 +15,20 @@ Calibrated groups are stored beside the weights (``calibration.safetensors``), l
 the trained groups untouched; evaluation prefers a calibrated group where one exists. The
 file records the SHA-256 of the weights it was measured on: if the run trains on, the
 stale statistics are ignored (with a warning) until calibrated again.
+:func:`calibrated_for` calibrates for one block of code only (validation during training
+with post-hoc BN), leaving the model's calibrated groups as they were.
+
+Width-switchable sub-networks (``160w50``) are calibrated alike: a narrower sub-network
+updates the first channels of its group's statistics.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from safetensors import safe_open
@@ -113,6 +119,19 @@ def check_servable(bn: SwitchableBatchNorm, subnet: SubNet, source: str = "") ->
             f"{source + ': ' if source else ''}cannot calibrate sub-network {subnet.id} ({subnet.label()}): the network has no BatchNorm "
             f"parameters for it to start from (trained sub-networks: {trained})"
         ) from None
+
+
+@contextmanager
+def calibrated_for(model: nn.Module, task, subnets: Sequence[SubNetLike], images: int, seed: int = 0) -> Iterator[int]:
+    """Calibrate ``subnets`` for the block only (yields the images used); afterwards every
+    switchable BN has the calibrated groups it had before."""
+    bns = switchable_bns(model)
+    saved = [dict(bn.calibrated.items()) for bn in bns]
+    try:
+        yield calibrate(model, task, subnets, images, seed=seed)
+    finally:
+        for bn, before in zip(bns, saved):
+            bn.calibrated = nn.ModuleDict(before)
 
 
 def calibrated_subnets(model: nn.Module) -> list[SubNet]:

@@ -128,6 +128,79 @@ class MREDConfig(_Section):
         return v
 
 
+#: Annotations of ``WidthsConfig``, whose field names ``range`` and ``list`` hide the builtins.
+_WidthPair = tuple[float, float]
+_WidthList = list[float]
+
+
+class WidthsConfig(_Section):
+    """The width axis (MutualNet): which widths, how BN serves them, how they are trained.
+
+    Exactly one of ``range`` (any width in [low, high]) and ``list`` (those widths only).
+    """
+
+    range: _WidthPair | None = None
+    list: _WidthList | None = None
+    #: Channels at width w: ceil(w * C) rounded up to a multiple of ``divisor``.
+    divisor: int = Field(8, ge=1)
+    #: ``posthoc``: one BN shared in training (batch statistics), statistics recomputed per
+    #: (width, resolution) afterwards; ``private``: a BN per (width, resolution) of ``list``.
+    bn: Literal["posthoc", "private"] = "posthoc"
+    #: Sub-networks per step (sandwich rule): the full width, the smallest, sample - 2 random ones.
+    sample: int = Field(4, ge=2)
+    #: ``largest``: the full width at the largest resolution learns from the labels and
+    #: teaches the others (MutualNet Eq. 2-4); ``ensemble``: it runs every resolution with
+    #: MRED (``mred.mode``) and the others learn from the alpha-ensemble.
+    teacher: Literal["largest", "ensemble"] = "largest"
+    #: Training images whose BN statistics are recomputed before each validation (posthoc BN).
+    calibration_images: int = Field(256, ge=1)
+    #: Weight decay on ``all`` parameters, or on ``conv_fc``: weights of convolutions and
+    #: linear layers except depthwise ones (MutualNet's official code).
+    decay: Literal["all", "conv_fc"] = "all"
+    #: Build and print the query table after training (every grid point calibrated and
+    #: evaluated: for small runs; ``rsvision query`` does the same later).
+    query: bool = False
+
+    @field_validator("range")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] < v[1] <= 1:
+            raise ValueError(f"expected 0 < low < high <= 1, got {list(v)}")
+        return v
+
+    @field_validator("list")
+    @classmethod
+    def _list(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        if not v or any(not 0 < w <= 1 for w in v):
+            raise ValueError(f"expected widths in (0, 1], got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"expected distinct widths, got {v}")
+        if any(abs(w * 100 - round(w * 100)) > 1e-6 for w in v):
+            raise ValueError(f"expected widths on a 0.01 grid (they name sub-networks, e.g. 160w35), got {v}")
+        return sorted(v, reverse=True)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "WidthsConfig":
+        if (self.range is None) == (self.list is None):
+            raise ValueError("give exactly one of range: [low, high] and list: [w1, w2, ...]")
+        if self.bn == "private" and self.list is None:
+            raise ValueError("bn: private keeps a BN per width, so it needs list: [...] (a range has infinitely many widths; use bn: posthoc)")
+        return self
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(smallest, largest) width."""
+        values = self.range if self.range is not None else self.list
+        return min(values), max(values)
+
+    @property
+    def trained(self) -> list[float]:
+        """The widths that name the trained sub-networks: the list, or a range's two ends."""
+        return list(self.list) if self.list is not None else [self.bounds[1], self.bounds[0]]
+
+
 class QuantConfig(_Section):
     method: str = "lq"
     weight_bits: int = Field(2, ge=1, le=8)
@@ -144,6 +217,7 @@ class Recipe(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     mred: MREDConfig = Field(default_factory=MREDConfig)
     quant: QuantConfig | None = None
+    widths: WidthsConfig | None = None
     output_dir: str = RUNS_DIR
     name: str | None = None
     plugins: list[str] = Field(default_factory=list)
@@ -169,14 +243,29 @@ class Recipe(_Section):
                 raise ValueError(f"data.{name} has {len(values)} values but model.in_channels is {c}; give one per channel")
         return self
 
+    @model_validator(mode="after")
+    def _widths_alone(self) -> "Recipe":
+        if self.widths is None:
+            return self
+        if self.model.shared_bn:
+            raise ValueError("model.shared_bn: a width recipe chooses its BN with widths.bn (posthoc: shared in training, or private); remove it")
+        if self.quant is not None:
+            raise ValueError("quant: quantized width-switchable networks are not supported; remove quant or widths")
+        return self
+
     @property
     def source(self) -> str:
         return self._source
 
     @property
     def subnets(self) -> list[SubNet]:
-        """The sub-networks trained by this recipe, largest first."""
-        return [SubNet(r) for r in self.resolutions]
+        """The sub-networks trained by this recipe, widest first, then largest resolution first.
+
+        With ``widths``: every (width, resolution) of a list, or of a range's two ends.
+        """
+        if self.widths is None:
+            return [SubNet(r) for r in self.resolutions]
+        return [SubNet(r, w) for w in self.widths.trained for r in self.resolutions]
 
 
 def _section_fields(loc: tuple) -> list[str]:
@@ -219,6 +308,8 @@ def format_validation_error(source: str, err: ValidationError) -> str:
             lines.append(f"{source}: {path}: {_EXPECTED[kind]}, got {e['input']!r}")
         elif kind == "missing":
             lines.append(f"{source}: {path}: missing required field")
+        elif not loc:  # a check across sections: its message names the fields
+            lines.append(f"{source}: {e['msg'].removeprefix('Value error, ')}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"{source}: {path}: {msg}, got {e['input']!r}" if "got" not in msg else f"{source}: {path}: {msg}")
@@ -264,11 +355,14 @@ def validate_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 
 #: Fields that only some choices read: the field, and the condition under which it is read.
+#: A condition on a section the recipe does not have (``widths``) does not apply.
 _CONDITIONAL = {
     "train.milestones": ("train.schedule", "step"),
     "train.gamma": ("train.schedule", "step"),
     "train.momentum": ("train.optimizer", "sgd"),
     "train.nesterov": ("train.optimizer", "sgd"),
+    "mred.mode": ("widths.teacher", "ensemble"),
+    "widths.calibration_images": ("widths.bn", "posthoc"),
 }
 
 
@@ -297,6 +391,8 @@ def check_unused(recipe: Recipe, optional_fields_read: set[str]) -> None:
         if name in _CONDITIONAL:
             key, wanted = _CONDITIONAL[name]
             section, field = key.split(".")
+            if getattr(recipe, section) is None:
+                continue
             actual = getattr(getattr(recipe, section), field)
             if actual != wanted:
                 raise UserError(f"{recipe.source}: {name}: only read when {key} is '{wanted}' (it is '{actual}'); remove it")

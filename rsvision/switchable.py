@@ -10,7 +10,10 @@ How a BN layer serves a sub-network (:meth:`SwitchableBatchNorm.status`):
 
 - ``calibrated``: statistics recomputed for it after training (``rsvision.calibrate``),
   used in evaluation whenever they exist;
-- ``trained``: its own group (or the single ``shared`` group);
+- ``trained``: its own group;
+- ``shared``: the single group shared by all trained sub-networks (``shared_bn``, MutualNet's
+  BN during training), whose running statistics mix theirs; recompute them with
+  ``rsvision.calibrate`` to give the sub-network statistics of its own;
 - ``interpolated``: a resolution strictly between two trained ones of the same width
   uses BN parameters and statistics linearly interpolated between them (§4.3);
 - ``nearest``: outside the trained range, the nearest trained resolution (with a warning).
@@ -29,7 +32,6 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -100,7 +102,7 @@ class SwitchableBatchNorm(Switchable):
         return f"subnets={[s.id for s in self.subnets]}, shared={self.shared}"
 
     def status(self, subnet: SubNet) -> str:
-        """How ``subnet`` is served in evaluation: calibrated, trained, interpolated or nearest."""
+        """How ``subnet`` is served in evaluation: calibrated, trained, shared, interpolated or nearest."""
         return self._plan(subnet, training=False)[0]
 
     def _plan(self, subnet: SubNet, training: bool) -> tuple[str, tuple]:
@@ -108,7 +110,7 @@ class SwitchableBatchNorm(Switchable):
         if not training and subnet.id in self.calibrated:
             return "calibrated", (self.calibrated[subnet.id],)
         if self.shared:
-            return "trained", (self.groups[SHARED],)
+            return ("shared" if len(self.subnets) > 1 else "trained"), (self.groups[SHARED],)
         if subnet.id in self.groups:
             return "trained", (self.groups[subnet.id],)
         if training:
@@ -184,35 +186,33 @@ def _lerp_state(g_hi: nn.Module, g_lo: nn.Module, w: float) -> dict[str, torch.T
 
 
 def _batch_norm(bn: nn.Module, x: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``bn(x)`` with tensors taken from ``state`` where given, on the first ``x.shape[1]`` channels.
+    """``bn``'s own forward on the first ``x.shape[1]`` channels, with tensors taken from ``state`` where given.
 
-    Follows ``nn.BatchNorm``'s rules: batch statistics in training mode (running
-    statistics updated in place, cumulative average when ``momentum`` is None).
+    The module's forward runs (``functional_call``), so BN subclasses keep what they add
+    (timm's ``BatchNormAct2d`` applies its activation) and ``nn.BatchNorm``'s rules hold:
+    batch statistics in training mode, running statistics updated in place (the sliced
+    tensors are views of the module's buffers), cumulative average when ``momentum`` is None.
     """
     if isinstance(bn, nn.SyncBatchNorm) and bn.training:
         raise ValueError("a narrower sub-network cannot use SyncBatchNorm in training; use plain BN")
     c = x.shape[1]
-
-    def get(name: str) -> torch.Tensor | None:
-        t = state.get(name, getattr(bn, name, None))
-        return None if t is None else t[:c]
-
-    mean, var = get("running_mean"), get("running_var")
-    factor = 0.0
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    use_batch = bn.training or mean is None
-    if bn.training and not bn.track_running_stats:
-        mean = var = None
-    return F.batch_norm(x, mean, var, get("weight"), get("bias"), use_batch, factor, bn.eps)
+    tensors = {}
+    for name, t in [*bn.named_parameters(recurse=False), *bn.named_buffers(recurse=False)]:
+        t = state.get(name, t)
+        tensors[name] = t[:c] if t.dim() else t
+    return functional_call(bn, tensors, (x,))
 
 
+@torch.no_grad()
 def _narrow_bn(bn: nn.Module, channels: int) -> nn.Module:
-    """A BN of ``channels`` features holding the first ``channels`` of ``bn``'s tensors."""
-    out = type(bn)(channels, eps=bn.eps, momentum=bn.momentum, affine=bn.affine, track_running_stats=bn.track_running_stats)
-    state = {k: (v[:channels] if v.dim() else v) for k, v in bn.state_dict().items()}
-    out.load_state_dict(state)
+    """A copy of ``bn`` (same type and extras) holding the first ``channels`` of its tensors."""
+    out = copy.deepcopy(bn)
+    for name, p in list(out.named_parameters(recurse=False)):
+        setattr(out, name, nn.Parameter(p[:channels].clone(), requires_grad=p.requires_grad))
+    for name, b in list(out.named_buffers(recurse=False)):
+        if b.dim():
+            setattr(out, name, b[:channels].clone())
+    out.num_features = channels
     return out.eval()
 
 
@@ -400,7 +400,9 @@ def materialize(model: nn.Module, subnet: SubNetLike) -> nn.Module:
 
     Every switchable layer is replaced by the fixed layer it stands for (a BN group,
     interpolated or calibrated statistics, a slice of a width-switchable layer), so
-    nothing switchable is left: ready to fold BN into convolutions and to export.
+    nothing switchable is left: ready to fold BN into convolutions and to export. Each
+    layer's ``materialize(subnet, channels)`` gets the input channels it sees as
+    ``subnet`` (None at full width), measured in one forward pass.
     """
     subnet = SubNet.parse(subnet)
     body = model.body if isinstance(model, RSNet) else model
@@ -409,21 +411,21 @@ def materialize(model: nn.Module, subnet: SubNetLike) -> nn.Module:
         widths = _active_widths(plain, subnet, body)
     for name, m in list(plain.named_modules()):
         if name and hasattr(m, "materialize"):
-            replacement = m.materialize(subnet, widths.get(name)) if isinstance(m, SwitchableBatchNorm) else m.materialize(subnet)
+            replacement = m.materialize(subnet, widths.get(name))
             parent, _, attr = name.rpartition(".")
             setattr(plain.get_submodule(parent) if parent else plain, attr, replacement)
     return plain
 
 
 def _active_widths(plain: nn.Module, subnet: SubNet, body: nn.Module) -> dict[str, int]:
-    """Channels each switchable BN sees as ``subnet`` (from one forward pass when widths switch)."""
+    """Input channels of each switchable layer as ``subnet`` (from one forward pass when widths switch)."""
     if subnet.width is None or subnet.width >= 1.0:
         return {}
     seen: dict[str, int] = {}
     hooks = [
         m.register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[0].shape[1]))
         for name, m in plain.named_modules()
-        if isinstance(m, SwitchableBatchNorm)
+        if isinstance(m, Switchable)
     ]
     try:
         example = _example_input(body, subnet.resolution)

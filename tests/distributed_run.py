@@ -1,8 +1,9 @@
 """Train a tiny RS-Net with the real engine; run by tests/test_distributed.py as one plain
 process or under ``torchrun --nproc_per_node 2`` (CPU, gloo).
 
-Usage: ``python distributed_run.py OUT_DIR MEMORY GRAD_ACCUM``. Every process writes
-``OUT_DIR/rank<r>.json`` (world size, backend, the sample indices it trained on); the run
+Usage: ``python distributed_run.py OUT_DIR MEMORY GRAD_ACCUM [widths]``. Every process
+writes ``OUT_DIR/rank<r>.json`` (world size, backend, the sample indices it trained on, and
+with ``widths`` the sub-networks MutualNet's sandwich rule drew at each step); the run
 folder holds the weights. Data are fixed tensors, so the processes differ only in the
 samples the sampler gives them.
 """
@@ -16,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 from torchmetrics.aggregation import SumMetric
 
+import rsvision.training.mutual as mutual
 from rsvision.engine import train
 from rsvision.engine import trainer
 from rsvision.recipe import validate_recipe
@@ -35,6 +37,19 @@ def _recording_evaluate(real):
         return real(model, *args, **kwargs)
 
     return evaluate
+
+
+DRAWS: list[list[str]] = []
+_sandwich = mutual.sandwich
+
+
+def _recorded_sandwich(*args, **kwargs):
+    draw = _sandwich(*args, **kwargs)
+    DRAWS.append([s.id for s in draw])
+    return draw
+
+
+mutual.sandwich = _recorded_sandwich
 
 
 class FixedImages(Dataset):
@@ -88,10 +103,12 @@ class FixedTask(Task):
         return [str(c) for c in range(CLASSES)]
 
 
-def main(out: Path, memory: str, grad_accum: int) -> None:
+def main(out: Path, memory: str, grad_accum: int, widths: bool = False) -> None:
     torch.set_num_threads(1)
+    extra = {"widths": {"range": [0.5, 1.0], "divisor": 2, "calibration_images": 8}} if widths else {}
     recipe = validate_recipe(
         {
+            **extra,
             "task": "fixed_cls",
             "resolutions": RESOLUTIONS,
             "model": {"backbone": "resnet8", "num_classes": CLASSES, "backbone_args": {"width": 4}},
@@ -108,10 +125,11 @@ def main(out: Path, memory: str, grad_accum: int) -> None:
         **GROUP,
         "seen": SEEN,
         "buffers": BUFFERS,
+        "draws": DRAWS,
         "run_dir": str(run_dir),
     }
     (out / f"rank{rank}.json").write_text(json.dumps(info))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
+    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:] == ["widths"])

@@ -93,6 +93,20 @@ def test_sampler_shards_and_reshuffles(runs):
     assert single["seen"][:n] != single["seen"][n:]  # a new order in epoch 2
 
 
+def test_two_processes_draw_the_same_width_subnetworks(tmp_path):
+    """MutualNet over gloo: both processes draw the same sub-networks at every step."""
+    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun not installed")
+    out = tmp_path / "widths"
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(out), "low", "1", "widths"]
+    _wait(_launch(cmd, out), out)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2 and len(ranks[0]["draws"]) == 8  # 2 epochs x 4 steps
+    assert ranks[0]["draws"] == ranks[1]["draws"]
+    assert len({tuple(d) for d in ranks[0]["draws"]}) > 1  # and they change from step to step
+
+
 def test_evaluation_counts_every_image_once(runs):
     _, ranks = runs
     log = [json.loads(line) for line in (Path(ranks[0]["run_dir"]) / "log.jsonl").read_text().splitlines()]

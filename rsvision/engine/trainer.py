@@ -3,8 +3,9 @@
 The engine prepares the training method (network + criterion, see :mod:`rsvision.training`),
 the optimiser and the data; accumulates gradients over ``train.grad_accum`` micro-batches;
 calls backward, steps the optimiser with the learning rate of the schedule (per update);
-evaluates through the task's metrics after each epoch; and writes the run folder
-atomically. It knows nothing of labels, logits or ensembles.
+evaluates through the task's metrics after each epoch (inside the method's
+``evaluation`` context, e.g. recomputed BN statistics); and writes the run folder
+atomically. It knows nothing of labels, logits, ensembles or sub-network axes.
 
 Exactness: the data order and every sample's augmentation are functions of (seed, epoch,
 index) (:mod:`rsvision.data.sampling`), and the training state is saved after every epoch,
@@ -200,7 +201,9 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
             log = {"epoch": epoch + 1, **stats, **unwrapped.describe()}
             if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
                 sync_buffers(unwrapped)
-                rows = evaluate(unwrapped.model, task, unwrapped.eval_subnets(), unwrapped.combiners(), accelerator=accelerator, progress=bar)
+                subnets = unwrapped.eval_subnets()
+                with unwrapped.evaluation(subnets):
+                    rows = evaluate(unwrapped.model, task, subnets, unwrapped.combiners(), accelerator=accelerator, progress=bar)
                 rows = unwrapped.annotate(rows)
                 log["val"] = rows
             state.epoch = epoch + 1
@@ -213,6 +216,8 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
         meta = json.loads((run_dir / "rsvision.json").read_text())
         console.print(results_table(_with_costs(rows, meta["madds"])))
         console.print(f"run folder: {run_dir}")
+    if accelerator.is_main_process:
+        unwrapped.after_training(run_dir, quiet)
     accelerator.end_training()
     return run_dir
 

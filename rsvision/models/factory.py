@@ -17,7 +17,7 @@ from rsvision.errors import UserError
 from rsvision.models.pretrained import load_pretrained
 from rsvision.recipe import Recipe
 from rsvision.registry import BACKBONES, HEADS, QUANTIZERS
-from rsvision.subnet import SubNetLike, subnets_of
+from rsvision.subnet import SubNet, SubNetLike, subnets_of
 from rsvision.switchable import RSNet
 
 
@@ -78,11 +78,16 @@ def create_model(
     backbone_args: dict[str, Any] | None = None,
     head_args: dict[str, Any] | None = None,
     quant: dict[str, Any] | None = None,
+    widths: Sequence[float] | None = None,
+    width_divisor: int = 8,
 ) -> RSNet:
     """A switchable network: a registered backbone and head, a private BN per sub-network.
 
-    ``subnets`` defaults to ``resolutions`` (an RS-Net). ``quant`` is a quantizer recipe,
-    e.g. ``{"method": "lq", "weight_bits": 2, "act_bits": 2}``.
+    ``subnets`` defaults to ``resolutions`` (an RS-Net), or with ``widths`` to every
+    (width, resolution). ``quant`` is a quantizer recipe, e.g. ``{"method": "lq",
+    "weight_bits": 2, "act_bits": 2}``. ``widths`` (e.g. ``[1.0, 0.25]``, a range's ends,
+    or a list) makes the network width-switchable over ``[min(widths), max(widths)]``
+    (:func:`rsvision.slimmable.make_slimmable`, channels rounded to ``width_divisor``).
     """
     net = BACKBONES.build(backbone, field="model.backbone_args", **(backbone_args or {}))
     check_backbone(net, backbone)
@@ -92,6 +97,18 @@ def create_model(
         adapt_input_channels(net, in_channels)
     head_module = HEADS.build(head, field="model.head_args", backbone=net, num_classes=num_classes, **(head_args or {}))
     body = EncoderDecoder(net, head_module)
+    if widths:
+        if quant is not None:
+            raise UserError("quant: quantized width-switchable networks are not supported")
+        from rsvision.slimmable import make_slimmable
+
+        smallest = min(SubNet.parse(s).resolution for s in subnets) if subnets else min(resolutions)
+        example = torch.zeros(2, in_channels, smallest, smallest)
+        try:
+            make_slimmable(body, (min(widths), max(widths)), width_divisor, example_input=example)
+        except UserError as exc:
+            raise UserError(f"widths: {backbone} with head {head} cannot be made width-switchable: {exc}") from None
+        subnets = subnets or [SubNet(r, w) for w in widths for r in resolutions]
     subnets = subnets_of(subnets or resolutions)
     if quant is not None:
         # The quantizer reads the graph (where inputs can be negative) from one forward pass.
@@ -109,11 +126,14 @@ def build_model(recipe: Recipe) -> RSNet:
         backbone=m.backbone,
         head=m.head,
         num_classes=m.num_classes,
+        resolutions=recipe.resolutions,
         subnets=recipe.subnets,
         in_channels=m.in_channels,
         pretrained=m.pretrained,
-        shared_bn=m.shared_bn,
+        shared_bn=m.shared_bn if recipe.widths is None else recipe.widths.bn == "posthoc",
         backbone_args=m.backbone_args,
         head_args=m.head_args,
         quant=recipe.quant.model_dump() if recipe.quant is not None else None,
+        widths=recipe.widths.trained if recipe.widths is not None else None,
+        width_divisor=recipe.widths.divisor if recipe.widths is not None else 8,
     )

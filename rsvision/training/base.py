@@ -10,12 +10,18 @@ optimiser, evaluates and saves (see docs/architecture.md):
 - a *multi-backward* method (``multi_backward = True``) runs several forward/backward
   passes in ``step(batch, ctx)`` on the unwrapped module (one sub-network's activations
   at a time); the engine then averages the gradients over processes once per update.
+
+Around evaluation the engine enters ``evaluation(subnets)`` (e.g. recompute BN statistics
+of sub-networks that have none of their own, then drop them), and after the last epoch
+the main process calls ``after_training(run_dir, quiet)``.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -73,6 +79,20 @@ class TrainingMethod(nn.Module):
     def eval_subnets(self) -> list[SubNet]:
         """The sub-networks validated after each epoch and reported in the results table."""
         return list(self.model.subnets)
+
+    def uncalibrated(self, subnets: Sequence[SubNet]) -> list[SubNet]:
+        """Those of ``subnets`` whose BN statistics must be recomputed before they are evaluated
+        (they have none of their own: post-hoc BN). Default: none."""
+        return []
+
+    @contextmanager
+    def evaluation(self, subnets: Sequence[SubNet]) -> Iterator[None]:
+        """Prepare the network to evaluate ``subnets`` during training and undo it afterwards,
+        so the saved state stays the trained one. Default: nothing to do."""
+        yield
+
+    def after_training(self, run_dir: Path, quiet: bool) -> None:
+        """Called on the main process once the finished run folder is written. Default: nothing."""
 
     def combiners(self) -> dict[str, Callable[[list[torch.Tensor]], torch.Tensor]]:
         """Extra evaluation rows computed from the outputs of ``eval_subnets`` (e.g. an ensemble)."""

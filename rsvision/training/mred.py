@@ -51,6 +51,49 @@ def frozen_state(module: nn.Module) -> Iterator[None]:
             b.copy_(s)
 
 
+def mred_standard(model: nn.Module, criterion: MREDLoss, task: Task, images: list[torch.Tensor], batch: dict[str, Any]) -> tuple[MREDOutput, list[torch.Tensor]]:
+    """All resolutions forward at once; the loss of Eq. 9 (one graph) and the logits."""
+    logits = task.loss_logits(model(images), batch)
+    return criterion(logits, batch["target"]), logits
+
+
+def mred_low_memory(
+    model: nn.Module, criterion: MREDLoss, task: Task, images: list[torch.Tensor], batch: dict[str, Any], ctx: StepContext
+) -> tuple[MREDOutput, list[torch.Tensor]]:
+    """Forward and backward one resolution at a time (see the module docstring); the loss
+    terms (detached) and the detached logits."""
+    target = batch["target"]
+    S = len(images)
+    teachers: list[torch.Tensor | None] = [None] * (S + 1)
+    if criterion.ensemble_teaches:
+        with torch.no_grad(), frozen_state(model), ctx.autocast():
+            logits = task.loss_logits(model(images), batch)
+        teachers[1:] = [z.float() for z in logits]
+        teachers[0] = criterion.ensemble(teachers[1:]).detach()
+    ce_terms, dis_terms = [], []
+    for s, x in enumerate(images, start=1):
+        with ctx.autocast():
+            z = task.loss_logits([model(x)], batch)[0]
+        ce, dis = criterion.student_loss(s, z, teachers, target)
+        ctx.backward(ce + dis)
+        teachers[s] = z.detach().float()
+        ce_terms.append(ce.detach())
+        dis_terms.append(dis.detach())
+    loss_ens, z0 = criterion.ensemble_loss(teachers[1:], target)
+    ctx.backward(loss_ens)
+    loss_cls, loss_dis = torch.stack(ce_terms).sum(), torch.stack(dis_terms).sum()
+    out = MREDOutput(
+        total=loss_cls + loss_ens.detach() + loss_dis,
+        cls=loss_cls,
+        ens=loss_ens.detach(),
+        dis=loss_dis,
+        weights=criterion.weights.detach(),
+        cls_per_resolution=ce_terms,
+        ensemble_logits=z0.detach(),
+    )
+    return out, teachers[1:]
+
+
 class MREDTraining(TrainingMethod):
     """The network and its MRED criterion as one module, so data parallelism also averages
     the gradient of alpha."""
@@ -65,48 +108,15 @@ class MREDTraining(TrainingMethod):
 
     def forward(self, batch: dict[str, Any]) -> StepOutput:
         """All resolutions forward; the loss of Eq. 9."""
-        images = batch_resolutions(batch, self.resolutions)
-        logits = self.task.loss_logits(self.model(images), batch)
-        return self._output(self.criterion(logits, batch["target"]), logits, batch)
+        out, logits = mred_standard(self.model, self.criterion, self.task, batch_resolutions(batch, self.resolutions), batch)
+        return self._output(out, logits, batch)
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> StepOutput:
         if not self.multi_backward:
             return super().step(batch, ctx)
-        return self._low_memory_step(batch, ctx)
-
-    def _low_memory_step(self, batch: dict[str, Any], ctx: StepContext) -> StepOutput:
-        """Forward and backward one resolution at a time (see the module docstring)."""
-        model, criterion, target = self.model, self.criterion, batch["target"]
         images = batch_resolutions(batch, self.resolutions)
-        S = len(images)
-        teachers: list[torch.Tensor | None] = [None] * (S + 1)
-        if criterion.ensemble_teaches:
-            with torch.no_grad(), frozen_state(model), ctx.autocast():
-                logits = self.task.loss_logits(model(images), batch)
-            teachers[1:] = [z.float() for z in logits]
-            teachers[0] = criterion.ensemble(teachers[1:]).detach()
-        ce_terms, dis_terms = [], []
-        for s, x in enumerate(images, start=1):
-            with ctx.autocast():
-                z = self.task.loss_logits([model(x)], batch)[0]
-            ce, dis = criterion.student_loss(s, z, teachers, target)
-            ctx.backward(ce + dis)
-            teachers[s] = z.detach().float()
-            ce_terms.append(ce.detach())
-            dis_terms.append(dis.detach())
-        loss_ens, z0 = criterion.ensemble_loss(teachers[1:], target)
-        ctx.backward(loss_ens)
-        loss_cls, loss_dis = torch.stack(ce_terms).sum(), torch.stack(dis_terms).sum()
-        out = MREDOutput(
-            total=loss_cls + loss_ens.detach() + loss_dis,
-            cls=loss_cls,
-            ens=loss_ens.detach(),
-            dis=loss_dis,
-            weights=criterion.weights.detach(),
-            cls_per_resolution=ce_terms,
-            ensemble_logits=z0.detach(),
-        )
-        return self._output(out, teachers[1:], batch)
+        out, logits = mred_low_memory(self.model, self.criterion, self.task, images, batch, ctx)
+        return self._output(out, logits, batch)
 
     def _output(self, out: MREDOutput, logits: list[torch.Tensor], batch: dict[str, Any]) -> StepOutput:
         terms = {"loss": out.total, "cls": out.cls, "ens": out.ens, "dis": out.dis}

@@ -1,0 +1,283 @@
+"""MutualNet training: one network learns every width of a range and every resolution of a set.
+
+Each step follows the sandwich rule (MutualNet §3.1-3.2, Fig. 2):
+
+- the full width at the largest resolution learns from the labels,
+  ``loss_full = CE(N(W_{0:1}, I_{R=r_max}), y)`` (Eq. 2);
+- the smallest width and ``sample - 2`` random widths, each at a resolution drawn from the
+  set (the largest included), learn by in-place distillation from the full network's
+  detached prediction, ``loss_sub_i = KL(p_full || p_i)`` (Eq. 3);
+- ``loss = loss_full + sum_i loss_sub_i`` (Eq. 4), one optimiser step (the engine's).
+
+``widths.teacher: ensemble`` combines it with RS-Nets: the full width runs every resolution
+with MRED (L_cls + L_ens + L_dis, ``mred.mode``) and the sub-networks distil from the
+alpha-ensemble z_0 instead.
+
+The draws of a step come from a generator seeded by (seed, draw counter); the counter is
+a buffer of this module, so every process draws the same sub-networks, and a resumed run
+(whose state holds the counter) continues the sequence. ``train.memory: low`` runs forward
+and backward of one sub-network at a time (the teacher's logits are detached, so the
+gradients are the standard step's).
+
+With ``widths.bn: posthoc`` the BN is shared in training and its running statistics mix
+all sub-networks; before each validation the evaluated sub-networks get statistics of
+their own, recomputed on ``widths.calibration_images`` training images and dropped
+afterwards (:meth:`MutualTraining.evaluation`).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rsvision.data.sampling import mix_seed
+from rsvision.data.transforms import batch_resolutions
+from rsvision.mred import MREDLoss, kl_divergence
+from rsvision.recipe import Recipe, WidthsConfig
+from rsvision.subnet import SubNet
+from rsvision.switchable import RSNet, at_subnet, subnet_status
+from rsvision.task import Task
+from rsvision.training.base import StepContext, StepOutput, TrainingMethod
+from rsvision.training.mred import ALPHA_KEY, mred_low_memory, mred_standard
+
+#: Separates the sandwich draws' random stream from others seeded by the run's seed.
+_STREAM = 0x5A4D
+
+
+def sandwich(widths: WidthsConfig, resolutions: Sequence[int], seed: int, draw: int) -> list[SubNet]:
+    """The sub-networks of draw number ``draw``: ``[full @ largest, smallest @ r, random_k @ r_k ...]``.
+
+    ``widths.sample`` in all. Random widths are uniform in the range, or picked from the
+    list's widths strictly between its ends (from the whole list when it has none); each
+    student's resolution is uniform over ``resolutions``. A function of
+    (seed, draw) only, so every process draws the same.
+    """
+    g = torch.Generator().manual_seed(mix_seed(seed, _STREAM, draw))
+    res = sorted(resolutions, reverse=True)
+    low, high = widths.bounds
+
+    def resolution() -> int:
+        return res[int(torch.randint(len(res), (), generator=g))]
+
+    def width() -> float:
+        if widths.list is None:
+            return low + (high - low) * float(torch.rand((), generator=g))
+        inner = [w for w in widths.list if low < w < high] or list(widths.list)
+        return inner[int(torch.randint(len(inner), (), generator=g))]
+
+    draws = [SubNet(res[0], high), SubNet(resolution(), low)]
+    for _ in range(widths.sample - 2):
+        w = width()
+        draws.append(SubNet(resolution(), w))
+    return draws
+
+
+class MutualTraining(TrainingMethod):
+    """The sandwich rule with in-place distillation over widths and resolutions (module docstring)."""
+
+    #: ``mred.mode`` is read with ``widths.teacher: ensemble`` only (``recipe.check_unused``).
+    recipe_fields = frozenset({"mred.mode"})
+
+    def __init__(self, model: RSNet, task: Task, recipe: Recipe) -> None:
+        super().__init__(model, task, recipe)
+        if recipe.widths is None:
+            raise ValueError("MutualTraining needs a recipe with a widths section")
+        self.widths = recipe.widths
+        self.resolutions = list(recipe.resolutions)
+        self.multi_backward = recipe.train.memory == "low"
+        self.criterion = None
+        if self.widths.teacher == "ensemble":
+            self.criterion = MREDLoss(len(self.resolutions), mode=recipe.mred.mode, ignore_index=task.ignore_index)
+        self.register_buffer("draws", torch.zeros((), dtype=torch.long))
+
+    # ------------------------------------------------------------------ the step
+
+    def next_draw(self) -> list[SubNet]:
+        """This step's sub-networks; advances the draw counter."""
+        subnets = sandwich(self.widths, self.resolutions, self.recipe.train.seed, int(self.draws))
+        self.draws += 1
+        return subnets
+
+    def forward(self, batch: dict[str, Any]) -> StepOutput:
+        """Every sub-network of the step forward; the loss of Eq. 4 as one graph."""
+        return self._sandwich(batch, None)
+
+    def step(self, batch: dict[str, Any], ctx: StepContext) -> StepOutput:
+        if not self.multi_backward:
+            return super().step(batch, ctx)
+        return self._sandwich(batch, ctx)
+
+    def _sandwich(self, batch: dict[str, Any], ctx: StepContext | None) -> StepOutput:
+        """One step; with ``ctx`` each term is backwarded as soon as it is known (low memory)."""
+        draw = self.next_draw()
+        target = batch["target"]
+        autocast: Callable[[], ContextManager] = ctx.autocast if ctx is not None else nullcontext
+        inputs: dict[int, torch.Tensor] = {}
+
+        def at(r: int) -> torch.Tensor:
+            if r not in inputs:
+                inputs[r] = batch["images"][self.resolutions.index(r)] if "images" in batch else batch_resolutions(batch, [r])[0]
+            return inputs[r]
+
+        log: dict[str, float] = {}
+        if self.criterion is None:
+            with autocast():
+                z_full = self._logits(draw[0], at(draw[0].resolution), batch)
+            loss_full = self._cross_entropy(z_full, target)
+            if ctx is not None:
+                ctx.backward(loss_full)
+                loss_full = loss_full.detach()
+            teacher = z_full.detach().float()
+            log["ce"] = float(loss_full.detach())
+        else:
+            images = [at(r) for r in self.resolutions]
+            if ctx is None:
+                out, logits = mred_standard(self.model, self.criterion, self.task, images, batch)
+            else:
+                out, logits = mred_low_memory(self.model, self.criterion, self.task, images, batch, ctx)
+            loss_full, z_full, teacher = out.total, logits[0], out.ensemble_logits
+            log |= {"cls": float(out.cls.detach()), "ens": float(out.ens.detach()), "dis": float(out.dis.detach())}
+        log["acc/full"] = self.task.batch_accuracy(z_full.detach(), batch)
+        mask = None if self.task.ignore_index is None else target != self.task.ignore_index
+        kd_terms = []
+        for subnet in draw[1:]:
+            with autocast():
+                z = self._logits(subnet, at(subnet.resolution), batch)
+            kd = kl_divergence(teacher, z, mask)  # Eq. 3: the teacher enters detached
+            if ctx is not None:
+                ctx.backward(kd)
+                kd = kd.detach()
+            kd_terms.append(kd)
+        loss_kd = torch.stack(kd_terms).sum()
+        log["kd"] = float(loss_kd.detach())
+        log["kd/smallest"] = float(kd_terms[0].detach())
+        total = loss_full + loss_kd
+        log["loss"] = float(total.detach())
+        return StepOutput(total, log)
+
+    def _logits(self, subnet: SubNet, x: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        with at_subnet(self.model, subnet):
+            return self.task.loss_logits([self.model(x)], batch)[0]
+
+    def _cross_entropy(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        kwargs = {} if self.task.ignore_index is None else {"ignore_index": self.task.ignore_index}
+        return F.cross_entropy(z.float(), target, **kwargs)
+
+    # ------------------------------------------------------------------ optimiser
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """``widths.decay``: ``all`` the network's parameters decayed, or ``conv_fc``: only the
+        weights of convolutions and linear layers that are not depthwise (MutualNet's code).
+        The ensemble scores alpha are never decayed."""
+        groups = super().param_groups(weight_decay)
+        if self.widths.decay == "conv_fc":
+            decayed = {id(m.weight) for m in self.model.modules() if _decayed_layer(m)}
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            groups = [
+                {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+                {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
+            ]
+        if self.criterion is not None:
+            groups.append({"params": [self.criterion.alpha], "weight_decay": 0.0})
+        return groups
+
+    # ------------------------------------------------------------------ evaluation
+
+    def eval_subnets(self) -> list[SubNet]:
+        """The trained sub-networks: a range's two ends or the list, at every resolution (widest first)."""
+        return list(self.model.subnets)
+
+    def uncalibrated(self, subnets: Sequence[SubNet]) -> list[SubNet]:
+        """With post-hoc BN: the sub-networks whose statistics are still the shared, mixed ones."""
+        if self.widths.bn != "posthoc":
+            return []
+        return [s for s in subnets if subnet_status(self.model, s) == "shared"]
+
+    @contextmanager
+    def evaluation(self, subnets: Sequence[SubNet]) -> Iterator[None]:
+        """Post-hoc BN: statistics of the evaluated sub-networks recomputed on
+        ``widths.calibration_images`` training images for this evaluation only."""
+        needed = self.uncalibrated(subnets)
+        if not needed:
+            yield
+            return
+        from rsvision.calibrate import calibrated_for
+
+        with calibrated_for(self.model, self.task, needed, self.widths.calibration_images, self.recipe.train.seed):
+            yield
+
+    def after_training(self, run_dir: Path, quiet: bool) -> None:
+        """``widths.query: true``: build the query table of the finished run (and print it)."""
+        if not self.widths.query:
+            return
+        from rsvision.query import print_query, query_run
+
+        report = query_run(run_dir)
+        if not quiet:
+            print_query(report)
+
+    def combiners(self) -> dict[str, Callable[[list[torch.Tensor]], torch.Tensor]]:
+        """With the ensemble teacher: the alpha-ensemble of the full width's resolutions (the
+        first S evaluated sub-networks)."""
+        if self.criterion is None:
+            return {}
+        S = len(self.resolutions)
+        return {"ensemble": lambda logits: self.criterion.ensemble(logits[:S])}
+
+    def annotate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.criterion is None:
+            return rows
+        high = self.widths.bounds[1]
+        weights = dict(zip(self.resolutions, self.criterion.weights.detach().tolist()))
+        return [{**row, "alpha": weights[row["resolution"]]} if row.get("width") == high and row.get("resolution") in weights else row for row in rows]
+
+    # ------------------------------------------------------------------ what is saved
+
+    def artifact_tensors(self) -> dict[str, torch.Tensor]:
+        return {} if self.criterion is None else {ALPHA_KEY: self.criterion.alpha.detach()}
+
+    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.criterion is not None and ALPHA_KEY in tensors:
+            with torch.no_grad():
+                self.criterion.alpha.copy_(tensors[ALPHA_KEY])
+
+    def describe(self) -> dict[str, Any]:
+        """The width axis as trained, for ``rsvision.json``: widths, channel rule, BN, teacher."""
+        from rsvision.slimmable import slimmable_layers
+
+        w = self.widths
+        names = {id(m): name for name, m in self.model.named_modules()}
+        full = [names[id(m)] for m in slimmable_layers(self.model) if m.full_outputs]
+        info: dict[str, Any] = {
+            "widths": {
+                **({"range": list(w.range)} if w.range is not None else {"list": list(w.list)}),
+                "divisor": w.divisor,
+                "channels": f"first ceil(w*C) channels of every layer, rounded up to a multiple of {w.divisor}; the first convolution's inputs and the outputs of {', '.join(full)} stay full",
+                "bn": w.bn,
+                "teacher": w.teacher,
+                "sample": w.sample,
+                "draws": int(self.draws),
+            }
+        }
+        if self.criterion is not None:
+            info["ensemble_weights"] = [round(float(v), 6) for v in self.criterion.weights.detach()]
+        return info
+
+    def progress_text(self, averages: dict[str, float]) -> str:
+        """'loss 1.92 | full: ce 1.41 48% | kd 0.51 (smallest 0.22)'."""
+        full = averages.get("ce", averages.get("cls", float("nan")))
+        return (
+            f"loss {averages.get('loss', float('nan')):.3f} | full: ce {full:.2f} {averages.get('acc/full', 0):.0f}% | "
+            f"kd {averages.get('kd', 0):.3f} (smallest {averages.get('kd/smallest', 0):.3f})"
+        )
+
+
+def _decayed_layer(m: nn.Module) -> bool:
+    if isinstance(m, nn.Linear):
+        return True
+    return isinstance(m, nn.Conv2d) and not (m.groups > 1 and m.groups == m.in_channels == m.out_channels)
