@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from rsvision.data.datasets import SPLITS
+from rsvision.constants import check_split
 from rsvision.errors import UserError
 from rsvision.registry import register_dataset
 
@@ -94,8 +94,7 @@ def mnist(
     samples of a split, or N drawn at random when ``subset_seed`` is set. ``names`` is
     ``digits`` (0-9), ``fashion`` (Fashion-MNIST's ten classes) or a list of class names;
     every label must index into it."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split '{split}' (expected one of {', '.join(SPLITS)})")
+    check_split(split)
     if root is None:
         raise UserError("data.root: the mnist dataset needs the folder holding its four IDX files")
     if isinstance(names, str):

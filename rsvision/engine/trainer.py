@@ -295,7 +295,7 @@ def to_layout(batch: Any, layout: torch.memory_format) -> Any:
 
 def choose_layout(method: TrainingMethod, train_set, task: Task, recipe: Recipe, accelerator) -> str:
     """``train.channels_last``: true/false as given; ``auto`` times a few training steps in each
-    layout (one warm-up, then the median of two) and keeps the faster. The timing leaves no
+    layout (one warm-up step, then one timed step) and keeps the faster. The timing leaves no
     trace: buffers and random state are restored, gradients dropped."""
     setting = recipe.train.channels_last
     if setting != "auto":
@@ -312,7 +312,7 @@ def choose_layout(method: TrainingMethod, train_set, task: Task, recipe: Recipe,
     return choice[0]
 
 
-def _time_steps(method: TrainingMethod, batch: dict, accelerator, repeats: int = 2) -> float:
+def _time_steps(method: TrainingMethod, batch: dict, accelerator, repeats: int = 1) -> float:
     durations = []
     with frozen_state(method):
         for _ in range(repeats + 1):
