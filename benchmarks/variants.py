@@ -31,11 +31,15 @@ def scores(run_dir: Path, resolutions: list[int]) -> dict[int, dict]:
     return {row["resolution"]: row for row in rows}
 
 
-def base_recipe(description: str, default: str) -> tuple[str, list[str], dict]:
-    """``--recipe`` and ``--set`` from the command line: (path, overrides, recipe dict)."""
+def base_recipe(description: str, default: str, seeds: bool = False) -> tuple[str, list[str], dict] | tuple[str, list[str], dict, list[int]]:
+    """``--recipe`` and ``--set`` from the command line: (path, overrides, recipe dict), and
+    the ``--seeds`` list when ``seeds`` is true."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--recipe", default=default)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    if seeds:
+        parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each repetition")
     args = parser.parse_args()
     with open(args.recipe) as f:
-        return args.recipe, args.overrides, apply_overrides(yaml.safe_load(f), args.overrides)
+        base = apply_overrides(yaml.safe_load(f), args.overrides)
+    return (args.recipe, args.overrides, base, args.seeds) if seeds else (args.recipe, args.overrides, base)
