@@ -65,6 +65,20 @@ class _Slimmable(Switchable):
     def width(self) -> float | None:
         return None if self.subnet is None else self.subnet.width
 
+    @staticmethod
+    def _materialized_width(subnet: SubNet, full_inputs: int, channels: int | None) -> tuple[float | None, int]:
+        """(width to slice at, input channels) of ``subnet``'s plain layer."""
+        width = subnet.width if subnet.width is not None and subnet.width < 1.0 else None
+        return width, full_inputs if channels is None or width is None else channels
+
+    @staticmethod
+    def _filled(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+        """``layer`` holding ``weight`` and ``bias``, in evaluation mode."""
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+        return layer.eval()
+
 
 class SlimmableConv2d(_Slimmable, nn.Conv2d):
     """``nn.Conv2d`` running on its first channels: ``weight[:c_out, :c_in]`` (``c_in`` from the input).
@@ -109,17 +123,13 @@ class SlimmableConv2d(_Slimmable, nn.Conv2d):
     @torch.no_grad()
     def materialize(self, subnet: SubNet, channels: int | None = None) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding the sliced weights (``channels``: the input channels seen)."""
-        width = subnet.width if subnet.width is not None and subnet.width < 1.0 else None
-        c_in = self.in_channels if channels is None or width is None else channels
+        width, c_in = self._materialized_width(subnet, self.in_channels, channels)
         weight, bias, groups = self.sliced(width, c_in)
         conv = nn.Conv2d(
             c_in, weight.shape[0], self.kernel_size, self.stride, self.padding, self.dilation, groups,
             bias is not None, self.padding_mode, device=weight.device, dtype=weight.dtype,
         )
-        conv.weight.copy_(weight)
-        if bias is not None:
-            conv.bias.copy_(bias)
-        return conv.eval()
+        return self._filled(conv, weight, bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._slim_repr()}"
@@ -147,14 +157,9 @@ class SlimmableLinear(_Slimmable, nn.Linear):
     @torch.no_grad()
     def materialize(self, subnet: SubNet, channels: int | None = None) -> nn.Linear:
         """A plain ``nn.Linear`` holding the sliced weights (``channels``: the input features seen)."""
-        width = subnet.width if subnet.width is not None and subnet.width < 1.0 else None
-        c_in = self.in_features if channels is None or width is None else channels
+        width, c_in = self._materialized_width(subnet, self.in_features, channels)
         weight, bias = self.sliced(width, c_in)
-        linear = nn.Linear(c_in, weight.shape[0], bias is not None, device=weight.device, dtype=weight.dtype)
-        linear.weight.copy_(weight)
-        if bias is not None:
-            linear.bias.copy_(bias)
-        return linear.eval()
+        return self._filled(nn.Linear(c_in, weight.shape[0], bias is not None, device=weight.device, dtype=weight.dtype), weight, bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._slim_repr()}"
