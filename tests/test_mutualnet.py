@@ -204,7 +204,6 @@ class _Offsets(Dataset):
         return {"images": images, "target": i % CLASSES}
 
 
-@register_task("width_offsets", override=True)
 class _OffsetsTask(Task):
     primary_metric = "top1"
 
@@ -219,6 +218,15 @@ class _OffsetsTask(Task):
 
     def class_names(self):
         return [str(c) for c in range(CLASSES)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offsets_task():
+    """The task of this module's runs, registered for the module only."""
+    saved = dict(TASKS._entries)
+    register_task("width_offsets", override=True)(_OffsetsTask)
+    yield
+    TASKS._entries = saved
 
 
 def _offsets_recipe(tmp_path, **train) -> dict:
