@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from rsvision.cli import main
 from rsvision.engine import train
 from rsvision.recipe import validate_recipe
 from rsvision.registry import register_dataset
@@ -95,3 +96,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """``rsvision ARGS`` in this process: (exit code, stdout, stderr)."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

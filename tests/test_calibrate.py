@@ -10,12 +10,11 @@ from safetensors.torch import load_file, save_file
 
 from rsvision.artifacts import CALIBRATION, WEIGHTS, file_sha256, load_artifact
 from rsvision.calibrate import calibrate, calibrate_run
-from rsvision.cli import main
 from rsvision.data.sampling import mix_seed
 from rsvision.subnet import SubNet
 from rsvision.switchable import BN_TYPES, materialize, subnet_status, switchable_bns
 
-from calib_fixtures import copy_run, one_thread, shared_run  # noqa: F401 (fixture)
+from calib_fixtures import copy_run, one_thread, run_cli, shared_run  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:resolution .* is outside the trained range")
 
@@ -25,18 +24,8 @@ def rs_run(tmp_path_factory, one_thread):
     return shared_run(tmp_path_factory, [32, 8])
 
 
-def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def _eval(run, res: list[str], capsys) -> dict[int, dict]:
-    code, out, err = _cli(["eval", "--checkpoint", str(run), "--res", *res, "--json"], capsys)
+    code, out, err = run_cli(["eval", "--checkpoint", str(run), "--res", *res, "--json"], capsys)
     assert code == 0, err
     return {row["resolution"]: row for row in json.loads(out)["results"]}
 
@@ -93,7 +82,7 @@ def test_calibration_beats_interpolation_at_untrained_resolutions(rs_run, tmp_pa
     run = copy_run(rs_run, tmp_path / "run")
     before = _eval(run, ["32", "24", "16", "8"], capsys)
     assert [before[r]["status"] for r in (32, 24, 16, 8)] == ["trained", "interpolated", "interpolated", "trained"]
-    code, _, err = _cli(["calibrate", str(run), "--res", "24", "16", "--images", "192", "--batch-size", "64"], capsys)
+    code, _, err = run_cli(["calibrate", str(run), "--res", "24", "16", "--images", "192", "--batch-size", "64"], capsys)
     assert code == 0, err
     after = _eval(run, ["24", "16"], capsys)
     for r in (24, 16):
@@ -179,7 +168,7 @@ def test_a_failed_calibration_keeps_the_earlier_groups(rs_run, tmp_path):
 )
 def test_bad_input_is_one_line_naming_it(rs_run, tmp_path, capsys, args, message):
     run = copy_run(rs_run, tmp_path / "run")
-    code, _, err = _cli([a.format(tmp=tmp_path, run=run) for a in args], capsys)
+    code, _, err = run_cli([a.format(tmp=tmp_path, run=run) for a in args], capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (run / CALIBRATION).exists()

@@ -10,25 +10,14 @@ import torch
 from PIL import Image
 
 from rsvision.artifacts import file_sha256, load_artifact
-from rsvision.cli import main
 from rsvision.data.transforms import EvalTransform, InputFormat
 
-from calib_fixtures import one_thread  # noqa: F401 (fixture)
+from calib_fixtures import one_thread, run_cli  # noqa: F401 (fixture)
 from test_convert import NUM_CLASSES, official_checkpoint
 
 SIZES = [64, 48, 32]  # the training run's --sizes, bn_0 first
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
-
-
-def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +44,7 @@ def _imagefolder(root, classes: int = 3, per_class: int = 2) -> list[tuple[Image
 def test_converted_run_evaluates_like_the_official_model(checkpoint, tmp_path, capsys):
     path, official = checkpoint
     run = tmp_path / "converted"
-    code, out, err = _cli(["convert", "--from", "rs-nets", str(path), "-o", str(run), "--arch", "resnet18", "--res", *map(str, SIZES), "--json"], capsys)
+    code, out, err = run_cli(["convert", "--from", "rs-nets", str(path), "-o", str(run), "--arch", "resnet18", "--res", *map(str, SIZES), "--json"], capsys)
     assert code == 0, err
     meta = json.loads((run / "rsvision.json").read_text())
     assert meta["task"] == "cls" and meta["complete"] and meta["metrics"] == [] and meta["epochs_done"] == 120
@@ -65,7 +54,7 @@ def test_converted_run_evaluates_like_the_official_model(checkpoint, tmp_path, c
     assert meta["converted_from"] == {"file": path.name, "arch": "parallel_resnet18", "sha256": file_sha256(path), "epoch": 120, "best_acc0": 73.1, "best_acc": 80.5}
 
     samples = _imagefolder(tmp_path / "data")
-    code, out, err = _cli(["eval", "--checkpoint", str(run), "--data", str(tmp_path / "data"), "--batch-size", "4", "--json"], capsys)
+    code, out, err = run_cli(["eval", "--checkpoint", str(run), "--data", str(tmp_path / "data"), "--batch-size", "4", "--json"], capsys)
     assert code == 0, err
     rows = {row["subnet"]: row for row in json.loads(out)["results"]}
 
@@ -109,7 +98,7 @@ def test_bad_conversion_input_is_one_line(checkpoint, tmp_path, capsys, args, me
         path.write_text("not a checkpoint")
     sizes = [] if "--res" in args else ["--res", *map(str, SIZES)]
     base = ["convert", "--from", "rs-nets", str(path), "-o", str(out), *sizes]
-    code, _, err = _cli(base + [a.format(tmp=tmp_path) for a in args], capsys)
+    code, _, err = run_cli(base + [a.format(tmp=tmp_path) for a in args], capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (out / "model.safetensors").exists()

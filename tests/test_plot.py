@@ -11,11 +11,10 @@ import pytest
 from rsvision import evaluations
 from rsvision.artifacts import load_artifact
 from rsvision.calibrate import calibrate_run
-from rsvision.cli import main
 from rsvision.evaluations import FILE, cached_evaluation
 from rsvision.plot import MARKERS, plot_data
 
-from calib_fixtures import copy_run, one_thread, shared_run  # noqa: F401 (fixture)
+from calib_fixtures import copy_run, one_thread, run_cli, shared_run  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:resolution .* is outside the trained range")
 
@@ -23,16 +22,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:resolution .* is outside the tra
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, one_thread):
     return {"rs": shared_run(tmp_path_factory, [32, 8]), 32: shared_run(tmp_path_factory, [32], 1), 8: shared_run(tmp_path_factory, [8], 1)}
-
-
-def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _no_evaluation(monkeypatch) -> None:
@@ -45,7 +34,7 @@ def _no_evaluation(monkeypatch) -> None:
 def test_plot_draws_what_eval_measured(runs, tmp_path, capsys, monkeypatch):
     run = copy_run(runs["rs"], tmp_path / "run")
     calibrate_run(run, [24], images=32)
-    code, out, err = _cli(["eval", "--checkpoint", str(run), "--res", "8:40:8", "--json"], capsys)
+    code, out, err = run_cli(["eval", "--checkpoint", str(run), "--res", "8:40:8", "--json"], capsys)
     assert code == 0, err
     measured = {row["resolution"]: row for row in json.loads(out)["results"]}
     assert list(measured) == [8, 16, 24, 32, 40]
@@ -53,7 +42,7 @@ def test_plot_draws_what_eval_measured(runs, tmp_path, capsys, monkeypatch):
 
     _no_evaluation(monkeypatch)  # everything below comes from evaluations.json
     for name in ("fig.png", "fig.svg"):
-        code, out, err = _cli(["plot", str(run), "--res", "8:40:8", "-o", str(tmp_path / name), "--label", "RS-Net", "--json"], capsys)
+        code, out, err = run_cli(["plot", str(run), "--res", "8:40:8", "-o", str(tmp_path / name), "--label", "RS-Net", "--json"], capsys)
         assert code == 0, err
     data = json.loads(out)
     (curve,) = data["curves"]
@@ -107,7 +96,7 @@ def test_inets_and_imax_curves(runs, tmp_path):
 )
 def test_bad_plot_input_is_one_line(runs, tmp_path, capsys, args, message):
     names = {"rs": runs["rs"], "i8": runs[8], "tmp": tmp_path}
-    code, _, err = _cli([a.format(**names) for a in args], capsys)
+    code, _, err = run_cli([a.format(**names) for a in args], capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "fig.png").exists()
