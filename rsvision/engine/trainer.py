@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -294,8 +293,8 @@ def to_layout(batch: Any, layout: torch.memory_format) -> Any:
 
 
 def choose_layout(method: TrainingMethod, train_set, task: Task, recipe: Recipe, accelerator) -> str:
-    """``train.channels_last``: true/false as given; ``auto`` times a few training steps in each
-    layout (one warm-up step, then one timed step) and keeps the faster. The timing leaves no
+    """``train.channels_last``: true/false as given; ``auto`` times a training step in each
+    layout (after one warm-up step) and keeps the faster. The timing leaves no
     trace: buffers and random state are restored, gradients dropped."""
     setting = recipe.train.channels_last
     if setting != "auto":
@@ -312,16 +311,16 @@ def choose_layout(method: TrainingMethod, train_set, task: Task, recipe: Recipe,
     return choice[0]
 
 
-def _time_steps(method: TrainingMethod, batch: dict, accelerator, repeats: int = 1) -> float:
-    durations = []
+def _time_steps(method: TrainingMethod, batch: dict, accelerator) -> float:
+    """Seconds of one training step, timed after one warm-up step."""
     with frozen_state(method):
-        for _ in range(repeats + 1):
+        for warm_up in (True, False):
             start = time.perf_counter()
             with accelerator.autocast():
                 method.step(batch, StepContext(lambda loss: loss.backward(), accelerator.autocast))
-            durations.append(time.perf_counter() - start)
             method.zero_grad(set_to_none=True)
-    return statistics.median(durations[1:])
+            if not warm_up:
+                return time.perf_counter() - start
 
 
 def average_gradients(parameters) -> None:
