@@ -100,7 +100,7 @@ class TrainConfig(_Section):
     val_every: int = Field(1, ge=1)
     sync_bn: bool = False
     memory: Literal["standard", "low"] = "standard"
-    #: Memory layout: ``auto`` times a few steps in each layout at the start and keeps the faster.
+    #: Memory layout: ``auto`` times the first training steps in each layout and keeps the faster.
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
 

@@ -103,7 +103,7 @@ class FixedTask(Task):
         return [str(c) for c in range(CLASSES)]
 
 
-def main(out: Path, memory: str, grad_accum: int, widths: bool = False) -> None:
+def main(out: Path, memory: str, grad_accum: int, widths: bool = False, channels_last: bool | str = False) -> None:
     torch.set_num_threads(1)
     extra = {"widths": {"range": [0.5, 1.0], "divisor": 2, "calibration_images": 8}} if widths else {}
     recipe = validate_recipe(
@@ -113,7 +113,7 @@ def main(out: Path, memory: str, grad_accum: int, widths: bool = False) -> None:
             "resolutions": RESOLUTIONS,
             "model": {"backbone": "resnet8", "num_classes": CLASSES, "backbone_args": {"width": 4}},
             "data": {"dataset": "synthetic", "batch_size": 4, "eval_batch_size": 4, "workers": 0},
-            "train": {"epochs": 2, "lr": 0.1, "weight_decay": 1e-4, "seed": 0, "grad_accum": grad_accum, "memory": memory, "channels_last": False},
+            "train": {"epochs": 2, "lr": 0.1, "weight_decay": 1e-4, "seed": 0, "grad_accum": grad_accum, "memory": memory, "channels_last": channels_last},
             "output_dir": str(out / "runs"),
         }
     )
@@ -132,4 +132,6 @@ def main(out: Path, memory: str, grad_accum: int, widths: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:] == ["widths"])
+    options = sys.argv[4:]  # "widths", "channels_last=auto|true"
+    layout = next((o.split("=", 1)[1] for o in options if o.startswith("channels_last=")), False)
+    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), "widths" in options, {"auto": "auto", "true": True}.get(layout, False))

@@ -120,3 +120,24 @@ def test_every_process_evaluates_the_main_process_buffers(runs):
     _, ranks = runs
     assert len(ranks[0]["buffers"]) == 2  # one evaluation per epoch
     assert ranks[0]["buffers"] == ranks[1]["buffers"]
+
+
+def test_auto_layout_is_chosen_before_wrapping_and_leaves_no_trace(tmp_path):
+    """Several processes choose the layout on extra steps before DDP wraps the network (its
+    gradient buckets keep the wrapped layout): the run equals one told the chosen layout."""
+    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun not installed")
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
+
+    def run(setting: str) -> Path:
+        out = tmp_path / setting
+        cmd = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(out), "standard", "1", f"channels_last={setting}"]
+        _wait(_launch(cmd, out), out)
+        assert "bucket view strides" not in (out / "log.txt").read_text()
+        return Path(json.loads((out / "rank0.json").read_text())["run_dir"])
+
+    auto = run("auto")
+    chosen = json.loads((auto / "state" / "progress.json").read_text())["layout"]
+    told = run("true" if chosen == "channels_last" else "false")
+    a, b = (load_file(str(r / "model.safetensors")) for r in (auto, told))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

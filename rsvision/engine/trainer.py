@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 
 from rsvision.artifacts import STATE, recover_dir, replace_dir, save_run, write_json
 from rsvision.engine.evaluate import evaluate
+from rsvision.engine.layout import LayoutChoice, to_layout
 from rsvision.engine.report import console, results_table, training_progress
 from rsvision.engine.schedule import learning_rate
 from rsvision.errors import UserError
@@ -61,9 +62,6 @@ class RunProgress:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     layout: str | None = None
-
-
-LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def synchronized_bn(model: nn.Module) -> nn.Module:
@@ -168,12 +166,11 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
         raise UserError(f"{recipe.source}: data.batch_size {recipe.data.batch_size} is larger than the training set ({len(train_set)} samples); no full batch")
     run_dir = _agreed_run_dir(accelerator, recipe, name, resume)
     state = RunProgress(**json.loads((run_dir / STATE / "progress.json").read_text())) if resume else RunProgress()
-    if state.layout is None:  # a resumed run keeps its layout: the other one rounds differently
-        state.layout = choose_layout(method, train_set, task, recipe, accelerator)
-        if accelerator.is_main_process and not quiet and t.channels_last == "auto":
-            console.print(f"memory layout: {state.layout} (timed, train.channels_last: auto)")
-    layout = LAYOUTS[state.layout]
-    method = method.to(memory_format=layout)
+    layouts = LayoutChoice(t.channels_last, state.layout, method, accelerator)  # a resumed run keeps its layout
+    if layouts.trial and accelerator.num_processes > 1:
+        first = next(iter(DataLoader(train_set, batch_size=recipe.data.batch_size, collate_fn=task.collate)))
+        layouts.decide(lambda layout: _untraced_step(method, to_layout(first, layout), accelerator))
+        state.layout = layouts.name
     optimizer = build_optimizer(method, recipe)
     if t.compile:
         method.model.body = torch.compile(method.model.body)
@@ -196,7 +193,11 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
             sampler.set_epoch(epoch)
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)
-            stats = _train_epoch(prepared, unwrapped, optimizer, loader, accelerator, recipe, epoch, steps_per_epoch, updates_per_epoch, layout, state, bar, run_dir)
+            stats = _train_epoch(prepared, unwrapped, optimizer, loader, accelerator, recipe, epoch, steps_per_epoch, updates_per_epoch, layouts, state, bar, run_dir)
+            if state.layout is None and layouts.name is not None:
+                state.layout = layouts.name
+                if accelerator.is_main_process and not quiet:
+                    console.print(f"memory layout: {state.layout} (timed on the first steps, train.channels_last: auto)")
             log = {"epoch": epoch + 1, **stats, **unwrapped.describe()}
             if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
                 sync_buffers(unwrapped)
@@ -221,7 +222,7 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
     return run_dir
 
 
-def _train_epoch(prepared, unwrapped, optimizer, loader, accelerator, recipe, epoch, steps, updates_per_epoch, layout, state, bar, run_dir) -> dict:
+def _train_epoch(prepared, unwrapped, optimizer, loader, accelerator, recipe, epoch, steps, updates_per_epoch, layouts, state, bar, run_dir) -> dict:
     t = recipe.train
     prepared.train()
     sums: dict[str, float] = {}
@@ -238,8 +239,8 @@ def _train_epoch(prepared, unwrapped, optimizer, loader, accelerator, recipe, ep
         def backward(loss: torch.Tensor, scale: float = 1.0 / window) -> None:
             accelerator.backward(loss * scale)
 
-        batch = to_layout(batch, layout)
-        with nullcontext() if sync or unwrapped.multi_backward else accelerator.no_sync(prepared):
+        with layouts.step() as layout, nullcontext() if sync or unwrapped.multi_backward else accelerator.no_sync(prepared):
+            batch = to_layout(batch, layout)
             if unwrapped.multi_backward:
                 out = unwrapped.step(batch, StepContext(backward, accelerator.autocast))
             else:
@@ -279,48 +280,11 @@ def _check_finite(loss: torch.Tensor, accelerator, recipe: Recipe, epoch: int, i
     )
 
 
-def to_layout(batch: Any, layout: torch.memory_format) -> Any:
-    """Image batches (4-D tensors) of ``batch`` in ``layout``."""
-    if layout is not torch.channels_last:
-        return batch
-    if isinstance(batch, torch.Tensor):
-        return batch.contiguous(memory_format=layout) if batch.dim() == 4 and batch.is_floating_point() else batch
-    if isinstance(batch, dict):
-        return {k: to_layout(v, layout) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_layout(v, layout) for v in batch)
-    return batch
-
-
-def choose_layout(method: TrainingMethod, train_set, task: Task, recipe: Recipe, accelerator) -> str:
-    """``train.channels_last``: true/false as given; ``auto`` times a training step in each
-    layout (after one warm-up step) and keeps the faster. The timing leaves no
-    trace: buffers and random state are restored, gradients dropped."""
-    setting = recipe.train.channels_last
-    if setting != "auto":
-        return "channels_last" if setting else "contiguous"
-    batch = next(iter(DataLoader(train_set, batch_size=recipe.data.batch_size, collate_fn=task.collate)))
-    times = {}
-    for name, layout in LAYOUTS.items():
-        method.to(memory_format=layout)
-        times[name] = _time_steps(method, to_layout(batch, layout), accelerator)
-    method.to(memory_format=torch.contiguous_format)
-    choice = [min(times, key=times.get)]
-    if accelerator.num_processes > 1:  # every process must run the same layout
-        broadcast_object_list(choice, from_process=0)
-    return choice[0]
-
-
-def _time_steps(method: TrainingMethod, batch: dict, accelerator) -> float:
-    """Seconds of one training step, timed after one warm-up step."""
-    with frozen_state(method):
-        for warm_up in (True, False):
-            start = time.perf_counter()
-            with accelerator.autocast():
-                method.step(batch, StepContext(lambda loss: loss.backward(), accelerator.autocast))
-            method.zero_grad(set_to_none=True)
-            if not warm_up:
-                return time.perf_counter() - start
+def _untraced_step(method: TrainingMethod, batch: Any, accelerator) -> None:
+    """A forward and backward that leave no trace: buffers and random state restored, gradients dropped."""
+    with frozen_state(method), accelerator.autocast():
+        method.step(batch, StepContext(lambda loss: loss.backward(), accelerator.autocast))
+    method.zero_grad(set_to_none=True)
 
 
 def average_gradients(parameters) -> None:
