@@ -6,7 +6,7 @@ whatever the number of DataLoader workers and processes. Two pieces make that so
 - :class:`EpochSampler` shuffles with a generator seeded by (seed, epoch) and hands out
   *keys* ``epoch * n + index``, so the epoch travels with each sample to the workers;
 - :class:`EpochSeeded` seeds torch's and numpy's global random state from (seed, epoch,
-  index) around each sample's transform, so any transform drawing from them (torchvision,
+  index) before each sample's transform, so any transform drawing from them (torchvision,
   albumentations seeded from torch, user code) is reproducible per sample.
 """
 
@@ -52,15 +52,9 @@ class EpochSampler(Sampler[int]):
 
 
 @contextmanager
-def seeded_random(seed: int) -> Iterator[None]:
-    """Seed torch's (CPU) and numpy's global generators inside the block; restore them after.
-
-    Only the CPU generator is seeded: ``torch.manual_seed`` would also queue a seed for
-    every CUDA device, which costs ~100x more per sample than the transform it seeds.
-    """
+def restored_random() -> Iterator[None]:
+    """Restore torch's (CPU) and numpy's global generators after the block."""
     torch_state, np_state = torch.get_rng_state(), np.random.get_state()
-    torch.default_generator.manual_seed(seed)
-    np.random.seed(seed % 2**32)
     try:
         yield
     finally:
@@ -68,8 +62,23 @@ def seeded_random(seed: int) -> Iterator[None]:
         np.random.set_state(np_state)
 
 
+def seed_random(seed: int) -> None:
+    """Seed torch's (CPU) and numpy's global generators.
+
+    Only the CPU generator is seeded: ``torch.manual_seed`` would also queue a seed for
+    every CUDA device, which costs ~100x more per sample than the transform it seeds.
+    """
+    torch.default_generator.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 class EpochSeeded(Dataset):
-    """``dataset[index]`` with its randomness seeded by (seed, epoch, index), read from a sampler key."""
+    """``dataset[index]`` with its randomness seeded by (seed, epoch, index), read from a sampler key.
+
+    The global generators are left as they were: restored after each sample, or after each
+    batch when the DataLoader fetches a batch at once (saving numpy's state costs more than
+    a small image's transform).
+    """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
@@ -77,7 +86,15 @@ class EpochSeeded(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int) -> Any:
+    def _seeded(self, key: int) -> Any:
         epoch, index = divmod(int(key), len(self.dataset))
-        with seeded_random(mix_seed(self.seed, epoch, index)):
-            return self.dataset[index]
+        seed_random(mix_seed(self.seed, epoch, index))
+        return self.dataset[index]
+
+    def __getitem__(self, key: int) -> Any:
+        with restored_random():
+            return self._seeded(key)
+
+    def __getitems__(self, keys: list[int]) -> list[Any]:
+        with restored_random():
+            return [self._seeded(key) for key in keys]
