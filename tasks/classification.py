@@ -40,6 +40,15 @@ class LabelledImage:
     def __call__(self, image: Any, label: int) -> dict[str, Any]:
         return {**self.transform(image), "target": label}
 
+    @property
+    def many(self) -> Callable[[Sequence[tuple[Any, int]]], list[dict[str, Any]]] | None:
+        """Maps several samples at once when the transform can (:meth:`EvalTransform.many`)."""
+        return self._many if hasattr(self.transform, "many") else None
+
+    def _many(self, samples: Sequence[tuple[Any, int]]) -> list[dict[str, Any]]:
+        images, labels = zip(*samples)
+        return [{**out, "target": label} for out, label in zip(self.transform.many(images), labels)]
+
 
 @register_task("cls")
 class ClassificationTask(Task):

@@ -1,12 +1,16 @@
 """Multi-resolution data (§4.1): one crop and one flip shared by all resolutions."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from rsvision.constants import val_resize
 from rsvision.data.datasets import SyntheticShapes, synthetic
+from rsvision.data.mapped import MappedDataset
+from rsvision.data.sampling import EpochSeeded
 from rsvision.data.transforms import EvalTransform, InputFormat, MultiResolutionTransform, batch_resolutions
 
 RAW = InputFormat(3, None, None)  # [0, 1] inputs, no normalisation
@@ -73,6 +77,52 @@ def test_validation_resize_truncates_as_the_protocol():
 
     assert torch.equal(out, protocol(13))
     assert not torch.equal(out, protocol(14))
+
+
+def _grey_images(sizes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (h, w), generator=g, dtype=torch.uint8).numpy() for h, w in sizes]
+
+
+@pytest.mark.parametrize("sizes", [[(28, 28)] * 5, [(28, 28), (30, 24), (28, 28)]], ids=["one size", "mixed sizes"])
+def test_evaluation_batches_equal_images_resized_one_at_a_time(sizes):
+    """One pass: a batch of decoded images is resized per resolution at once, with the same result."""
+    transform = EvalTransform([28, 20, 12], InputFormat(1, (0.3,), (0.35,)))
+    images = _grey_images(sizes)
+    batched = transform.many(images)
+    for image, got in zip(images, batched):
+        expected = transform(image)["images"]
+        assert [g.shape for g in got["images"]] == [(1, 28, 28), (1, 20, 20), (1, 12, 12)]
+        assert all(torch.equal(g, e) for g, e in zip(got["images"], expected))
+
+
+def test_the_loader_fetches_labelled_evaluation_batches_at_once():
+    from rsvision.tasks.classification import LabelledImage
+
+    images = _grey_images([(28, 28)] * 6, seed=1)
+    data = MappedDataset([(im, i % 3) for i, im in enumerate(images)], LabelledImage(EvalTransform([16, 8], InputFormat(1, None, None))))
+    (batch,) = DataLoader(data, batch_size=6)
+    assert batch["target"].tolist() == [0, 1, 2, 0, 1, 2]
+    for i in range(6):
+        assert all(torch.equal(b[i], e) for b, e in zip(batch["images"], data[i]["images"]))
+    training = MappedDataset(data.base, LabelledImage(MultiResolutionTransform([16, 8], input_format=RAW)))
+    assert training.__getitems__([0, 1])[1]["target"] == 1  # a transform without batches: one by one
+
+
+def test_seeded_batches_equal_seeded_samples_and_leave_the_global_generators_alone():
+    crops = MappedDataset([(im, 0) for im in _grey_images([(28, 28)] * 4)], lambda im, label: {"image": torch.rand(2), "flip": np.random.rand()})
+    data = EpochSeeded(crops, seed=3)
+    keys = [5, 2, 7, 0]  # epoch 1: 5, 7; epoch 0: 2, 0
+    torch.manual_seed(0), np.random.seed(0)
+    batch = data.__getitems__(keys)
+    after = torch.rand(1), np.random.rand()
+    torch.manual_seed(0), np.random.seed(0)
+    assert after == (torch.rand(1), np.random.rand())  # restored, not consumed
+    for key, got in zip(keys, batch):
+        alone = data[key]
+        assert torch.equal(got["image"], alone["image"]) and got["flip"] == alone["flip"]
+    assert not torch.equal(batch[0]["image"], batch[1]["image"])
+    assert not torch.equal(data[1]["image"], data[5]["image"])  # same sample, another epoch
 
 
 def test_batched_resize_matches_the_per_sample_path():

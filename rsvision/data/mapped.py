@@ -18,3 +18,10 @@ class MappedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.fn(*self.base[index])
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """A batch of samples (DataLoader fetches batches this way): ``fn.many`` when ``fn``
+        can map several samples at once, else one by one."""
+        samples = [self.base[i] for i in indices]
+        many = getattr(self.fn, "many", None)
+        return many(samples) if many is not None else [self.fn(*sample) for sample in samples]

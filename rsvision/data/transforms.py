@@ -138,9 +138,19 @@ class EvalTransform:
         self.input_format = input_format
 
     def one(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        """``x`` (``[..., C, H, W]``, one image or a batch of one size) at resolution ``r``."""
         resized = TF.resize(x, val_resize(r), interpolation=BILINEAR, antialias=True)
         return self.input_format.normalize(TF.center_crop(resized, [r, r]))
 
     def __call__(self, image: Any) -> dict[str, Any]:
         x = self.input_format.image(image)
         return {"images": [self.one(x, r) for r in self.resolutions]}
+
+    def many(self, images: Sequence[Any]) -> list[dict[str, Any]]:
+        """``[self(image) for image in images]``, with images of one size resized as one batch
+        (each image's result is the same as alone)."""
+        xs = [self.input_format.image(image) for image in images]
+        if len({x.shape for x in xs}) > 1:
+            return [{"images": [self.one(x, r) for r in self.resolutions]} for x in xs]
+        per_resolution = [self.one(torch.stack(xs), r).unbind(0) for r in self.resolutions]
+        return [{"images": list(sample)} for sample in zip(*per_resolution)]
