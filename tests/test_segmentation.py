@@ -131,6 +131,7 @@ def test_evaluation_scores_each_image_at_its_original_size(tmp_path):
     samples = write_segfolder(tmp_path, sizes=((20, 30), (24, 16)))
     task = make_task(resolutions=(32,), dataset="segfolder", root=str(tmp_path), num_classes=3)
     data = task.eval_dataset([32])
+    assert all(data.base[i][0].flags.writeable for i in range(2))  # torch warns on read-only arrays
     items = [data[0], data[1]]
     assert items[0]["images"][0].shape == (3, 32, 32) and items[1]["images"][0].shape == (3, 32, 32)
     assert tuple(items[0]["target"].shape) == (20, 30) and tuple(items[1]["target"].shape) == (24, 16)

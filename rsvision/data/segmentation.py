@@ -69,7 +69,7 @@ class PairedFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.pairs[index]
-        image, mask = np.asarray(read_rgb(image_path)), _read_mask(mask_path)
+        image, mask = np.array(read_rgb(image_path)), _read_mask(mask_path)  # writable: torch shares its memory
         return check_sample(image, mask, len(self.classes), f"{image_path} / {mask_path.name}")
 
 
