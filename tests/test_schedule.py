@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 
 from rsvision.engine import train
 from rsvision.engine import trainer as trainer_module
