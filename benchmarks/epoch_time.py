@@ -8,8 +8,8 @@ schedule; both timed in this process after imports (wall clock), repeats interle
 
 - rsvision: ``rsvision.engine.train`` on a recipe with ``epochs: 1`` and ``data.cache:
   memory`` (everything else as a user would leave it: batched resizing, ``channels_last:
-  auto`` timed at the start, per-epoch evaluation of every resolution and the ensemble,
-  MAdds, the run folder written atomically).
+  auto`` timed on the first training steps, per-epoch evaluation of every resolution and the
+  ensemble, MAdds, the run folder written atomically).
 - plain: a hand-written PyTorch loop in this file, as a user in a hurry would write it:
   every image decoded once into one uint8 tensor; per batch one random-resized crop and
   flip per image done for the whole batch at once (``torchvision.ops.roi_align``), resized to
