@@ -170,7 +170,6 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
     if layouts.trial and accelerator.num_processes > 1:
         first = next(iter(DataLoader(train_set, batch_size=recipe.data.batch_size, collate_fn=task.collate)))
         layouts.decide(lambda layout: _untraced_step(method, to_layout(first, layout), accelerator))
-        state.layout = layouts.name
     optimizer = build_optimizer(method, recipe)
     if t.compile:
         method.model.body = torch.compile(method.model.body)
@@ -197,7 +196,7 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
             if state.layout is None and layouts.name is not None:
                 state.layout = layouts.name
                 if accelerator.is_main_process and not quiet:
-                    console.print(f"memory layout: {state.layout} (timed on the first steps, train.channels_last: auto)")
+                    console.print(f"memory layout: {state.layout} (timed, train.channels_last: auto)")
             log = {"epoch": epoch + 1, **stats, **unwrapped.describe()}
             if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
                 sync_buffers(unwrapped)
