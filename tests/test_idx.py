@@ -73,6 +73,26 @@ def test_first_n_or_a_seeded_subset(tmp_path):
         build(root, train_size=13)
 
 
+def image_ids(dataset) -> list[int]:
+    return [int(np.asarray(dataset[i][0])[0, 0]) // 10 for i in range(len(dataset))]
+
+
+def test_validation_held_out_from_the_training_file(tmp_path):
+    root = make_root(tmp_path)
+    args = dict(train_size=5, val_size=4, val_from="train")
+    train, val = build(root, split="train", **args), build(root, split="val", **args)
+    assert image_ids(train) == [0, 1, 2, 3, 4] and image_ids(val) == [5, 6, 7, 8]
+    seeded = dict(args, subset_seed=3)
+    train_ids, val_ids = image_ids(build(root, **seeded)), image_ids(build(root, split="val", **seeded))
+    assert len(set(train_ids) | set(val_ids)) == 9 and val_ids == sorted(val_ids)
+    assert train_ids == image_ids(build(root, train_size=5, subset_seed=3))  # the training subset is unchanged
+    assert image_ids(build(root, split="val", val_size=4)) == [0, 1, 2, 3]  # by default val is the test file
+    with pytest.raises(UserError, match=r"data.args.val_size: 5 training \+ 8 held-out images exceed the 12 samples"):
+        build(root, split="val", train_size=5, val_size=8, val_from="train")
+    with pytest.raises(UserError, match="data.args.val_from: expected 'test' or 'train', got 'holdout'"):
+        build(root, split="val", val_from="holdout")
+
+
 def test_uncompressed_file_is_preferred_and_gzip_is_detected_by_content(tmp_path):
     root = make_root(tmp_path, zipped=False)
     (root / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not read")

@@ -89,12 +89,17 @@ def mnist(
     val_size: int | None = None,
     subset_seed: int | None = None,
     names: str | list[str] = "digits",
+    val_from: str = "test",
 ) -> Dataset:
     """MNIST-format files under ``root``; ``train_size`` / ``val_size`` keep the first N
     samples of a split, or N drawn at random when ``subset_seed`` is set. ``names`` is
     ``digits`` (0-9), ``fashion`` (Fashion-MNIST's ten classes) or a list of class names;
-    every label must index into it."""
+    every label must index into it. ``val_from: train`` makes the val split ``val_size``
+    held-out images of the training file, disjoint from the training samples (a validation
+    split for choosing hyperparameters; the test file is then never read)."""
     check_split(split)
+    if val_from not in ("test", "train"):
+        raise UserError(f"data.args.val_from: expected 'test' or 'train', got '{val_from}'")
     if root is None:
         raise UserError("data.root: the mnist dataset needs the folder holding its four IDX files")
     if isinstance(names, str):
@@ -103,17 +108,38 @@ def mnist(
         names = CLASS_NAMES[names]
     classes = [str(n) for n in names]
     folder = Path(root).expanduser()
-    image_path, label_path = (_find(folder, name) for name in FILES[split])
+    held_out = split == "val" and val_from == "train"
+    image_path, label_path = (_find(folder, name) for name in FILES["train" if held_out else split])
     images, labels = read_idx(image_path, 3), read_idx(label_path, 1)
     if len(images) != len(labels):
         raise UserError(f"{label_path}: {len(labels)} labels for the {len(images)} images of {image_path}")
     if len(labels) and labels.max() >= len(classes):
         bad = int(np.argmax(labels >= len(classes)))
         raise UserError(f"{label_path}: label {labels[bad]} at index {bad} is out of range for {len(classes)} classes (data.args.names)")
-    size = train_size if split == "train" else val_size
-    if size is not None:
-        if not 0 < size <= len(labels):
-            raise UserError(f"data.args.{split}_size: expected 1 to {len(labels)} (the samples in {image_path.name}), got {size}")
-        keep = np.arange(size) if subset_seed is None else np.sort(np.random.default_rng(subset_seed).choice(len(labels), size, replace=False))
+    if held_out:
+        keep = _held_out(len(labels), train_size, val_size, subset_seed, image_path)
+    else:
+        size = train_size if split == "train" else val_size
+        keep = None if size is None else _subset(len(labels), size, subset_seed, f"data.args.{split}_size", image_path)
+    if keep is not None:
         images, labels = images[keep], labels[keep]
     return IdxDataset(images, labels, classes)
+
+
+def _subset(total: int, size: int, seed: int | None, field: str, path: Path) -> np.ndarray:
+    """The first ``size`` indices, or ``size`` drawn at random (sorted) when ``seed`` is set."""
+    if not 0 < size <= total:
+        raise UserError(f"{field}: expected 1 to {total} (the samples in {path.name}), got {size}")
+    return np.arange(size) if seed is None else np.sort(np.random.default_rng(seed).choice(total, size, replace=False))
+
+
+def _held_out(total: int, train_size: int | None, val_size: int | None, seed: int | None, path: Path) -> np.ndarray:
+    """``val_size`` indices of the training file that the training subset does not use:
+    the next ones after it, or drawn at random from the rest when ``seed`` is set."""
+    if train_size is None or val_size is None:
+        raise UserError("data.args.val_from: 'train' needs train_size and val_size (the held-out images come from the training file)")
+    if train_size + val_size > total:
+        raise UserError(f"data.args.val_size: {train_size} training + {val_size} held-out images exceed the {total} samples in {path.name}")
+    used = _subset(total, train_size, seed, "data.args.train_size", path)
+    rest = np.setdiff1d(np.arange(total), used)
+    return rest[:val_size] if seed is None else np.sort(np.random.default_rng(seed + 1).choice(rest, val_size, replace=False))
