@@ -21,6 +21,7 @@ from rsvision.switchable import RSNet, SwitchableBatchNorm
 BACKBONE_ARGS = {
     "mobilenet_v2": {"width_mult": 0.25},
     "resnet8": {"width": 4},
+    "resnet14": {"width": 4},
     "resnet20": {"width": 4},
     "resnet18_cifar": {"width": 8, "stem_stride": 4},  # stem stride 4: stages at 4..32, so the seg heads fit
     "preact_resnet8": {"width": 4},

@@ -159,6 +159,12 @@ def resnet20(*, width: int = 16, stem_stride: int = 1) -> nn.Module:
     return CifarResNet((3, 3, 3), (width, 2 * width, 4 * width), stem_stride)
 
 
+@register_backbone("resnet14")
+def resnet14(*, width: int = 16, stem_stride: int = 1) -> nn.Module:
+    """The 3-stage CIFAR ResNet with two blocks per stage (0.17M parameters at width 16)."""
+    return CifarResNet((2, 2, 2), (width, 2 * width, 4 * width), stem_stride)
+
+
 @register_backbone("resnet8")
 def resnet8(*, width: int = 16, stem_stride: int = 1) -> nn.Module:
     """A 3-stage CIFAR ResNet with one block per stage, for quick CPU runs and tests."""
