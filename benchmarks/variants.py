@@ -11,6 +11,7 @@ import yaml
 from rsvision.artifacts import load_artifact
 from rsvision.engine import evaluate, train
 from rsvision.recipe import apply_overrides, validate_recipe
+from rsvision.registry import TASKS
 
 
 def train_variant(base: dict, output_dir: str, name: str, top: dict | None = None, **overrides) -> Path:
@@ -22,12 +23,18 @@ def train_variant(base: dict, output_dir: str, name: str, top: dict | None = Non
     return train(validate_recipe(data, name), name=name, quiet=True)
 
 
-def scores(run_dir: Path, resolutions: list[int]) -> dict[int, dict]:
-    """Metrics per resolution; an I-Net tested away from its one resolution uses its only BN."""
+def scores(run_dir: Path, resolutions: list[int], data_overrides: list[str] | None = None) -> dict[int, dict]:
+    """Metrics per resolution; an I-Net tested away from its one resolution uses its only BN.
+    ``data_overrides`` (``KEY=VALUE``) change the run's recipe for this evaluation only, e.g.
+    to score on a validation split carved from the training set."""
     artifact = load_artifact(run_dir)
+    task = artifact.task
+    if data_overrides:
+        recipe = apply_overrides(task.recipe.model_dump(mode="json"), data_overrides)
+        task = TASKS.get(recipe["task"])(validate_recipe(recipe, str(run_dir)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = evaluate(artifact.model, artifact.task, resolutions)
+        rows = evaluate(artifact.model, task, resolutions)
     return {row["resolution"]: row for row in rows}
 
 
