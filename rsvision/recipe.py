@@ -100,8 +100,10 @@ class TrainConfig(_Section):
     val_every: int = Field(1, ge=1)
     sync_bn: bool = False
     memory: Literal["standard", "low"] = "standard"
-    #: Memory layout: ``auto`` times the first training steps in each layout and keeps the faster.
-    channels_last: bool | Literal["auto"] = "auto"
+    #: Memory layout: ``device`` follows a fixed rule (channels-last on CUDA, contiguous
+    #: elsewhere); ``auto`` times the first training steps in each layout and keeps the
+    #: faster (the choice, and so the weights, can then depend on the machine's load).
+    channels_last: bool | Literal["device", "auto"] = "device"
     compile: bool = False
 
     @model_validator(mode="after")

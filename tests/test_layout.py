@@ -73,3 +73,38 @@ def test_auto_trains_the_same_network_and_saves_its_choice(tmp_path):
     assert auto.keys() == nchw.keys()
     for key in auto:  # the layouts differ in rounding only
         torch.testing.assert_close(auto[key], nchw[key], rtol=1e-4, atol=1e-5)
+
+
+def test_the_default_follows_the_device_rule_and_reads_no_clock(monkeypatch):
+    monkeypatch.setattr(layout_module, "time", SimpleNamespace(perf_counter=lambda: pytest.fail("the default layout read a clock")))
+    conv = nn.Conv2d(2, 4, 3)
+    cpu = LayoutChoice("device", None, conv, CPU)
+    assert (cpu.name, cpu.trial) == ("contiguous", []) and cpu.reason == "the rule for cpu, train.channels_last: device"
+    with cpu.step() as layout:
+        assert layout is torch.contiguous_format and not _is_channels_last(conv)
+    cuda = LayoutChoice("device", None, conv, SimpleNamespace(num_processes=1, device=torch.device("cuda")))
+    assert cuda.name == "channels_last" and _is_channels_last(conv)
+
+
+def _default_run(tmp_path, monkeypatch, step_seconds):
+    """A run with the default layout while the clock says a step takes ``step_seconds`` (per layout, in trial order)."""
+    ticks = iter([0.0, step_seconds[0], 10.0, 10.0 + step_seconds[1]])
+    monkeypatch.setattr(layout_module, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    data = tiny_recipe_dict(tmp_path)
+    del data["train"]["channels_last"]
+    run = train(validate_recipe(data), name="default", quiet=True)
+    return json.loads((run / "rsvision.json").read_text())["memory_layout"], load_file(str(run / "model.safetensors"))
+
+
+def test_same_recipe_and_seed_give_the_same_weights_whatever_the_machine_load(tmp_path, monkeypatch):
+    idle_layout, idle = _default_run(tmp_path / "idle", monkeypatch, (1.0, 3.0))  # contiguous would win a timing
+    busy_layout, busy = _default_run(tmp_path / "busy", monkeypatch, (3.0, 1.0))  # channels_last would win
+    assert idle_layout == busy_layout == {"layout": "contiguous", "reason": "the rule for cpu, train.channels_last: device"}
+    assert idle.keys() == busy.keys() and all(torch.equal(idle[k], busy[k]) for k in idle)
+
+
+def test_the_log_and_the_metadata_say_a_given_layout_was_given(tmp_path, capsys):
+    recipe = validate_recipe(tiny_recipe_dict(tmp_path, train={"channels_last": False, "epochs": 1}))
+    run = train(recipe, name="given")
+    assert "memory layout: contiguous (train.channels_last: false)" in capsys.readouterr().err
+    assert json.loads((run / "rsvision.json").read_text())["memory_layout"]["reason"] == "train.channels_last: false"

@@ -1,12 +1,16 @@
 """The memory layout of training steps: NCHW (``contiguous``) or NHWC (``channels_last``).
 
-``train.channels_last: auto`` chooses by measurement on the run's own first steps: a
-warm-up step and a timed step in each layout in turn, then the faster layout for the rest
-of the run. The trial steps are ordinary training steps (the layouts differ only in
-rounding), so choosing costs no extra computation. A resumed run keeps the layout its
-first run chose. Runs of several processes choose before DDP wraps the network (DDP's
-gradient buckets keep the layout of the parameters it wraps), on extra steps that leave
-no trace (:meth:`LayoutChoice.decide`).
+The two layouts round differently, so the layout is part of what makes a run's weights:
+the default, ``train.channels_last: device``, follows a fixed rule that reads no clock
+(channels-last on CUDA, whose cuDNN kernels prefer it, contiguous elsewhere), so the same
+recipe and seed give the same weights on the same machine whatever its load. ``true`` /
+``false`` fix the layout. ``auto`` (opt-in) chooses by measurement on the run's own first
+steps: a warm-up step and a timed step in each layout in turn, then the faster layout for
+the rest of the run; the trial steps are ordinary training steps, so choosing costs no
+extra computation, but the choice, and so the weights, can change with the machine's
+load. A resumed run keeps the layout its first run used. Runs of several processes choose
+before DDP wraps the network (DDP's gradient buckets keep the layout of the parameters it
+wraps), on extra steps that leave no trace (:meth:`LayoutChoice.decide`).
 """
 
 from __future__ import annotations
@@ -38,17 +42,28 @@ def to_layout(batch: Any, layout: torch.memory_format) -> Any:
 class LayoutChoice:
     """The layout of each training step of ``module``.
 
-    ``name`` is the layout in use once known: given (``setting`` true/false, or ``saved``
-    by the run being resumed) or, for ``auto``, chosen after the trial steps. Every process
-    runs the same trial and keeps the main process's choice.
+    ``name`` is the layout in use once known: given (``setting`` true/false), by the device
+    rule (``device``), ``saved`` by the run being resumed, or, for ``auto``, chosen after
+    the trial steps; ``reason`` says which. Every process runs the same trial and keeps the
+    main process's choice.
     """
 
-    def __init__(self, setting: bool | str, saved: str | None, module: nn.Module, accelerator) -> None:
+    def __init__(self, setting: bool | str, saved: str | None, module: nn.Module, accelerator, saved_reason: str | None = None) -> None:
         self.module, self.accelerator = module, accelerator
-        self.name = saved or (None if setting == "auto" else "channels_last" if setting else "contiguous")
+        self.name, self.reason = self._rule(setting, saved, saved_reason, accelerator.device.type)
         self.trial = [] if self.name else [(name, timed) for name in LAYOUTS for timed in (False, True)]
         self.times: dict[str, float] = {}
         self.module.to(memory_format=LAYOUTS[self.name or self.trial[0][0]])
+
+    @staticmethod
+    def _rule(setting: bool | str, saved: str | None, saved_reason: str | None, device: str) -> tuple[str | None, str]:
+        if saved:
+            return saved, saved_reason or "kept from the run's start"
+        if setting == "auto":
+            return None, "timed on the first steps, train.channels_last: auto"
+        if setting == "device":
+            return ("channels_last" if device == "cuda" else "contiguous"), f"the rule for {device}, train.channels_last: device"
+        return ("channels_last" if setting else "contiguous"), f"train.channels_last: {str(setting).lower()}"
 
     @contextmanager
     def step(self) -> Iterator[torch.memory_format]:
@@ -80,6 +95,7 @@ class LayoutChoice:
         if self.accelerator.num_processes > 1:
             broadcast_object_list(choice, from_process=0)
         self.name = choice[0]
+        self.reason += " (" + ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in self.times.items()) + " a step)"
         self.module.to(memory_format=LAYOUTS[self.name])
 
     def _clock(self) -> float:

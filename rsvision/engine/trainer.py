@@ -62,6 +62,7 @@ class RunProgress:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     layout: str | None = None
+    layout_reason: str | None = None
 
 
 def synchronized_bn(model: nn.Module) -> nn.Module:
@@ -166,7 +167,7 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
         raise UserError(f"{recipe.source}: data.batch_size {recipe.data.batch_size} is larger than the training set ({len(train_set)} samples); no full batch")
     run_dir = _agreed_run_dir(accelerator, recipe, name, resume)
     state = RunProgress(**json.loads((run_dir / STATE / "progress.json").read_text())) if resume else RunProgress()
-    layouts = LayoutChoice(t.channels_last, state.layout, method, accelerator)  # a resumed run keeps its layout
+    layouts = LayoutChoice(t.channels_last, state.layout, method, accelerator, state.layout_reason)  # a resumed run keeps its layout
     if layouts.trial and accelerator.num_processes > 1:
         first = next(iter(DataLoader(train_set, batch_size=recipe.data.batch_size, collate_fn=task.collate)))
         layouts.decide(lambda layout: _untraced_step(method, to_layout(first, layout), accelerator))
@@ -185,6 +186,14 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "recipe.json", recipe.model_dump(mode="json"))
 
+    def note_layout() -> None:
+        """Keep the layout in the run's state and say it, once it is known."""
+        if state.layout is None and layouts.name is not None:
+            state.layout, state.layout_reason = layouts.name, layouts.reason
+            if accelerator.is_main_process and not quiet:
+                console.print(f"memory layout: {state.layout} ({state.layout_reason})")
+
+    note_layout()
     rows: list[dict] = state.history[-1].get("val", []) if state.history else []
     bar = training_progress(disable=quiet or not accelerator.is_main_process)
     with bar:
@@ -193,10 +202,7 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)
             stats = _train_epoch(prepared, unwrapped, optimizer, loader, accelerator, recipe, epoch, steps_per_epoch, updates_per_epoch, layouts, state, bar, run_dir)
-            if state.layout is None and layouts.name is not None:
-                state.layout = layouts.name
-                if accelerator.is_main_process and not quiet:
-                    console.print(f"memory layout: {state.layout} (timed, train.channels_last: auto)")
+            note_layout()
             log = {"epoch": epoch + 1, **stats, **unwrapped.describe()}
             if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
                 sync_buffers(unwrapped)
@@ -331,6 +337,7 @@ def _save_epoch(accelerator, run_dir: Path, method: TrainingMethod, task: Task, 
         write_json(tmp / "progress.json", asdict(state))
         replace_dir(tmp, run_dir / STATE)
         meta = run_metadata(task, method, recipe, rows, madds, state.epoch)
+        meta["memory_layout"] = {"layout": state.layout, "reason": state.layout_reason}
         save_run(run_dir, method.model, method.artifact_tensors(), meta)
         with (run_dir / "log.jsonl").open("a") as f:
             f.write(json.dumps(state.history[-1], default=str) + "\n")
