@@ -30,7 +30,7 @@ def test_unknown_name_lists_close_matches():
 
 
 def test_list_filters_with_a_pattern():
-    assert list_backbones("resnet1*") == ["resnet101", "resnet18", "resnet18_cifar"]
+    assert list_backbones("resnet1*") == ["resnet101", "resnet14", "resnet18", "resnet18_cifar"]
 
 
 def test_backbone_from_a_user_module_is_used_by_name(tmp_path, monkeypatch, clean_plugins):
