@@ -15,6 +15,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
 from rsvision.constants import SPLITS, check_split, split_seed
+from rsvision.data.transforms import eight_bit
 from rsvision.errors import UserError
 from rsvision.registry import register_dataset
 
@@ -135,10 +136,11 @@ def synthetic(
 
 
 def read_rgb(path: str | Path) -> Image.Image:
-    """An image file as RGB (grey and palette images converted); an unreadable file is named."""
+    """An image file as 8-bit RGB (grey, palette, 16-bit and float images converted, see
+    :func:`~rsvision.data.transforms.eight_bit`); an unreadable file is named."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return eight_bit(img).convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
 

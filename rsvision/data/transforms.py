@@ -21,12 +21,34 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 from rsvision.constants import IMAGENET_MEAN, IMAGENET_STD, val_resize
 
 BILINEAR = InterpolationMode.BILINEAR
+#: Full scale of the image modes that are not 8-bit: integer modes hold 16-bit values ("I" is how
+#: PIL opens 16-bit PNGs and TIFFs, clipped at 65535), floating-point ones [0, 1] like float tensors.
+_FULL_SCALE = {"I": 65535.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "F": 1.0}
+
+
+def eight_bit(image: Any) -> Any:
+    """``image`` with 8 bits per channel, each value on the [0, 1] scale of its own type.
+
+    PIL images in a 16-bit, 32-bit integer or float mode become ``"L"`` images and uint16
+    arrays uint8 arrays (``round(v / 65535 * 255)``: a 16-bit image and its 8-bit twin give
+    the same values); anything else is returned as it is. Every image the toolkit reads
+    passes here, so inputs are uint8 before they are resized.
+    """
+    if isinstance(image, Image.Image) and image.mode in _FULL_SCALE:
+        values, scale = np.asarray(image, dtype=np.float64), _FULL_SCALE[image.mode]
+    elif isinstance(image, np.ndarray) and image.dtype == np.uint16:
+        values, scale = image.astype(np.float64), _FULL_SCALE["I;16"]
+    else:
+        return image
+    out = np.clip(np.rint(values * (255 / scale)), 0, 255).astype(np.uint8)
+    return Image.fromarray(out) if isinstance(image, Image.Image) else out
 
 
 @dataclass(frozen=True)
@@ -52,7 +74,9 @@ class InputFormat:
         return {"channels": self.channels, "mean": self.mean, "std": self.std}
 
     def image(self, image: Any) -> torch.Tensor:
-        """A PIL image, ``HxW``/``HxWxC`` array or ``CxHxW`` tensor as a uint8 tensor of ``channels``."""
+        """A PIL image, ``HxW``/``HxWxC`` array or ``CxHxW`` tensor as a uint8 tensor of ``channels``
+        (16-bit and float images through :func:`eight_bit`)."""
+        image = eight_bit(image)
         if isinstance(image, np.ndarray) and image.ndim == 2:
             image = image[..., None]
         x = TF.to_image(image).as_subclass(torch.Tensor)
