@@ -8,24 +8,33 @@ a convolution into that convolution (:func:`fold_batchnorm`): in evaluation a BN
 affine map ``y = (x - mean) / sqrt(var + eps) * gamma + beta``, so ``bn(conv(x))`` is one
 convolution with rescaled weights and a bias.
 
-Folding reads the data flow from a ``torch.fx`` trace: a conv → BN pair folds when the
-conv's output goes to that BN only and each of the two modules is called once. A module
-whose ``forward`` cannot be traced (control flow on tensor values or shapes) is kept as a
-whole and folded inside, child by child; such modules are listed in the result.
+Folding reads the data flow from a ``torch.fx`` trace in which every BN module (and every
+de-quantized activation's :class:`~rsvision.quant.plain.NearestLevel`) is a leaf:
+a conv → BN pair folds when the conv's output goes to that BN only and each of the two
+modules is called once. timm's norm-act layers (``BatchNormAct2d``: BN, then dropout and
+activation in one module) fold the same way and leave their dropout and activation. A
+module whose ``forward`` cannot be traced (control flow on tensor values or shapes) is kept
+as a whole and folded inside, child by child; such modules are listed in the result. The
+BNs left are counted as the batch-norm ops of the folded network's trace.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from rsvision.quant.plain import NearestLevel, dequantize
 from rsvision.subnet import SubNet, SubNetLike
 from rsvision.switchable import materialize
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_PLAIN_FORWARDS = (_BatchNorm.forward, nn.SyncBatchNorm.forward)
+_BATCH_NORM_OPS = (torch.batch_norm, torch.nn.functional.batch_norm)
 
 
 @dataclass
@@ -50,7 +59,7 @@ class _Tracer(fx.Tracer):
         self.failed_in: str | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+        return qualname in self.leaves or isinstance(m, (*BATCHNORMS, NearestLevel)) or super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
         qualname = self.path_of_module(m)
@@ -82,6 +91,21 @@ def _trace(module: nn.Module) -> tuple[fx.GraphModule | None, set[str]]:
         return fx.GraphModule(tracer.root, graph, type(module).__name__), leaves
 
 
+def _norm_act_types() -> tuple[type, ...]:
+    """timm's BN + dropout + activation layers (none while timm is not imported: no model has them then)."""
+    norm_act = sys.modules.get("timm.layers.norm_act")
+    return () if norm_act is None else (norm_act.BatchNormAct2d, norm_act.SyncBatchNormAct)
+
+
+def _after_normalizing(bn: nn.Module) -> list[nn.Module] | None:
+    """The modules ``bn`` runs on its normalised output (none for a plain BN); None when unknown."""
+    if type(bn).forward in _PLAIN_FORWARDS:
+        return []
+    if isinstance(bn, _norm_act_types()):
+        return [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None and not isinstance(m, nn.Identity)]
+    return None
+
+
 def _fuse_pairs(gm: fx.GraphModule) -> int:
     modules = dict(gm.named_modules())
     calls: dict[str, int] = {}
@@ -98,12 +122,15 @@ def _fuse_pairs(gm: fx.GraphModule) -> int:
         conv, bn = modules[source.target], modules[node.target]
         if len(source.users) != 1 or calls[source.target] != 1 or calls[node.target] != 1 or len(node.args) != 1 or node.kwargs:
             continue
-        if type(conv).forward is not nn.Conv2d.forward or not bn.track_running_stats or bn.running_mean is None:
+        after = _after_normalizing(bn)
+        if after is None or type(conv).forward is not nn.Conv2d.forward or not bn.track_running_stats or bn.running_mean is None:
             continue
-        fused = fuse_conv_bn_eval(conv, bn)
-        _set_module(gm, source.target, fused)
-        node.replace_all_uses_with(source)
-        gm.graph.erase_node(node)
+        _set_module(gm, source.target, fuse_conv_bn_eval(conv, bn))
+        if after:
+            _set_module(gm, node.target, after[0] if len(after) == 1 else nn.Sequential(*after))
+        else:
+            node.replace_all_uses_with(source)
+            gm.graph.erase_node(node)
         folded += 1
     gm.graph.lint()
     gm.delete_all_unused_submodules()
@@ -134,6 +161,22 @@ def _fold(module: nn.Module, prefix: str, report: FoldReport) -> nn.Module:
     return gm
 
 
+def batch_norm_ops(module: nn.Module) -> int:
+    """How many batch-norm ops ``module``'s forward runs, read from its trace (BN modules and
+    ``batch_norm`` calls; inside a module that cannot be traced, its children's)."""
+    gm, leaves = _trace(module)
+    if gm is None:
+        return sum(batch_norm_ops(child) for child in module.children())
+    modules = dict(gm.named_modules())
+    count = 0
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target not in leaves:
+            count += isinstance(modules[node.target], BATCHNORMS)
+        elif node.op == "call_function":
+            count += node.target in _BATCH_NORM_OPS
+    return count + sum(batch_norm_ops(child) for leaf in leaves for child in gm.get_submodule(leaf).children())
+
+
 @torch.no_grad()
 def fold_batchnorm(module: nn.Module) -> tuple[nn.Module, FoldReport]:
     """``module`` (in eval mode, changed in place where it cannot be traced) with conv → BN pairs folded.
@@ -145,7 +188,7 @@ def fold_batchnorm(module: nn.Module) -> tuple[nn.Module, FoldReport]:
         raise ValueError("fold_batchnorm needs a module in eval mode (BN folding uses the running statistics)")
     report = FoldReport()
     folded = _fold(module, "", report).eval()
-    report.left = sum(isinstance(m, BATCHNORMS) for m in folded.modules())
+    report.left = batch_norm_ops(folded)
     return folded, report
 
 
@@ -168,13 +211,11 @@ def plain_subnet(model: nn.Module, subnet: SubNetLike, fold: bool = True, channe
     unchanged): PyTorch then picks faster CPU kernels for small feature maps at batch 1
     (ResNet-18 at 96 px: 16 instead of 29 ms of CPU, ``benchmarks/latency.py``).
     """
-    from rsvision.quant.plain import dequantize
-
     subnet = SubNet.parse(subnet)
     network = materialize(model, subnet)
     parameters = sum(p.numel() for p in network.parameters())
     quantization = dequantize(network)
-    report = FoldReport(left=sum(isinstance(m, BATCHNORMS) for m in network.modules()))
+    report = FoldReport(left=batch_norm_ops(network))
     if fold:
         network, report = fold_batchnorm(network)
     if channels_last:

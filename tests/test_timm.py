@@ -13,11 +13,13 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 from timm.layers import BatchNormAct2d
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from rsvision.artifacts import load_artifact
 from rsvision.cli import cli
 from rsvision.engine import train
 from rsvision.errors import RegistryError, UserError
+from rsvision.fold import fold_batchnorm, plain_subnet
 from rsvision.models import check_backbone, create_model
 from rsvision.recipe import validate_recipe
 from rsvision.registry import BACKBONES, Registry, list_backbones
@@ -168,3 +170,53 @@ def test_sync_bn_keeps_the_activation_of_timm_norm_act_layers():
     converted = [m for m in synced.modules() if isinstance(m, SyncBatchNormAct)]
     assert len(converted) == len(acts)
     assert [type(m.act) for m in converted] == [type(m.act) for m in acts]
+
+
+class _BatchNormOps(TorchDispatchMode):
+    """Counts the batch-norm kernels a forward pass runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += "batch_norm" in func.__name__
+        return func(*args, **(kwargs or {}))
+
+
+def _batch_norm_ops(network: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad(), _BatchNormOps() as ops:
+        network(x)
+    return ops.count
+
+
+@pytest.mark.parametrize("arch, bns", [("efficientnet_b0", 48), ("regnetx_002", 44), ("mobilenetv3_small_100", 34)])
+def test_deployed_timm_networks_run_no_batch_norm(arch, bns):
+    """BatchNormAct2d folds into its convolution and keeps its activation; nothing is left to normalise."""
+    torch.manual_seed(0)
+    model = create_model(backbone=f"timm/{arch}", resolutions=[32, 24], num_classes=3).eval()
+    with torch.no_grad():
+        for bn in switchable_bns(model):
+            for group in bn.groups.values():
+                group.running_mean.uniform_(-0.2, 0.2)
+                group.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 32, 32)
+    unfolded = materialize(model, 32)
+    assert _batch_norm_ops(unfolded, x) == bns
+    plain = plain_subnet(model, 32)
+    assert (plain.fold.folded, plain.fold.left) == (bns, 0)
+    assert _batch_norm_ops(plain.network, x) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(plain.network(x), unfolded(x), atol=1e-4, rtol=1e-4)
+
+
+def test_bn_left_counts_the_batch_norm_ops_that_run():
+    """A norm-act layer after no convolution stays, with its activation, and is counted."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), BatchNormAct2d(4, act_layer=nn.ReLU), BatchNormAct2d(4, act_layer=nn.ReLU)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    folded, report = fold_batchnorm(net)
+    assert (report.folded, report.left) == (1, 1) and _batch_norm_ops(folded, x) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x))
+        assert folded(x).min() >= 0
