@@ -90,3 +90,15 @@ def test_cli_export_then_eval_the_packed_file(tmp_path, capsys):
         main(["eval", "--checkpoint", str(checkpoint), "--res", "16", "14", "--json"])
         results.append(json.loads(capsys.readouterr().out)["results"])
     assert results[0] == results[1]
+
+
+def test_packed_file_gets_the_umasks_permissions(tmp_path):
+    import os
+
+    previous = os.umask(0o027)
+    try:
+        export_packed(_trained_model(), tmp_path / "model.lq", {"recipe": RECIPE})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "model.lq").stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["model.lq"]  # no temporary file left

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from rsvision.artifacts import ALPHA_KEY, Artifact, build_from_meta, load_artifact, register_format
+from rsvision.artifacts import ALPHA_KEY, Artifact, build_from_meta, load_artifact, register_format, save_tensors
 from rsvision.errors import UserError
 from rsvision.quant.modules import QUANT_LAYERS
 
@@ -139,7 +139,7 @@ def export_packed(
         "remainder": remainder,
     }
     path = Path(path)
-    save_file(tensors, str(path), metadata=header)
+    save_tensors(path, tensors, header)
     return path.stat().st_size
 
 

@@ -11,16 +11,27 @@
   identical and exports as plain element-wise ops (Greater, Where).
 
 Activation quantizers without ``levels()`` are left as they are; :func:`dequantize` lists them.
+
+Checking an export of such a network: a value within float rounding of a threshold may
+take the other level in another runtime (sums in another order), and one flipped level
+moves the output far beyond float tolerance. :func:`compare_quantized` therefore compares
+outputs only on the images whose every quantizer input is at least ``TIE_MARGIN x max(1,
+|levels|)`` from a threshold in PyTorch; the others are counted as near ties.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from rsvision.quant.modules import QUANT_LAYERS, QuantConv2d
+
+#: How close (relative to the levels' scale, at least 1) a quantizer input may come to a threshold
+#: before its rounding depends on the runtime: 16 float32 steps at 1. Folded and unfolded BN, or
+#: onnxruntime and PyTorch, give quantizer inputs up to 4 steps apart (0.2-4.8e-7 on inputs of 1).
+TIE_MARGIN = 2e-6
 
 
 class NearestLevel(nn.Module):
@@ -110,3 +121,39 @@ def dequantize(model: nn.Module) -> dict[str, Any] | None:
         "activations": "nearest-level rounding as Greater/Where ops" if acts else "not quantized",
         "left": left,
     }
+
+
+@torch.no_grad()
+def near_ties(network: nn.Module, x: torch.Tensor, margin: float = TIE_MARGIN) -> torch.Tensor:
+    """Per image of ``x``: does some :class:`NearestLevel` input of ``network`` lie within
+    ``margin x max(1, |levels|)`` of a threshold?"""
+    near = torch.zeros(len(x), dtype=torch.bool)
+
+    def hook(module: NearestLevel, args) -> None:
+        gap = (args[0].unsqueeze(-1) - module.thresholds).abs().amin(-1).flatten(1)
+        near.logical_or_((gap <= margin * max(1.0, float(module.levels.abs().max()))).any(1).cpu())
+
+    handles = [m.register_forward_pre_hook(hook) for m in network.modules() if isinstance(m, NearestLevel)]
+    try:
+        network(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return near
+
+
+@torch.no_grad()
+def compare_quantized(network: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> dict[str, Any]:
+    """``run(x)`` (another runtime's forward of the graph exported from ``network``) against ``network(x)``.
+
+    Returns the largest absolute difference over the images without a near tie
+    (:func:`near_ties`), the largest output there, and how many images were compared and
+    left out; with every image a near tie, nothing is compared (difference 0).
+    """
+    ties = near_ties(network, x)
+    kept = x[~ties]
+    if not len(kept):
+        return {"max_abs_diff": 0.0, "max_abs_output": 0.0, "compared": 0, "near_ties": len(x)}
+    reference = network(kept).float()
+    diff = (torch.as_tensor(run(kept)).float() - reference).abs().max()
+    return {"max_abs_diff": float(diff), "max_abs_output": float(reference.abs().max()), "compared": len(kept), "near_ties": int(ties.sum())}
