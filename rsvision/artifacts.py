@@ -18,10 +18,11 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -121,8 +122,52 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
 
 
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """A new folder beside ``path`` to fill inside the block; then it takes the place of ``path``.
+
+    An earlier folder at ``path`` is removed only once the new one is complete; if the block
+    fails, the new folder is removed and ``path`` stays as it was. Between the two renames
+    of the swap the earlier folder waits in ``.<name>.*.old`` beside it.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write there ({exc.strerror or exc})") from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if not path.exists():
+            tmp.rename(path)
+            return
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        path.rename(old / path.name)
+        try:
+            tmp.rename(path)
+        except BaseException:
+            (old / path.name).rename(path)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+def write_cache(path: Path, data: Any) -> None:
+    """:func:`write_json` for a file that only saves recomputing (kept evaluations): where it
+    cannot be written (a read-only run folder), a warning says so and the command goes on."""
+    import warnings
+
+    try:
+        write_json(path, data)
+    except OSError as exc:
+        warnings.warn(f"{path}: not kept ({exc.strerror or exc}); the results are shown but not cached", stacklevel=2)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

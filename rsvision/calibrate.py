@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Subset
 from rsvision.data.sampling import mix_seed
 from rsvision.errors import UserError
 from rsvision.subnet import SubNet, SubNetLike, subnets_of
-from rsvision.switchable import SwitchableBatchNorm, at_subnet, switchable_bns
+from rsvision.switchable import at_subnet, subnet_status, switchable_bns, trained_subnets
 
 FORMAT = "rsvision-calibration"
 DEFAULT_IMAGES = 2000
@@ -63,7 +63,7 @@ def calibrate(
     if images < 1:
         raise UserError(f"calibration needs at least one image, got images={images}")
     for subnet in subnets:
-        check_servable(bns[0], subnet)
+        check_servable(model, subnet)
     resolutions = sorted({s.resolution for s in subnets}, reverse=True)
     data = task.eval_dataset(resolutions, split="train")
     if len(data) == 0:
@@ -109,16 +109,31 @@ def calibrate(
     return count
 
 
-def check_servable(bn: SwitchableBatchNorm, subnet: SubNet, source: str = "") -> None:
-    """A :class:`UserError` naming ``subnet`` when the network has no BN parameters to serve it with."""
+def unservable(model: nn.Module, subnet: SubNet) -> str | None:
+    """Why ``model`` has no BatchNorm parameters to serve ``subnet`` with, or None when it has.
+
+    A width needs a width axis and must lie in the trained width range (MutualNet trains
+    the range; a width outside it has neither statistics nor affine parameters of its own).
+    """
+    trained = trained_subnets(model)
+    widths = sorted(s.width for s in trained if s.width is not None)
+    listed = ", ".join(s.id for s in trained)
+    if subnet.width is not None and not widths:
+        return f"the run has no width axis (trained sub-networks: {listed}); give a resolution"
+    if subnet.width is not None and not widths[0] - 1e-9 <= subnet.width <= widths[-1] + 1e-9:
+        return f"width {subnet.width:g} is outside the trained width range {widths[0]:g}..{widths[-1]:g}"
     try:
-        bn.status(subnet)
+        subnet_status(model, subnet)
     except ValueError:
-        trained = ", ".join(s.id for s in bn.subnets)
-        raise UserError(
-            f"{source + ': ' if source else ''}cannot calibrate sub-network {subnet.id} ({subnet.label()}): the network has no BatchNorm "
-            f"parameters for it to start from (trained sub-networks: {trained})"
-        ) from None
+        return f"the network has no BatchNorm parameters for it (trained sub-networks: {listed})"
+    return None
+
+
+def check_servable(model: nn.Module, subnet: SubNet, source: str = "") -> None:
+    """A :class:`UserError` naming ``subnet`` when calibration has no BN parameters to start from (:func:`unservable`)."""
+    reason = unservable(model, subnet)
+    if reason:
+        raise UserError(f"{source + ': ' if source else ''}cannot calibrate sub-network {subnet.id} ({subnet.label()}): {reason}")
 
 
 @contextmanager
@@ -204,9 +219,8 @@ def calibrate_run(run_dir: str | Path, subnets: Sequence[SubNetLike], images: in
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: calibration writes into a run folder; this is a file")
     artifact = load_artifact(run_dir, data_root)
-    for bn in switchable_bns(artifact.model)[:1]:
-        for subnet in subnets_of(subnets):
-            check_servable(bn, subnet, str(run_dir))
+    for subnet in subnets_of(subnets):
+        check_servable(artifact.model, subnet, str(run_dir))
     seed = artifact.task.recipe.train.seed
     used = calibrate(artifact.model, artifact.task, subnets, images, batch_size, seed, progress)
     save_calibration(artifact.model, run_dir / CALIBRATION, run_dir / WEIGHTS)

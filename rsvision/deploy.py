@@ -2,11 +2,15 @@
 
 Candidates are a run's sub-networks: the trained ones, with ``calibrated`` also those
 with calibrated BN statistics stored in the run, and any extra resolutions (served through
-interpolated BN, §4.3). Each gets its validation score (the task's primary metric, e.g.
-top-1 or mIoU, from :func:`rsvision.engine.evaluate`), its multiply-adds and its latency
+interpolated BN, §4.3). Sub-networks without BN statistics of their own (post-hoc BN of a
+width run) get them recomputed first, as ``rsvision eval`` does, so no candidate is scored
+or exported with the training-time shared statistics. Each gets its validation score (the
+task's primary metric, e.g. top-1 or mIoU, from :func:`rsvision.engine.evaluate`), its multiply-adds and its latency
 at batch 1 on this machine (onnxruntime on the exported graph when onnxruntime is
 installed, else the BN-folded PyTorch network that ``rsvision.load(run).at(r)`` gives). The best score within the budget wins
-(ties: the cheaper one) and its ONNX graph and manifest are written to the output directory.
+(ties: the cheaper one) and its ONNX graph and manifest are written to the output directory,
+under the export's output folder rule (:mod:`rsvision.onnx_export`: checked before any work,
+written whole or not at all, an earlier export replaced only with ``overwrite``).
 """
 
 from __future__ import annotations
@@ -115,20 +119,24 @@ def deploy(
     out_dir: str | Path = "deployed",
     threads: int | None = None,
     batch_size: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score, cost and time every candidate of ``run``; export the best one within ``budget`` to ``out_dir``.
 
     Returns the report: the budget, the metric, the latency backend, every candidate
-    (ranked by score, each with ``within_budget``) and the chosen one with its manifest.
-    Raises :class:`UserError` naming the cheapest candidate when none fits the budget.
+    (ranked by score, each with ``within_budget``), the chosen one with its manifest and the
+    sub-networks whose BN statistics were recomputed (``calibrated``). Raises
+    :class:`UserError` naming the cheapest candidate when none fits the budget.
     """
     from rsvision.artifacts import load_artifact
     from rsvision.engine.evaluate import evaluate
     from rsvision.fold import plain_subnet
     from rsvision.latency import network_ms, onnx_ms
-    from rsvision.onnx_export import copy_export, export_artifact, has_onnxruntime, require
+    from rsvision.onnx_export import check_output_dir, copy_export, export_artifact, has_onnxruntime, require
+    from rsvision.query import calibrate_missing
 
     require("onnx", "onnxscript")
+    check_output_dir(Path(out_dir), overwrite)
     artifact = load_artifact(run)
     task, model = artifact.task, artifact.model
     source = str(artifact.path)
@@ -138,6 +146,7 @@ def deploy(
         if min(costs.values()) > budget.limit:
             cheapest = min(costs, key=costs.get)
             raise UserError(f"{source}: no sub-network within {budget.text()}; the cheapest, {cheapest}, needs {budget.text(costs[cheapest])}")
+    recomputed, _ = calibrate_missing(artifact, subnets)
     metric = task.primary_metric
     scores = {row["subnet"]: row for row in evaluate(model, task, subnets, batch_size=batch_size)}
     backend = "onnxruntime" if has_onnxruntime() else "pytorch (BN-folded)"
@@ -162,7 +171,7 @@ def deploy(
             cheapest = min(rows, key=lambda r: r[budget.field])
             raise UserError(f"{source}: no sub-network within {budget.text()}; the cheapest, {cheapest['subnet']}, needs {budget.text(cheapest[budget.field])}")
         choice = {"budget": {"kind": budget.kind, "limit": budget.limit}, "metric": metric, "latency": f"{backend}, batch 1", "candidates": rows}
-        chosen_manifest = copy_export(Path(tmp), manifest, [best["subnet"]], out_dir, {"deploy": choice})
+        chosen_manifest = copy_export(Path(tmp), manifest, [best["subnet"]], out_dir, {"deploy": choice}, overwrite)
     return {
         "run": source,
         "budget": {"kind": budget.kind, "limit": budget.limit},
@@ -170,6 +179,7 @@ def deploy(
         "latency_backend": backend,
         "candidates": rows,
         "chosen": best,
+        "calibrated": [s.id for s in recomputed],
         "out_dir": str(out_dir),
         "manifest": chosen_manifest,
     }

@@ -5,8 +5,10 @@
 its ``manifest.json``; onnxruntime). Either way the model has ``resolutions``,
 ``subnets``, ``class_names``, ``input_format``, ``at(r)`` (a callable fixed at one
 sub-network: a BN-folded PyTorch network in eval mode, or an onnxruntime session
-wrapper) and ``predict(images, resolution=None)``, which takes PIL images, file paths,
-uint8 arrays or tensors, applies the stored input format and the evaluation view
+wrapper; ``at(r).predict(images)`` is ``predict(images, r)``) and
+``predict(images, resolution=None)``, which takes PIL images, file paths, uint8 (or
+16-bit) arrays or tensors, decodes every image to 8 bits
+(:func:`rsvision.data.transforms.eight_bit`), applies the stored input format and the evaluation view
 (classification: shorter side to int(r / 0.875), centre crop r; segmentation: the image
 resized to r x r, logits upsampled back to the image's size) and returns, per image,
 the top class (index, name, probability) or a class map of the image's size.
@@ -16,6 +18,7 @@ Without ``resolution`` it predicts at the largest one. No model's mode is change
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +71,13 @@ class LoadedModel:
         return sorted({s.resolution for s in self.subnets}, reverse=True)
 
     def at(self, subnet: SubNetLike):
-        """A callable taking a normalised ``[N, C, r, r]`` float batch and returning the logits."""
+        """A callable taking a normalised ``[N, C, r, r]`` float batch and returning the logits;
+        its ``predict(images)`` is :meth:`predict` at this sub-network."""
         raise NotImplementedError
+
+    def _with_predict(self, network, subnet: SubNet):
+        network.predict = partial(self.predict, resolution=subnet)
+        return network
 
     def _default_subnet(self) -> SubNet:
         return self.subnets[0]
@@ -151,10 +159,16 @@ class TorchModel(LoadedModel):
     def at(self, subnet: SubNetLike) -> nn.Module:
         from rsvision.fold import plain_subnet
         from rsvision.onnx_export import resolve_subnets
+        from rsvision.switchable import SHARED, subnet_status
 
         subnet = resolve_subnets(self.model, [subnet], self.source)[0]
+        if subnet_status(self.model, subnet) == SHARED:
+            raise UserError(
+                f"{self.source}: sub-network {subnet.id} has no BN statistics of its own (post-hoc BN); "
+                f"run `rsvision calibrate {self.source} --res {subnet.id}` first"
+            )
         if subnet not in self._networks:
-            self._networks[subnet] = plain_subnet(self.model, subnet, channels_last=True).network
+            self._networks[subnet] = self._with_predict(plain_subnet(self.model, subnet, channels_last=True).network, subnet)
         return self._networks[subnet]
 
     @torch.no_grad()
@@ -217,7 +231,7 @@ class OnnxModel(LoadedModel):
             exported = ", ".join(s.id for s in self.subnets)
             raise UserError(f"{self.source}: sub-network {key.id} is not in this export (exported: {exported})")
         if key not in self._sessions:
-            self._sessions[key] = OnnxSubnet(key, subnet_file(self.dir, self._entries[key]), self.threads)
+            self._sessions[key] = self._with_predict(OnnxSubnet(key, subnet_file(self.dir, self._entries[key]), self.threads), key)
         return self._sessions[key]
 
 

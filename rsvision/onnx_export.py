@@ -17,9 +17,19 @@ directory holds one ``model_<id>.onnx`` per sub-network and ``manifest.json``:
 - ``quantization``: for quantized runs, what the float graph holds instead;
 - ``opset``, ``rsvision`` version, the source run.
 
+Sub-networks with no BN statistics of their own (post-hoc BN of a width run: the
+training-time "shared" statistics) get them recomputed first, as ``rsvision eval`` does
+(:func:`rsvision.query.calibrate_missing`, stored in the run's calibration file); widths
+outside the trained range are refused.
+
+The output folder is written whole or not at all: the export is built in a folder beside
+it and swapped in when complete. It may be new or empty; an earlier export there is
+replaced only with ``overwrite`` (``--overwrite``), and only if it holds nothing but its
+manifest and the files it lists; any other non-empty folder is refused.
+
 The check runs a few validation images of the run's task through onnxruntime and through
-the switchable PyTorch model at the same sub-network, and fails the export when an
-output differs by more than ``1e-4 x max(1, |output|)``.
+the switchable PyTorch model at the same sub-network, and fails the export (nothing is
+written) when an output differs by more than ``1e-4 x max(1, |output|)``.
 """
 
 from __future__ import annotations
@@ -28,9 +38,10 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +57,8 @@ MANIFEST = "manifest.json"
 INPUT, OUTPUT = "input", "logits"
 TOLERANCE = 1e-4
 CHECK_IMAGES = 4
+#: Check images of a quantized run: one flipped activation level shows on few images, so check many.
+QUANT_CHECK_IMAGES = 256
 INSTALL_HINT = 'pip install "rsvision[deploy]"'
 
 
@@ -87,10 +100,11 @@ def resolve_subnets(model: nn.Module, requested: Sequence[SubNetLike] | None, so
     """The sub-networks to serve: ``requested`` (checked), or the trained (and calibrated) ones.
 
     A sub-network the run cannot serve is refused in one line: an id that does not parse,
-    a width the run has no BN for, a resolution outside the trained range (its BN would be
-    extrapolated) unless calibrated statistics exist for it.
+    a width on a run without a width axis, outside the trained width range or without BN
+    parameters, a resolution outside the trained range (its BN would be extrapolated)
+    unless calibrated statistics exist for it.
     """
-    from rsvision.calibrate import calibrated_subnets
+    from rsvision.calibrate import calibrated_subnets, unservable
 
     if not requested:
         found = trained_subnets(model) + calibrated_subnets(model)
@@ -100,10 +114,12 @@ def resolve_subnets(model: nn.Module, requested: Sequence[SubNetLike] | None, so
     for value in requested:
         try:
             subnet = SubNet.parse(value)
-            status = subnet_status(model, subnet)
         except ValueError as exc:
             raise UserError(f"{source}: sub-network {value}: {exc}") from None
-        if status == "nearest":
+        reason = unservable(model, subnet)
+        if reason:
+            raise UserError(f"{source}: sub-network {subnet.id}: {reason}")
+        if subnet_status(model, subnet) == "nearest":
             raise UserError(
                 f"{source}: resolution {subnet.resolution} is outside the trained range {trained[-1]}..{trained[0]} "
                 f"(its BN statistics would be extrapolated); run `rsvision calibrate {source} --res {subnet.id}` first or choose a resolution in range"
@@ -167,8 +183,9 @@ def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
-def within_tolerance(diff: float, reference: torch.Tensor) -> bool:
-    return diff <= TOLERANCE * max(1.0, float(reference.abs().max()))
+def within_tolerance(diff: float, scale: float) -> bool:
+    """``diff`` within ``TOLERANCE x max(1, scale)``, ``scale`` the largest |output|."""
+    return diff <= TOLERANCE * max(1.0, scale)
 
 
 def output_description(kind: str, num_classes: int) -> dict[str, Any]:
@@ -195,63 +212,71 @@ def export_artifact(
     *,
     opset: int = OPSET,
     check: int = CHECK_IMAGES,
+    overwrite: bool = False,
     on_subnet: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Export ``subnets`` of a loaded run (:class:`rsvision.artifacts.Artifact`) to ``out_dir``; returns the manifest.
 
     ``check`` images per sub-network go through onnxruntime when it is installed (0: no check).
+    ``overwrite`` lets the export replace an earlier one in ``out_dir`` (module docstring).
     ``on_subnet`` is called with each sub-network's manifest entry as it is written. The
     model's mode is restored afterwards.
     """
+    from rsvision.query import calibrate_missing
+
     require("onnx", "onnxscript")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: exists and is not a directory")
+    check_output_dir(out_dir, overwrite)
     task, model = artifact.task, artifact.model
     source = str(artifact.path)
     chosen = resolve_subnets(model, subnets, source)
     if not chosen:
         raise UserError(f"{source}: the model has no switchable sub-networks to export")
+    calibrate_missing(artifact, chosen)
     checking = check > 0 and has_onnxruntime()
-    inputs, inputs_text = check_inputs(task, [s.resolution for s in chosen], check) if checking else ({}, "")
+    count = max(check, QUANT_CHECK_IMAGES) if task.recipe.quant is not None else check
+    inputs, inputs_text = check_inputs(task, [s.resolution for s in chosen], count) if checking else ({}, "")
     entries, quantization = [], None
-    out_dir.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     try:
-        for subnet in chosen:
-            entry, quantization = _export_subnet(model, task, subnet, out_dir, opset, source)
-            if checking:
-                entry["check_max_abs_diff"] = check_subnet(model, subnet, out_dir / entry["file"], inputs[subnet.resolution])
-            entries.append(entry)
-            if on_subnet is not None:
-                on_subnet(entry)
+        with output_folder(out_dir, overwrite) as target:
+            for subnet in chosen:
+                entry, plain = _export_subnet(model, task, subnet, target, opset, source)
+                quantization = plain.quantization
+                if checking:
+                    entry.update(check_subnet(model, subnet, plain, target / entry["file"], inputs[subnet.resolution]))
+                entries.append(entry)
+                if on_subnet is not None:
+                    on_subnet(entry)
+            kind = "classification" if len(entries[0]["output_shape"]) == 2 else "dense"
+            num_classes = task.recipe.model.num_classes
+            manifest = {
+                "format": FORMAT,
+                "rsvision": rsvision_version(),
+                "torch": torch.__version__,
+                "opset": opset,
+                "source": source,
+                "task": artifact.meta.get("task", task.recipe.task),
+                "class_names": list(artifact.meta.get("class_names") or [str(i) for i in range(num_classes)]),
+                "input": {"name": INPUT, "layout": "NCHW", "dtype": "float32", "batch": "dynamic", **task.input_format.as_dict()},
+                "view": view_description(kind),
+                "output": output_description(kind, num_classes),
+                "quantization": quantization,
+                "check": {"inputs": inputs_text, "tolerance": f"{TOLERANCE} x max(1, |output|)",
+                          **({"reference": "the folded network, on the images without a near tie at a quantization threshold"} if quantization else {})} if checking else
+                {"inputs": "not checked" + ("" if check <= 0 else ": onnxruntime is not installed")},
+                "subnets": entries,
+            }
+            write_manifest(target, manifest)
     finally:
         model.train(was_training)
-    kind = "classification" if len(entries[0]["output_shape"]) == 2 else "dense"
-    num_classes = task.recipe.model.num_classes
-    manifest = {
-        "format": FORMAT,
-        "rsvision": rsvision_version(),
-        "torch": torch.__version__,
-        "opset": opset,
-        "source": source,
-        "task": artifact.meta.get("task", task.recipe.task),
-        "class_names": list(artifact.meta.get("class_names") or [str(i) for i in range(num_classes)]),
-        "input": {"name": INPUT, "layout": "NCHW", "dtype": "float32", "batch": "dynamic", **task.input_format.as_dict()},
-        "view": view_description(kind),
-        "output": output_description(kind, num_classes),
-        "quantization": quantization,
-        "check": {"inputs": inputs_text, "tolerance": f"{TOLERANCE} x max(1, |output|)"} if checking else
-        {"inputs": "not checked" + ("" if check <= 0 else ": onnxruntime is not installed")},
-        "subnets": entries,
-    }
-    write_manifest(out_dir, manifest)
     return manifest
 
 
-def _export_subnet(model: nn.Module, task, subnet: SubNet, out_dir: Path, opset: int, source: str) -> tuple[dict[str, Any], dict | None]:
-    """Write one sub-network's graph; returns its manifest entry and what de-quantization did."""
+def _export_subnet(model: nn.Module, task, subnet: SubNet, out_dir: Path, opset: int, source: str):
+    """Write one sub-network's graph; returns its manifest entry and the plain network exported
+    (:class:`rsvision.fold.PlainSubnet`, with what de-quantization did)."""
     from rsvision.fold import plain_subnet
     from rsvision.profile import count_madds
 
@@ -278,21 +303,67 @@ def _export_subnet(model: nn.Module, task, subnet: SubNet, out_dir: Path, opset:
         **plain.fold.as_dict(),
         output_shape=["N", *output_shape[1:]],
     )
-    return entry, plain.quantization
+    return entry, plain
 
 
-def check_subnet(model: nn.Module, subnet: SubNet, path: Path, x: torch.Tensor) -> float:
-    """Largest |onnxruntime - PyTorch| on ``x``; raises when above the tolerance."""
+def check_subnet(model: nn.Module, subnet: SubNet, plain, path: Path, x: torch.Tensor) -> dict[str, Any]:
+    """Largest |onnxruntime - PyTorch| on ``x`` (``check_max_abs_diff``); raises when above the tolerance.
+
+    A float network is compared with the switchable model at ``subnet``. A quantized one is
+    compared with the folded network it was exported from, on the images without a near
+    tie at a quantization threshold (:func:`rsvision.quant.plain.compare_quantized`): a
+    value within rounding of a threshold may take the other level in another runtime.
+    """
     sess = session(path)
-    with torch.no_grad(), at_subnet(model, subnet):
-        reference = model(x)
-    diff = max_difference(run_session(sess, x), reference)
-    if not within_tolerance(diff, reference):
+    result: dict[str, Any] = {}
+    if plain.quantization is not None:
+        from rsvision.quant.plain import compare_quantized
+
+        compared = compare_quantized(plain.network, lambda z: run_session(sess, z), x)
+        diff, scale = compared["max_abs_diff"], compared["max_abs_output"]
+        result.update(check_compared=compared["compared"], check_near_ties=compared["near_ties"])
+    else:
+        with torch.no_grad(), at_subnet(model, subnet):
+            reference = model(x)
+        diff, scale = max_difference(run_session(sess, x), reference), float(reference.abs().max())
+    if not within_tolerance(diff, scale):
         raise RuntimeError(
-            f"{path}: onnxruntime's output differs from PyTorch's by {diff:.3g} at sub-network {subnet.id} "
-            f"(tolerance {TOLERANCE} x max(1, |output|)); the file is kept for inspection"
+            f"sub-network {subnet.id}: onnxruntime's output differs from PyTorch's by {diff:.3g} "
+            f"(tolerance {TOLERANCE} x max(1, |output|)); nothing was written"
         )
-    return diff
+    return {"check_max_abs_diff": diff, **result}
+
+
+def check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """The output folder rule (module docstring): a one-line :class:`UserError` when ``out_dir`` may not be written."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a directory")
+    names = {p.name for p in out_dir.iterdir()}
+    if not names:
+        return
+    try:
+        earlier = read_manifest(out_dir)
+    except UserError:
+        raise UserError(f"{out_dir}: not empty and not an rsvision export; choose a new or empty folder") from None
+    others = sorted(names - {MANIFEST} - {e.get("file") for e in earlier["subnets"]})
+    if others:
+        raise UserError(f"{out_dir}: holds an earlier export and other files ({', '.join(others[:3])}); choose a new or empty folder")
+    if not overwrite:
+        ids = ", ".join(str(e.get("id")) for e in earlier["subnets"])
+        raise UserError(f"{out_dir}: holds an earlier export ({ids}); pass --overwrite to replace it, or choose another folder")
+
+
+@contextmanager
+def output_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """A folder to write an export into that replaces ``out_dir`` when the block succeeds
+    (:func:`rsvision.artifacts.atomic_dir`), after :func:`check_output_dir`."""
+    from rsvision.artifacts import atomic_dir
+
+    check_output_dir(out_dir, overwrite)
+    with atomic_dir(out_dir) as target:
+        yield target
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
@@ -328,17 +399,17 @@ def subnet_file(export_dir: str | Path, entry: dict[str, Any], verify: bool = Tr
     return path
 
 
-def copy_export(source_dir: Path, manifest: dict[str, Any], keep: Sequence[str], out_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Copy the entries ``keep`` (ids) of an export into ``out_dir`` with their own manifest (``extra`` added to it)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: exists and is not a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
+def copy_export(
+    source_dir: Path, manifest: dict[str, Any], keep: Sequence[str], out_dir: str | Path, extra: dict[str, Any] | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """Copy the entries ``keep`` (ids) of an export into ``out_dir`` with their own manifest (``extra`` added to it),
+    under the output folder rule (module docstring)."""
     entries = [e for e in manifest["subnets"] if e["id"] in keep]
-    for entry in entries:
-        shutil.copyfile(Path(source_dir) / entry["file"], out_dir / entry["file"])
     selected = {**manifest, "subnets": entries, **(extra or {})}
-    write_manifest(out_dir, selected)
+    with output_folder(Path(out_dir), overwrite) as target:
+        for entry in entries:
+            shutil.copyfile(Path(source_dir) / entry["file"], target / entry["file"])
+        write_manifest(target, selected)
     return selected
 
 
@@ -348,10 +419,11 @@ def export_run(
     subnets: Sequence[SubNetLike] | None = None,
     *,
     check: int = CHECK_IMAGES,
+    overwrite: bool = False,
     on_subnet: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Load a run folder or packed file and export it (see :func:`export_artifact`)."""
     from rsvision.artifacts import load_artifact
 
     require("onnx", "onnxscript")
-    return export_artifact(load_artifact(run), out_dir, subnets, check=check, on_subnet=on_subnet)
+    return export_artifact(load_artifact(run), out_dir, subnets, check=check, overwrite=overwrite, on_subnet=on_subnet)

@@ -115,8 +115,9 @@ def calibrate_missing(artifact, subnets: Sequence[SubNet], images: int | None = 
     if not missing:
         return [], 0
     used = calibrate(model, task, missing, images or DEFAULT_IMAGES, seed=task.recipe.train.seed, progress=progress)
-    if Path(artifact.path).is_dir():
-        save_calibration(model, Path(artifact.path) / CALIBRATION)
+    run = Path(artifact.path)
+    if run.is_dir():
+        save_calibration(model, run / CALIBRATION, run / WEIGHTS)
     return missing, used
 
 

@@ -57,6 +57,14 @@ def test_at_gives_eval_networks_and_no_mode_changes(tmp_path_factory):
     assert net.training and not model.model.training  # the caller's choice is kept
 
 
+def test_a_sub_network_predicts_as_the_model_at_its_resolution(tmp_path_factory):
+    images = [_image(seed=i) for i in range(3)]
+    for model in (rsvision.load(cls_run(tmp_path_factory)), rsvision.load(cls_export(tmp_path_factory))):
+        for r in (16, 12):
+            assert model.at(r).predict(images) == model.predict(images, r)
+            assert model.at(r).predict(images[0]) == model.predict(images[0], r)
+
+
 def test_onnx_export_predicts_like_the_run(tmp_path_factory):
     run_model = rsvision.load(cls_run(tmp_path_factory))
     onnx_model = rsvision.load(cls_export(tmp_path_factory))

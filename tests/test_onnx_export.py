@@ -143,7 +143,10 @@ def test_quantized_run_exports_a_dequantized_float_graph(tmp_path_factory, tmp_p
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     q = manifest["quantization"]
     assert q["weight_bits"] == [2] and q["activation_bits"] == [2] and q["activation_quantizers"] > 0 and q["left"] == []
-    assert manifest["subnets"][0]["check_max_abs_diff"] <= 1e-4
+    entry, checked = manifest["subnets"][0], int(manifest["check"]["inputs"].split()[0])
+    assert entry["check_max_abs_diff"] <= 1e-4 and checked > 4  # a quantized graph is checked on many images
+    assert entry["check_compared"] > 0 and entry["check_compared"] + entry["check_near_ties"] == checked
+    assert manifest["check"]["reference"].startswith("the folded network")
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / "model_16.onnx")).graph.node}  # activations: Greater/Where
     assert {"Conv", "Greater", "Where"} <= ops
     artifact = load_artifact(run)
