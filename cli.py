@@ -1,7 +1,8 @@
 """The ``rsvision`` command: a thin layer over the library.
 
 A user error (missing file, bad field, unknown name) prints one line and exits 2; any
-other failure exits 1 (set RSVISION_DEBUG=1 for the traceback).
+other failure exits 1 (set RSVISION_DEBUG=1 for the traceback). Warnings print as one
+line each. Output paths and sizes are checked before any work.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
+import warnings
 from pathlib import Path
+from typing import Iterable
 
 import click
 from rich.console import Console
@@ -29,6 +33,35 @@ def _resolutions(res: tuple[int, ...], extra: tuple[int, ...]) -> list[int]:
     if len(set(values)) != len(values):
         raise UserError(f"--res: a size is given twice in {values}")
     return values
+
+
+def _check_scale(run: Path, sizes: Iterable, option: str = "--res") -> None:
+    """Refuse sizes far beyond the resolutions ``run`` was trained at (:func:`rsvision.ranges.check_scale`)."""
+    from rsvision.artifacts import load_artifact, read_meta
+    from rsvision.ranges import check_scale
+
+    sizes = list(sizes)
+    if sizes:
+        meta = read_meta(run) if Path(run).is_dir() else load_artifact(run).meta
+        check_scale(sizes, meta["recipe"]["resolutions"], str(run), option)
+
+
+def _check_writable(path: Path, option: str | None = "-o", inside: bool = False) -> None:
+    """Refuse an output ``path`` that cannot be written, before any work: the nearest existing
+    folder where it is created (in ``path`` itself with ``inside``) must take a new file."""
+    folder = Path(path) if inside else Path(path).parent
+    while not folder.exists():
+        folder = folder.parent
+    reason = None
+    if not folder.is_dir():
+        reason = f"{folder} is a file, not a folder"
+    else:
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            reason = f"{folder}: {exc.strerror or exc}"
+    if reason:
+        raise UserError(f"{option + ' ' if option else ''}{path}: cannot write there ({reason})")
 
 
 def _emit_json(data) -> None:
@@ -60,6 +93,7 @@ def train(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...], re
 
     load_plugins(plugins)
     cfg = load_recipe(recipe, overrides)
+    _check_writable(Path(cfg.output_dir), "output_dir", inside=True)
     run_training(cfg, name=cfg.name or recipe.stem, resume=resume, quiet=quiet)
 
 
@@ -70,7 +104,7 @@ def train(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...], re
 @click.option("--width", "widths", multiple=True, type=float, help="Width(s) of a width-switchable run, e.g. --width 0.5 (default: its trained ones).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Run folder or packed file (default: the latest finished run under ./runs).")
 @click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
-@click.option("--batch-size", type=int, default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @plugin_option
 def evaluate(task_name, res, extra_res, widths, checkpoint, data_root, batch_size, as_json, plugins) -> None:
@@ -78,7 +112,7 @@ def evaluate(task_name, res, extra_res, widths, checkpoint, data_root, batch_siz
     from rsvision.artifacts import find_latest_run, load_artifact
     from rsvision.engine.report import console, results_table
     from rsvision.evaluations import evaluate_and_record
-    from rsvision.ranges import parse_resolutions
+    from rsvision.ranges import check_scale, parse_resolutions
     from rsvision.registry import load_plugins
 
     load_plugins(plugins)
@@ -88,6 +122,7 @@ def evaluate(task_name, res, extra_res, widths, checkpoint, data_root, batch_siz
     meta = artifact.meta
     if task_name is not None and meta.get("task") != task_name:
         raise UserError(f"{run_dir}: a '{meta.get('task')}' run, not '{task_name}' (drop --task or pick a {task_name} run)")
+    check_scale(resolutions or (), artifact.model.resolutions, str(run_dir))
     if not artifact.complete:
         console.print(f"[yellow]warning:[/] {run_dir} stopped after epoch {meta.get('epochs_done')} of {meta['recipe']['train']['epochs']}")
     subnets = resolutions
@@ -109,7 +144,7 @@ def evaluate(task_name, res, extra_res, widths, checkpoint, data_root, batch_siz
 @click.option("--res", multiple=True, required=True, help="Resolutions, ranges (112:144:16) or sub-network ids to calibrate, trained or not.")
 @click.argument("extra_res", nargs=-1)
 @click.option("--images", type=int, default=2000, show_default=True, help="Training images to measure the statistics on.")
-@click.option("--batch-size", type=int, default=None, help="Default: the recipe's evaluation batch size.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the recipe's evaluation batch size.")
 @click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @plugin_option
@@ -117,6 +152,7 @@ def calibrate(run, res, extra_res, images, batch_size, data_root, as_json, plugi
     """Recompute BatchNorm statistics of RUN at any resolution from training images (kept beside the weights)."""
     from rich.progress import Progress
 
+    from rsvision.artifacts import CALIBRATION
     from rsvision.calibrate import calibrate_run
     from rsvision.engine.report import console
     from rsvision.ranges import parse_subnets
@@ -126,6 +162,9 @@ def calibrate(run, res, extra_res, images, batch_size, data_root, as_json, plugi
     if images < 1:
         raise UserError(f"--images: expected at least 1 image, got {images}")
     subnets = parse_subnets(res + extra_res)
+    if run.is_dir():
+        _check_scale(run, subnets)
+        _check_writable(run / CALIBRATION, option=None)
     with Progress(console=console, disable=as_json, transient=True) as bar:
         report = calibrate_run(run, subnets, images, batch_size, data_root, progress=bar)
     if as_json:
@@ -142,7 +181,7 @@ def calibrate(run, res, extra_res, images, batch_size, data_root, as_json, plugi
 @click.option("--inets", multiple=True, metavar="RUN,RUN,...", help="Single-resolution runs drawn as one I-Nets curve, each at its own resolution.")
 @click.option("--label", "labels", multiple=True, metavar="NAME", help="Curve names in order: the RUNs, then each --inets group.")
 @click.option("--data", "data_root", default=None, help="Data root, replacing the runs' data.root.")
-@click.option("--batch-size", type=int, default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the plotted points as JSON.")
 @plugin_option
 def plot(runs, out_path, res, inets, labels, data_root, batch_size, as_json, plugins) -> None:
@@ -153,6 +192,7 @@ def plot(runs, out_path, res, inets, labels, data_root, batch_size, as_json, plu
 
     load_plugins(plugins)
     output_format(out_path)
+    _check_writable(out_path)
     groups = [[p.strip() for p in group.split(",") if p.strip()] for group in inets]
     if any(not g for g in groups):
         raise UserError("--inets: expected run folders separated by commas, got an empty list")
@@ -183,6 +223,7 @@ def convert(checkpoint, source, out_dir, arch, res, extra_res, classes_file, as_
     if source != "rs-nets":
         raise UserError(f"--from {source}: unknown checkpoint format (supported: rs-nets)")
     resolutions = parse_resolutions(res + extra_res) or list(PUBLISHED_SIZES)
+    _check_writable(out_dir, inside=True)
     report = convert_official_run(checkpoint, out_dir, arch, resolutions, classes_file)
     if as_json:
         _emit_json(report)
@@ -198,9 +239,9 @@ def convert(checkpoint, source, out_dir, arch, res, extra_res, classes_file, as_
 @click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path), default=None, help="An ONNX export directory: onnxruntime latency per sub-network.")
 @click.option("--res", multiple=True, type=int, help="Resolutions, e.g. --res 224 192 160 128 96 (not with --onnx).")
 @click.argument("extra_res", nargs=-1, type=int)
-@click.option("--num-classes", type=int, default=1000, show_default=True)
+@click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--no-latency", is_flag=True, help="Skip the CPU latency measurement.")
-@click.option("--threads", type=int, default=None, help="--onnx: onnxruntime threads (default: every core).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="--onnx: onnxruntime threads (default: every core).")
 @click.option("--json", "as_json", is_flag=True)
 @plugin_option
 def profile(backbone, checkpoint, onnx_dir, res, extra_res, num_classes, no_latency, threads, as_json, plugins) -> None:
@@ -285,7 +326,7 @@ def list_registered(as_json: bool, plugins: tuple[str, ...]) -> None:
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Segmentation run folder (default: the latest seg run under ./runs).")
-@click.option("--res", multiple=True, type=int, help="Resolution(s) to run at; default: the trained ones.")
+@click.option("--res", multiple=True, type=click.IntRange(min=1), help="Resolution(s) to run at; default: the trained ones.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("predictions"), show_default=True)
 @click.option("--compare", is_flag=True, help="Also write IMAGE_compare.png: the image and its masks side by side.")
 def predict(images, checkpoint, res, out_dir, compare) -> None:
@@ -294,7 +335,10 @@ def predict(images, checkpoint, res, out_dir, compare) -> None:
     from rsvision.predict import predict_files
 
     run_dir = checkpoint or find_latest_run(RUNS_DIR, "seg")
-    for path in predict_files(run_dir, images, list(res), out_dir, compare):
+    resolutions = _resolutions(res, ())
+    _check_scale(run_dir, resolutions)
+    _check_writable(out_dir, inside=True)
+    for path in predict_files(run_dir, images, resolutions, out_dir, compare):
         out.print(str(path))
 
 
@@ -308,16 +352,18 @@ def predict(images, checkpoint, res, out_dir, compare) -> None:
 @click.option("--subnet", "subnet_ids", multiple=True, metavar="ID", help="onnx: sub-network ids to export, e.g. 160w70.")
 @click.option("--fp16", is_flag=True, help="lq: store the float remainder (BN, first conv, classifier) in float16.")
 @click.option("--linear-bits", type=click.IntRange(2, 8), default=None, help="lq: store float linear layers (the classifier) as N-bit integers per row.")
+@click.option("--overwrite", is_flag=True, help="onnx: replace an earlier export in the output directory (otherwise refused).")
 @click.option("--json", "as_json", is_flag=True)
-def export(run_and_res, checkpoint, fmt, out_path, res, subnet_ids, fp16, linear_bits, as_json) -> None:
+def export(run_and_res, checkpoint, fmt, out_path, res, subnet_ids, fp16, linear_bits, overwrite, as_json) -> None:
     """Export a run: a packed file of a quantized run (lq) or ONNX graphs per sub-network (onnx)."""
     tokens = list(run_and_res)
     if checkpoint is None:
         if not tokens:
             raise UserError("export: give the run folder (RUN or --checkpoint RUN)")
         checkpoint, tokens = Path(tokens[0]), tokens[1:]
+    _check_writable(out_path)
     if fmt == "onnx":
-        _export_onnx(checkpoint, out_path, list(res) + [_int_token("--res", t) for t in tokens], subnet_ids, as_json)
+        _export_onnx(checkpoint, out_path, list(res) + [_int_token("--res", t) for t in tokens], subnet_ids, overwrite, as_json)
         return
     if tokens or res or subnet_ids:
         raise UserError("export: --res and --subnet apply to --format onnx; --format lq packs every sub-network")
@@ -351,18 +397,20 @@ def _int_token(option: str, token: str) -> int:
     return value
 
 
-def _export_onnx(run: Path, out_dir: Path, res: list[int], subnet_ids: tuple[str, ...], as_json: bool) -> None:
+def _export_onnx(run: Path, out_dir: Path, res: list[int], subnet_ids: tuple[str, ...], overwrite: bool, as_json: bool) -> None:
     from rsvision.onnx_export import export_run
     from rsvision.profile import human
 
     requested = _resolutions(tuple(res), ()) + list(subnet_ids)
+    _check_scale(run, res)
+    _check_scale(run, subnet_ids, "--subnet")
 
     def line(e) -> None:
         diff = f"max |onnxruntime - PyTorch| {e['check_max_abs_diff']:.2g}" if "check_max_abs_diff" in e else "not checked"
         out.print(f"{out_dir / e['file']}: {e['id']} ({e['bn_status']}), {human(e['madds'])} MAdds, "
                   f"BN folded {e['bn_folded']}, left {e['bn_left']}, {diff}", soft_wrap=True)
 
-    manifest = export_run(run, out_dir, requested or None, on_subnet=None if as_json else line)
+    manifest = export_run(run, out_dir, requested or None, overwrite=overwrite, on_subnet=None if as_json else line)
     if as_json:
         _emit_json(manifest)
         return
@@ -397,15 +445,17 @@ def _width_subnets(artifact, resolutions, widths):
 @click.option("--calibrated", is_flag=True, help="Also consider the calibrated sub-networks stored in the run.")
 @click.option("--res", multiple=True, type=int, help="Also consider these resolutions (BN interpolated between trained ones).")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("deployed"), show_default=True, help="Directory for the chosen ONNX graph and its manifest.")
-@click.option("--threads", type=int, default=None, help="Threads for the latency measurement (default: every core).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the latency measurement (default: every core).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier deployment in the output directory (otherwise refused).")
 @click.option("--json", "as_json", is_flag=True)
-def deploy(run, extra_res, budget_madds, budget_ms, calibrated, res, out_dir, threads, as_json) -> None:
+def deploy(run, extra_res, budget_madds, budget_ms, calibrated, res, out_dir, threads, overwrite, as_json) -> None:
     """Export the most accurate sub-network of RUN within a MAdds or latency budget."""
     from rsvision.deploy import Budget, deploy as choose_and_export
     from rsvision.profile import human
 
     budget = Budget.parse(budget_madds, budget_ms)
-    report = choose_and_export(run, budget, calibrated=calibrated, extra=_resolutions(res, extra_res), out_dir=out_dir, threads=threads)
+    _check_writable(out_dir)
+    report = choose_and_export(run, budget, calibrated=calibrated, extra=_resolutions(res, extra_res), out_dir=out_dir, threads=threads, overwrite=overwrite)
     if as_json:
         _emit_json({k: v for k, v in report.items() if k != "manifest"})
         return
@@ -457,8 +507,21 @@ def _last_line(exc: UserError) -> str:
     return text.splitlines()[-1].split("UserError: ", 1)[-1]
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one plain line, ``warning: MESSAGE``, without the source line that raised it."""
+    click.secho("warning: ", fg="yellow", err=True, nl=False)
+    click.echo(str(message), err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``rsvision`` command."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        _dispatch(argv)
+
+
+def _dispatch(argv: list[str] | None) -> None:
+    """Run the command; exceptions become one line and an exit status (module docstring)."""
     try:
         cli.main(args=argv, prog_name="rsvision", standalone_mode=False)
     except click.exceptions.ClickException as exc:

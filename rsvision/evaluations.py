@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from rsvision.artifacts import CALIBRATION, WEIGHTS, Artifact, file_sha256, write_json
+from rsvision.artifacts import CALIBRATION, WEIGHTS, Artifact, file_sha256, write_cache
 from rsvision.engine.evaluate import evaluate_artifact
 from rsvision.subnet import SubNet, SubNetLike
 
@@ -79,7 +79,7 @@ class EvaluationStore:
         if not kept:
             self.entries.append({"data": data, "rows": kept})
         kept.update({str(row["subnet"]): dict(row) for row in rows})
-        write_json(self.run_dir / FILE, {"format": FORMAT, "fingerprint": self.fingerprint, "entries": self.entries})
+        write_cache(self.run_dir / FILE, {"format": FORMAT, "fingerprint": self.fingerprint, "entries": self.entries})
 
 
 def store_of(artifact: Artifact) -> EvaluationStore | None:

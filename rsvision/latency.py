@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from rsvision.errors import UserError
 from rsvision.subnet import SubNet, SubNetLike
 from rsvision.switchable import at_subnet
 
@@ -42,9 +43,16 @@ def median_ms(fn: Callable[[], Any], repeats: int = REPEATS, warmup: int = WARMU
     return statistics.median(times)
 
 
+def check_threads(threads: int | None) -> None:
+    """Refuse a thread count below 1 (None: every core)."""
+    if threads is not None and threads < 1:
+        raise UserError(f"threads: expected a positive number of threads, got {threads}")
+
+
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """Run PyTorch with ``threads`` intra-op threads inside the block (None: leave as is)."""
+    check_threads(threads)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -82,6 +90,7 @@ def onnx_ms(path: str | Path, example: torch.Tensor, threads: int | None = None,
     """An ONNX file in an onnxruntime CPU session with ``threads`` intra-op threads (default every core)."""
     from rsvision.onnx_export import session
 
+    check_threads(threads)
     sess = session(path, threads)
     feed = {sess.get_inputs()[0].name: example.detach().cpu().numpy()}
     return median_ms(lambda: sess.run(None, feed), repeats, warmup)
@@ -116,6 +125,7 @@ def profile_export(export_dir: str | Path, threads: int | None = None, repeats: 
     """
     from rsvision.onnx_export import read_manifest, require, subnet_file
 
+    check_threads(threads)
     require("onnxruntime")
     manifest = read_manifest(export_dir)
     channels = int(manifest["input"].get("channels", 3))

@@ -20,6 +20,7 @@ from rsvision.artifacts import Artifact, atomic_write, load_artifact
 from rsvision.calibrate import calibrated_subnets
 from rsvision.errors import UserError
 from rsvision.evaluations import cached_evaluation
+from rsvision.ranges import check_scale
 from rsvision.subnet import SubNet
 
 #: How each BN status is drawn: matplotlib marker and whether it is filled.
@@ -63,6 +64,23 @@ def _evaluate(artifact: Artifact, subnets: Sequence[SubNet], batch_size: int | N
     return sorted(points, key=lambda p: p.resolution)
 
 
+def _classes(artifact: Artifact) -> list[str]:
+    names = artifact.meta.get("class_names")
+    return [str(n) for n in names] if names else [str(i) for i in range(artifact.task.recipe.model.num_classes)]
+
+
+def _same_classes(a: list[str], b: list[str]) -> bool:
+    """The same names, or the same number where one run names its classes by index only (a converted checkpoint)."""
+    indices = [str(i) for i in range(len(a))]
+    return a == b or (len(a) == len(b) and indices in (a, b))
+
+
+def _describe(classes: list[str]) -> str:
+    """``4 classes (cat, dog, fox, ...)``."""
+    shown = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+    return f"{len(classes)} classes ({shown})"
+
+
 def _default_label(artifact: Artifact) -> str:
     subnets = artifact.subnets
     return f"I-{subnets[0].resolution}" if len(subnets) == 1 else Path(artifact.path).name
@@ -77,7 +95,8 @@ def plot_data(
     batch_size: int | None = None,
 ) -> PlotData:
     """The curves of ``runs`` (at ``resolutions``, default their trained and calibrated ones),
-    then one per group of single-resolution runs in ``inets``; ``labels`` name them in that order."""
+    then one per group of single-resolution runs in ``inets``; ``labels`` name them in that order.
+    Every run must measure the same metric on the same classes."""
     if not runs and not inets:
         raise UserError("plot: give at least one run (or --inets RUN,RUN,...)")
     if len(labels) > len(runs) + len(inets):
@@ -85,10 +104,18 @@ def plot_data(
     # Everything is loaded and checked before the first evaluation.
     singles = [load_artifact(path, data_root) for path in runs]
     groups = [[load_artifact(path, data_root) for path in group] for group in inets]
-    metric = (singles or groups[0])[0].task.primary_metric
+    first = (singles or groups[0])[0]
+    metric = first.task.primary_metric
     for artifact in singles + [a for g in groups for a in g]:
         if artifact.task.primary_metric != metric:
             raise UserError(f"{artifact.path}: its task measures {artifact.task.primary_metric}, another run {metric}; plot runs of one task")
+        if not _same_classes(_classes(artifact), _classes(first)):
+            raise UserError(
+                f"{artifact.path}: predicts {_describe(_classes(artifact))}, but {first.path} predicts {_describe(_classes(first))}; "
+                "plot runs of one class set"
+            )
+    for artifact in singles if resolutions else ():
+        check_scale(resolutions, artifact.model.resolutions, str(artifact.path))
     for group in groups:
         seen: set[int] = set()
         for artifact in group:

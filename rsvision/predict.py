@@ -77,11 +77,11 @@ def predict_files(
         resolutions = model.resolutions
     resolutions = sorted(resolutions, reverse=True)
     colours = palette(task.recipe.model.num_classes)
+    decoded = [(path, np.array(read_rgb(path))) for path in map(Path, images)]  # a bad image stops before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in map(Path, images):
-        image = np.array(read_rgb(path))
+    for path, image in decoded:
         masks = [colourize(predict_mask(model, image, r, task.input_format), colours) for r in resolutions]
         for r, mask in zip(resolutions, masks):
             written.append(out / f"{path.stem}_r{r}.png")

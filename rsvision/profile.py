@@ -115,6 +115,8 @@ def profile_backbone(backbone: str, resolutions: list[int], num_classes: int = 1
 def profile_run(run_dir, resolutions: list[int], latency: bool = True) -> dict:
     """Profile a trained run at ``resolutions`` (the untrained ones through interpolated BN)."""
     from rsvision.artifacts import load_artifact
+    from rsvision.ranges import check_scale
 
     artifact = load_artifact(run_dir)
+    check_scale(resolutions, artifact.model.resolutions, str(artifact.path))
     return profile_model(artifact.model, resolutions, artifact.task.example_input, latency)

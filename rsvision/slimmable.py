@@ -363,7 +363,7 @@ def _full_width_pass(model: nn.Module, example: torch.Tensor, names: dict[int, s
                 model(example)
             except Exception as exc:
                 where = stack[-1] if stack else type(model).__name__
-                raise UserError(f"make_slimmable: the model fails on a {tuple(example.shape)} example input at {where} ({type(exc).__name__}: {exc}); pass example_input") from None
+                raise RuntimeError(f"make_slimmable: the model's own forward fails on a {tuple(example.shape)} example input at {where} ({type(exc).__name__}: {exc})") from exc
         if watch.problem:
             raise UserError(watch.problem)
     finally:

@@ -200,3 +200,256 @@ def test_command_line_usage_errors_are_one_line(tmp_path, capsys):
     _one_line(code, err, "Missing argument 'RECIPE'")
     code, err = _run(["fly"], capsys)
     _one_line(code, err, "No such command 'fly'")
+
+
+def _width_run(tmp_path_factory) -> Path:
+    """Width run (0.25-1.0) at 16 and 8 px, built once."""
+    from deploy_fixtures import _once
+
+    def build(tmp: Path) -> Path:
+        recipe = tiny_recipe_dict(tmp, resolutions=[16, 8], widths={"range": [0.25, 1.0]}, train={"epochs": 1, "max_steps_per_epoch": 3})
+        return train(validate_recipe(recipe), name="width", quiet=True)
+
+    return _once("bad_inputs_width_run", tmp_path_factory, build)
+
+
+def _two_class_run(tmp_path_factory) -> Path:
+    from deploy_fixtures import _once
+
+    def build(tmp: Path) -> Path:
+        recipe = tiny_recipe_dict(tmp, resolutions=[16, 8], train={"epochs": 1, "max_steps_per_epoch": 3})
+        recipe["model"]["num_classes"] = recipe["data"]["args"]["num_classes"] = 2
+        return train(validate_recipe(recipe), name="two", quiet=True)
+
+    return _once("bad_inputs_two_class_run", tmp_path_factory, build)
+
+
+def _png(path: Path) -> Path:
+    Image.new("RGB", (40, 40), color=(90, 20, 200)).save(path)
+    return path
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize(
+    "make_args, culprit",
+    [
+        (lambda cls, width, seg, tmp: ["eval", "--checkpoint", str(cls), "--res", "65"], "--res 65"),
+        (lambda cls, width, seg, tmp: ["eval", "--checkpoint", str(width), "--res", "400", "--width", "0.5"], "--res 400"),
+        (lambda cls, width, seg, tmp: ["calibrate", str(cls), "--res", "65", "--images", "8"], "--res 65"),
+        (lambda cls, width, seg, tmp: ["calibrate", str(width), "--res", "65w50", "--images", "8"], "--res 65w50"),
+        (lambda cls, width, seg, tmp: ["plot", str(cls), "--res", "32:80:16", "-o", str(tmp / "f.png")], "--res 80"),
+        (lambda cls, width, seg, tmp: ["export", str(cls), "--format", "onnx", "--res", "65", "-o", str(tmp / "o")], "--res 65"),
+        (lambda cls, width, seg, tmp: ["export", str(width), "--format", "onnx", "--subnet", "65w50", "-o", str(tmp / "o")], "--subnet 65w50"),
+        (lambda cls, width, seg, tmp: ["profile", "--checkpoint", str(cls), "--res", "65", "--no-latency"], "--res 65"),
+        (lambda cls, width, seg, tmp: ["predict", str(_png(tmp / "a.png")), "--checkpoint", str(seg), "--res", "257", "-o", str(tmp / "p")], "--res 257"),
+    ],
+)
+def test_sizes_far_beyond_the_trained_ones_are_refused_up_front(tmp_path_factory, tmp_path, capsys, make_args, culprit):
+    from deploy_fixtures import cls_run, seg_run
+
+    runs = (cls_run(tmp_path_factory), _width_run(tmp_path_factory), seg_run(tmp_path_factory))
+    before = [_files(run) for run in runs]
+    code, err = _run(make_args(*runs, tmp_path), capsys)
+    limit = "the limit is 256" if culprit == "--res 257" else "the limit is 64"
+    _one_line(code, err, f"{culprit}: more than 4x the largest resolution", limit)
+    assert [_files(run) for run in runs] == before
+    assert _files(tmp_path) <= {"a.png"}
+
+
+@pytest.mark.parametrize(
+    "make_args, culprit",
+    [
+        (lambda cls, seg, tmp: ["eval", "--checkpoint", str(cls), "--batch-size", "0"], "'--batch-size': 0"),
+        (lambda cls, seg, tmp: ["calibrate", str(cls), "--res", "12", "--batch-size", "0"], "'--batch-size': 0"),
+        (lambda cls, seg, tmp: ["plot", str(cls), "--batch-size", "-2", "-o", str(tmp / "f.png")], "'--batch-size': -2"),
+        (lambda cls, seg, tmp: ["profile", "--onnx", str(tmp), "--threads", "-1"], "'--threads': -1"),
+        (lambda cls, seg, tmp: ["profile", "--backbone", "resnet8", "--res", "16", "--num-classes", "0"], "'--num-classes': 0"),
+        (lambda cls, seg, tmp: ["deploy", str(cls), "--budget-madds", "1G", "--threads", "0", "-o", str(tmp / "d")], "'--threads': 0"),
+        (lambda cls, seg, tmp: ["predict", str(_png(tmp / "a.png")), "--checkpoint", str(seg), "--res", "0", "-o", str(tmp / "p")], "'--res': 0"),
+        (lambda cls, seg, tmp: ["predict", str(_png(tmp / "a.png")), "--checkpoint", str(seg), "--res", "-16", "-o", str(tmp / "p")], "'--res': -16"),
+    ],
+)
+def test_counts_below_one_are_refused(tmp_path_factory, tmp_path, capsys, make_args, culprit):
+    from deploy_fixtures import cls_run, seg_run
+
+    runs = (cls_run(tmp_path_factory), seg_run(tmp_path_factory))
+    before = [_files(run) for run in runs]
+    code, err = _run(make_args(*runs, tmp_path), capsys)
+    _one_line(code, err, f"Invalid value for {culprit} is not in the range x>=1")
+    assert [_files(run) for run in runs] == before
+    assert _files(tmp_path) <= {"a.png"}
+
+
+def test_thread_counts_below_one_are_refused_by_the_api():
+    from rsvision.errors import UserError
+    from rsvision.latency import torch_threads
+
+    for threads in (0, -1):
+        with pytest.raises(UserError, match=rf"^threads: expected a positive number of threads, got {threads}$"):
+            with torch_threads(threads):
+                pass
+
+
+@pytest.mark.parametrize(
+    "make_args, culprit",
+    [
+        (lambda cls, seg, tmp: ["plot", str(cls), "-o", str(tmp / "file" / "f.png")], "-o {file}/f.png"),
+        (lambda cls, seg, tmp: ["export", str(cls), "--format", "onnx", "-o", str(tmp / "file" / "o")], "-o {file}/o"),
+        (lambda cls, seg, tmp: ["export", str(cls), "--format", "lq", "-o", str(tmp / "file" / "x.lq")], "-o {file}/x.lq"),
+        (lambda cls, seg, tmp: ["deploy", str(cls), "--budget-madds", "1G", "-o", str(tmp / "file" / "d")], "-o {file}/d"),
+        (lambda cls, seg, tmp: ["predict", str(_png(tmp / "a.png")), "--checkpoint", str(seg), "-o", str(tmp / "file" / "p")], "-o {file}/p"),
+        (lambda cls, seg, tmp: ["convert", str(tmp / "a.pth"), "--from", "rs-nets", "-o", str(tmp / "file" / "run")], "-o {file}/run"),
+        (lambda cls, seg, tmp: ["train", _recipe_file(tmp, tiny_recipe_dict(tmp)), "--quiet", "--set", f"output_dir={tmp / 'file' / 'runs'}"],
+         "output_dir {file}/runs"),
+    ],
+)
+def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path_factory, tmp_path, capsys, make_args, culprit):
+    from deploy_fixtures import cls_run, seg_run
+
+    runs = (cls_run(tmp_path_factory), seg_run(tmp_path_factory))
+    (tmp_path / "file").write_text("not a folder")
+    before = [_files(run) for run in runs]
+    code, err = _run(make_args(*runs, tmp_path), capsys)
+    file = tmp_path / "file"
+    _one_line(code, err, f"{culprit.format(file=file)}: cannot write there ({file} is a file, not a folder)")
+    assert [_files(run) for run in runs] == before
+    assert _files(tmp_path) <= {"file", "a.png", "bad.yaml"} and file.read_text() == "not a folder"
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make folders read-only (chmod, or the immutable flag where chmod does not bind, as for root); skip where neither works."""
+    import os
+    import shutil
+    import subprocess
+
+    locked = []
+
+    def lock(folder: Path) -> Path:
+        folder.chmod(0o555)
+        locked.append(folder)
+        if os.access(folder, os.W_OK):
+            if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+                pytest.skip("cannot make a folder read-only here")
+        return folder
+
+    yield lock
+    for folder in locked:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        folder.chmod(0o755)
+
+
+def test_read_only_folders_are_refused_before_any_work(tmp_path_factory, tmp_path, capsys, read_only):
+    import shutil
+
+    from deploy_fixtures import cls_run
+
+    run = tmp_path / "run"
+    shutil.copytree(cls_run(tmp_path_factory), run)
+    before = _files(run)
+    read_only(run)
+    code, err = _run(["calibrate", str(run), "--res", "12", "--images", "8"], capsys)
+    _one_line(code, err, f"{run}/calibration.safetensors: cannot write there ({run}: ")
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    read_only(figures)
+    code, err = _run(["plot", str(cls_run(tmp_path_factory)), "-o", str(figures / "f.png")], capsys)
+    _one_line(code, err, f"-o {figures}/f.png: cannot write there ({figures}: ")
+    assert _files(run) == before and not any(figures.iterdir())
+
+
+def test_eval_of_a_read_only_run_shows_its_results_and_says_they_are_not_kept(tmp_path_factory, tmp_path, capsys, read_only):
+    import shutil
+
+    from deploy_fixtures import cls_run
+
+    run = tmp_path / "run"
+    shutil.copytree(cls_run(tmp_path_factory), run)
+    before = _files(run)
+    read_only(run)
+    try:
+        main(["eval", "--checkpoint", str(run), "--res", "16"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    captured = capsys.readouterr()
+    assert "top1" in captured.out and _files(run) == before
+    assert f"warning: {run}/evaluations.json: not kept" in captured.err and "Traceback" not in captured.err
+
+
+def test_predict_with_a_bad_image_writes_no_output_folder(tmp_path_factory, tmp_path, capsys):
+    from deploy_fixtures import seg_run
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    code, err = _run(["predict", str(_png(tmp_path / "a.png")), str(bad), "--checkpoint", str(seg_run(tmp_path_factory)), "-o", str(tmp_path / "p")], capsys)
+    _one_line(code, err, f"{bad}: cannot read image")
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"resolutions": []}, "resolutions: expected a list of one or more positive integer sizes, got []"),
+        ({"resolutions": [64, 0]}, "resolutions: expected a list of one or more positive integer sizes, got [64, 0]"),
+        ({"subnets": ["64w150"]}, "subnets: expected sizes (224) or sub-network ids (160w70), got ['64w150']"),
+        ({"num_classes": 0}, "num_classes: expected a positive integer, got 0"),
+        ({"in_channels": -1}, "in_channels: expected a positive integer, got -1"),
+    ],
+)
+def test_create_model_names_a_bad_argument(kwargs, message):
+    from rsvision import create_model
+    from rsvision.errors import UserError
+
+    with pytest.raises(UserError) as info:
+        create_model(backbone="resnet8", backbone_args={"width": 4}, **kwargs)
+    assert str(info.value) == message
+
+
+def test_plot_refuses_runs_of_other_class_sets(tmp_path_factory, tmp_path, capsys):
+    from deploy_fixtures import cls_run
+
+    four, two = cls_run(tmp_path_factory), _two_class_run(tmp_path_factory)
+    code, err = _run(["plot", str(four), str(two), "-o", str(tmp_path / "f.png")], capsys)
+    _one_line(code, err, f"{two}: predicts 2 classes (disc_plus, disc_x), but {four} predicts 4 classes (disc_plus, disc_x, square_plus, ...)",
+              "plot runs of one class set")
+    assert not any(tmp_path.iterdir())
+
+
+def test_plugin_whose_forward_crashes_in_width_conversion_is_exit_1(tmp_path, capsys, monkeypatch, clean_plugins):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "user_crashing.py").write_text(
+        "from torch import nn\n"
+        "from rsvision import register_backbone\n\n"
+        "class Crashing(nn.Module):\n"
+        "    out_channels = [6]\n"
+        "    output_stride = 1\n\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 6, 3, padding=1)\n\n"
+        "    def forward(self, x):\n"
+        "        raise ValueError('no GPU here')\n\n"
+        "@register_backbone('user_crashing')\n"
+        "def user_crashing():\n"
+        "    return Crashing()\n"
+    )
+    data = tiny_recipe_dict(tmp_path, widths={"range": [0.25, 1.0]}, model={"backbone": "user_crashing", "num_classes": 4})
+    code, err = _run(["train", _recipe_file(tmp_path, data), "--quiet", "--plugin", "user_crashing.py"], capsys)
+    assert code == 1, err
+    assert err.startswith("failed: RuntimeError: make_slimmable: the model's own forward fails"), err
+    assert "at backbone (ValueError: no GPU here)" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_warnings_print_as_one_plain_line(tmp_path_factory, tmp_path, capsys):
+    import shutil
+
+    from deploy_fixtures import cls_run
+
+    run = tmp_path / "run"
+    shutil.copytree(cls_run(tmp_path_factory), run)
+    main(["eval", "--checkpoint", str(run), "--res", "32"])
+    err = capsys.readouterr().err
+    assert err == "warning: resolution 32 is outside the trained range 8..16; using the BN group of 16\n", err

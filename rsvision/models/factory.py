@@ -8,6 +8,7 @@ takes that list. Both get their BatchNorms made switchable.
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any, Sequence
 
 import torch
@@ -65,6 +66,24 @@ def adapt_input_channels(backbone: nn.Module, channels: int) -> None:
     first.weight = nn.Parameter(weight)
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
+
+
+def check_arguments(resolutions: Sequence[int], subnets: Sequence[SubNetLike] | None, num_classes: int, in_channels: int) -> None:
+    """The sizes and counts :func:`create_model` is given, as one-line errors naming the argument."""
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if not _positive_int(value):
+            raise UserError(f"{name}: expected a positive integer, got {value!r}")
+    if subnets:
+        try:
+            subnets_of(subnets)
+        except (TypeError, ValueError):
+            raise UserError(f"subnets: expected sizes (224) or sub-network ids (160w70), got {list(subnets)!r}") from None
+    elif isinstance(resolutions, (int, str)) or not resolutions or not all(map(_positive_int, resolutions)):
+        raise UserError(f"resolutions: expected a list of one or more positive integer sizes, got {resolutions!r}")
+
+
 def create_model(
     *,
     backbone: str,
@@ -89,6 +108,7 @@ def create_model(
     or a list) makes the network width-switchable over ``[min(widths), max(widths)]``
     (:func:`rsvision.slimmable.make_slimmable`, channels rounded to ``width_divisor``).
     """
+    check_arguments(resolutions, subnets, num_classes, in_channels)
     net = BACKBONES.build(backbone, field="model.backbone_args", **(backbone_args or {}))
     check_backbone(net, backbone)
     if pretrained:
