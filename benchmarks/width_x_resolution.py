@@ -36,7 +36,7 @@ from rsvision.engine import train
 from rsvision.profile import human
 from rsvision.query import query_run
 from rsvision.recipe import apply_overrides, validate_recipe
-from rsvision.subnet import active_channels
+from rsvision.slimmable import channels_at
 
 
 def arguments() -> argparse.Namespace:
@@ -101,7 +101,7 @@ def main() -> None:
         rsnet_dir = timed("rsnet", widths=None, mred={"mode": "full"})
         inet_dirs = {}
         for w in inet_widths:
-            model = {**base["model"], "backbone_args": {**base["model"]["backbone_args"], "width": active_channels(w, channels, divisor)}}
+            model = {**base["model"], "backbone_args": {**base["model"]["backbone_args"], "width": channels_at(w, channels, divisor)}}
             for r in inet_res:
                 inet_dirs[(w, r)] = timed(f"inet-w{round(w * 100)}-r{r}", resolutions=[r], widths=None, model=model, mred={"mode": "off"})
         t = time.time()

@@ -143,7 +143,8 @@ class WidthsConfig(_Section):
 
     range: _WidthPair | None = None
     list: _WidthList | None = None
-    #: Channels at width w: ceil(w * C) rounded up to a multiple of ``divisor``.
+    #: Channels at width w: make_divisible(w * C, divisor), the official rounding (nearest
+    #: multiple, at least ``divisor``, never below 90 % of w * C).
     divisor: int = Field(8, ge=1)
     #: ``posthoc``: one BN shared in training (batch statistics), statistics recomputed per
     #: (width, resolution) afterwards; ``private``: a BN per (width, resolution) of ``list``.
@@ -154,8 +155,17 @@ class WidthsConfig(_Section):
     #: teaches the others (MutualNet Eq. 2-4); ``ensemble``: it runs every resolution with
     #: MRED (``mred.mode``) and the others learn from the alpha-ensemble.
     teacher: Literal["largest", "ensemble"] = "largest"
+    #: What the other sub-networks learn from: ``distill``, the teacher's detached prediction
+    #: (in-place distillation, Eq. 3); ``labels``, the labels (cross-entropy, as §4.3's detection runs).
+    students: Literal["distill", "labels"] = "distill"
+    #: Beyond the paper: the students' loss weight ramps linearly from 0 to 1 over this many
+    #: epochs; 0: weight 1 from the first step (Eq. 4).
+    student_ramp_epochs: float = Field(0.0, ge=0)
     #: Training images whose BN statistics are recomputed before each validation (posthoc BN).
     calibration_images: int = Field(256, ge=1)
+    #: Images the post-hoc statistics are measured on: ``eval``, the evaluation view (resize,
+    #: centre crop); ``train``, the training augmentation (the official ComputePostBN).
+    calibration_view: Literal["eval", "train"] = "eval"
     #: Weight decay on ``all`` parameters, or on ``conv_fc``: weights of convolutions and
     #: linear layers except depthwise ones (MutualNet's official code).
     decay: Literal["all", "conv_fc"] = "all"
@@ -189,6 +199,8 @@ class WidthsConfig(_Section):
             raise ValueError("give exactly one of range: [low, high] and list: [w1, w2, ...]")
         if self.bn == "private" and self.list is None:
             raise ValueError("bn: private keeps a BN per width, so it needs list: [...] (a range has infinitely many widths; use bn: posthoc)")
+        if self.bn == "private" and "calibration_view" in self.model_fields_set:
+            raise ValueError("calibration_view: only read with bn: posthoc (private BN keeps the statistics it trained); remove it")
         return self
 
     @property

@@ -1,10 +1,13 @@
 """Width-switchable ("slimmable") networks by conversion (MutualNet §3.1-3.2, after US-Nets).
 
-A sub-network of width ``w`` keeps the first ``active_channels(w, C, divisor)`` channels
-of every layer of ``C`` output channels: ⌈w·C⌉ rounded up to a multiple of ``divisor``
-(MutualNet's ``W_{0:w}``, the first ``w x 100%`` weights of each layer). Two ends stay
-full: the first convolution takes every image channel, and the model's last layer (the
-classifier, or a segmentation head's classifier) keeps all its outputs.
+A sub-network of width ``w`` keeps the first ``channels_at(w, C, divisor)`` channels of
+every layer of ``C`` output channels: ``make_divisible(w·C, divisor)``, the official code's
+rounding (nearest multiple of ``divisor``, at least ``divisor``, never below 90 % of w·C),
+at most C (MutualNet's ``W_{0:w}``, the first ``w x 100%`` weights of each layer). Some
+layers stay full: the first convolution takes every image channel, the model's last layer
+(the classifier, or a segmentation head's classifier) keeps all its outputs, and so does
+any layer a backbone marks with :func:`keep_full_outputs` (MobileNetV2's last 1x1
+convolution, the official model's ``us=[True, False]``).
 
 :func:`make_slimmable` replaces every ``nn.Conv2d`` and ``nn.Linear`` of a model (in place)
 by :class:`SlimmableConv2d` / :class:`SlimmableLinear`, which keep the same parameters
@@ -34,10 +37,29 @@ from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
 from rsvision.errors import UserError
-from rsvision.subnet import SubNet, active_channels
+from rsvision.subnet import SubNet
 from rsvision.switchable import BN_TYPES, Switchable, SwitchableBatchNorm, at_subnet
 
-__all__ = ["SlimmableConv2d", "SlimmableLinear", "make_slimmable", "slimmable_layers"]
+__all__ = ["SlimmableConv2d", "SlimmableLinear", "channels_at", "keep_full_outputs", "make_divisible", "make_slimmable", "slimmable_layers"]
+
+
+def make_divisible(v: float, divisor: int) -> int:
+    """``v`` rounded to the nearest multiple of ``divisor`` (halves up), at least ``divisor``,
+    one ``divisor`` more where that falls below 90 % of ``v`` (the official code's
+    ``make_divisible``, after TF-slim's MobileNet, with ``min_value = divisor``)."""
+    rounded = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * v else rounded
+
+
+def channels_at(width: float, channels: int, divisor: int = 8) -> int:
+    """Channels a layer of ``channels`` keeps at ``width``: ``make_divisible(width * channels, divisor)``, at most ``channels``."""
+    return min(channels, make_divisible(round(width * channels, 6), divisor))
+
+
+def keep_full_outputs(layer: nn.Module) -> nn.Module:
+    """Mark a ``Conv2d`` or ``Linear`` to keep all its outputs at every width once slimmed (returns it)."""
+    layer.full_outputs = True
+    return layer
 
 
 class _Slimmable(Switchable):
@@ -55,7 +77,7 @@ class _Slimmable(Switchable):
         """Output channels at ``width`` (all of them for the last layer or at full width)."""
         if self.full_outputs or width is None:
             return channels
-        return active_channels(width, channels, self.divisor)
+        return channels_at(width, channels, self.divisor)
 
     def _slim_repr(self) -> str:
         low, high = self.width_range
@@ -181,11 +203,13 @@ def make_slimmable(
     """Make ``model`` executable at any width in ``width_range`` (in place; returns it).
 
     Every ``nn.Conv2d`` and ``nn.Linear`` becomes slimmable, sharing its parameters; the
-    last one to run (the classifier) keeps all its outputs. Call it before the BatchNorms
+    last one to run (the classifier) and those marked by :func:`keep_full_outputs` keep
+    all their outputs. Call it before the BatchNorms
     are made switchable (``RSNet`` / ``create_model`` do that). ``example_input`` (default:
     zeros at 64 x 64) is run at full width and at the smallest width to check that slicing
     is valid for this structure (see the module docstring); a failure is a UserError naming
-    the layer.
+    the layer. The model failing at full width, before any slicing, is a crash of its own
+    code: a RuntimeError naming the layer and the model's exception.
     """
     low, high = (float(w) for w in width_range)
     if not 0 < low <= high <= 1:
@@ -202,7 +226,7 @@ def make_slimmable(
     if not order:
         raise UserError(f"make_slimmable: {type(model).__name__} runs no convolution or linear layer")
     last = order[-1]
-    _replace(model, lambda m, name: _convert(m, int(divisor), (low, high), name == last))
+    _replace(model, lambda m, name: _convert(m, int(divisor), (low, high), name == last or getattr(m, "full_outputs", False)))
     _narrow_pass(model, example, SubNet(example.shape[-1], low), names)
     return model
 
@@ -238,11 +262,11 @@ def _plain_linear(m: nn.Linear) -> bool:
     return torch.equal(m(x), F.linear(x, m.weight, m.bias))
 
 
-def _convert(m: nn.Module, divisor: int, width_range: tuple[float, float], last: bool) -> nn.Module | None:
+def _convert(m: nn.Module, divisor: int, width_range: tuple[float, float], full: bool) -> nn.Module | None:
     if type(m) is nn.Conv2d:
-        return SlimmableConv2d.from_conv(m, divisor, width_range, full_outputs=last)
+        return SlimmableConv2d.from_conv(m, divisor, width_range, full_outputs=full)
     if isinstance(m, nn.Linear):
-        return SlimmableLinear.from_linear(m, divisor, width_range, full_outputs=last)
+        return SlimmableLinear.from_linear(m, divisor, width_range, full_outputs=full)
     return None
 
 

@@ -7,6 +7,7 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
@@ -26,7 +27,7 @@ from rsvision.switchable import at_subnet
 from rsvision.task import Task
 from rsvision.tasks.classification import ClassificationMetrics
 from rsvision.training import MutualTraining, StepContext, method_for
-from rsvision.training.mutual import sandwich
+from rsvision.training.mutual import TrainingView, sandwich
 from conftest import tiny_recipe_dict
 
 CTX = StepContext(lambda loss: loss.backward(), nullcontext)
@@ -130,6 +131,71 @@ def test_low_memory_step_matches_the_standard_step(tmp_path, teacher):
     assert out_low.log.keys() == out_std.log.keys()
 
 
+# ---------------------------------------------------------------- the students' loss and its weight
+
+
+def _expected_loss(method: MutualTraining, batch, weight: float) -> torch.Tensor:
+    """Eq. 4 by hand on a copy of ``method`` for its next draw: CE of the full width, plus
+    ``weight`` times the students' KL to its detached prediction (or their CE on labels)."""
+    m = copy.deepcopy(method)
+    draw = sandwich(m.widths, m.resolutions, 0, int(m.draws))
+    res = sorted(m.resolutions, reverse=True)
+    with at_subnet(m.model, draw[0]):
+        z_full = m.model(batch["images"][0])
+    terms = []
+    for subnet in draw[1:]:
+        with at_subnet(m.model, subnet):
+            z = m.model(batch["images"][res.index(subnet.resolution)])
+        terms.append(kl_divergence(z_full.detach(), z) if m.widths.students == "distill" else F.cross_entropy(z, batch["target"]))
+    return F.cross_entropy(z_full, batch["target"]) + weight * torch.stack(terms).sum()
+
+
+def test_the_papers_setting_reproduces_eq_4_exactly(tmp_path):
+    batch = _batch([16, 12, 8])
+    default = _method(tmp_path)
+    explicit = _method(tmp_path, widths={**WIDTHS, "students": "distill", "student_ramp_epochs": 0})
+    expected = _expected_loss(default, batch, 1.0)
+    for method in (default, explicit):
+        out = method(batch)
+        assert torch.equal(out.loss, expected)
+        assert out.log["students/weight"] == 1.0
+    assert default.describe()["widths"] | {"draws": 0} == explicit.describe()["widths"] | {"draws": 0}
+
+
+def test_students_on_labels_learn_from_cross_entropy(tmp_path):
+    method = _method(tmp_path, widths={**WIDTHS, "students": "labels"})
+    batch = _batch([16, 12, 8])
+    expected = _expected_loss(method, batch, 1.0)
+    out = method(batch)
+    torch.testing.assert_close(out.loss, expected, rtol=0, atol=0)
+    assert method.describe()["widths"]["students"] == "labels"
+
+
+def test_student_weight_ramps_over_epochs_of_steps(tmp_path):
+    # 48 training images in batches of 8: 6 steps per epoch; a 2-epoch ramp lasts 12 steps.
+    method = _method(tmp_path, widths={**WIDTHS, "student_ramp_epochs": 2})
+    assert method.steps_per_epoch == 6
+    assert [method.student_weight(k) for k in (0, 3, 6, 9, 12, 50)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    capped = _method(tmp_path, widths={**WIDTHS, "student_ramp_epochs": 0.5}, train={"max_steps_per_epoch": 4})
+    assert capped.steps_per_epoch == 4 and [capped.student_weight(k) for k in (0, 1, 2, 3)] == [0.0, 0.5, 1.0, 1.0]
+    assert _method(tmp_path).student_weight(0) == 1.0
+
+
+def test_the_ramps_weight_follows_the_draw_counter_so_resume_weighs_alike(tmp_path):
+    method = _method(tmp_path, widths={**WIDTHS, "student_ramp_epochs": 2})
+    batch = _batch([16, 12, 8])
+    first = method(batch)
+    assert first.log["students/weight"] == 0.0 and first.loss == first.log["ce"]
+    state = copy.deepcopy(method.state_dict())
+    state["draws"].fill_(6)  # a run resumed after six steps
+    resumed = _method(tmp_path, widths={**WIDTHS, "student_ramp_epochs": 2})
+    resumed.load_state_dict(state)
+    expected = _expected_loss(resumed, batch, 0.5)
+    out = resumed(batch)
+    assert out.log["students/weight"] == 0.5
+    torch.testing.assert_close(out.loss, expected, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- recipes
 
 
@@ -143,6 +209,10 @@ def test_low_memory_step_matches_the_standard_step(tmp_path, teacher):
         ({"list": [1.0, 0.333]}, {}, "widths.list: expected widths on a 0.01 grid"),
         ({"range": [0.25, 1.0], "teacher": "best"}, {}, "widths.teacher:"),
         ({"range": [0.25, 1.0], "depth": 2}, {}, "widths.depth: unknown key"),
+        ({"range": [0.25, 1.0], "students": "teacher"}, {}, "widths.students:"),
+        ({"range": [0.25, 1.0], "student_ramp_epochs": -1}, {}, "widths.student_ramp_epochs:"),
+        ({"range": [0.25, 1.0], "calibration_view": "test"}, {}, "widths.calibration_view:"),
+        ({"list": [1.0, 0.5], "bn": "private", "calibration_view": "train"}, {}, "widths: calibration_view: only read with bn: posthoc"),
         ({"range": [0.25, 1.0]}, {"model": {"backbone": "resnet8", "num_classes": 4, "shared_bn": True}}, "model.shared_bn: a width recipe"),
         ({"range": [0.25, 1.0]}, {"quant": {"method": "lq"}}, "quant: quantized width-switchable"),
     ],
@@ -253,7 +323,10 @@ def test_validation_calibrates_then_forgets(width_run):
     assert all(r["status"] == "calibrated" for r in rows)
     meta = json.loads((width_run / "rsvision.json").read_text())
     assert meta["widths"]["range"] == [0.25, 1.0] and meta["widths"]["draws"] == 4 * 4
-    assert "stay full" in meta["widths"]["channels"] and meta["madds"]["16w25"] < meta["madds"]["16w100"]
+    assert "make_divisible(w*C, 2)" in meta["widths"]["channels"] and "stay full" in meta["widths"]["channels"]
+    assert meta["widths"]["full_outputs"] == ["body.head.fc"] and meta["widths"]["dropout"] == {}
+    assert (meta["widths"]["calibration_view"], meta["widths"]["students"], meta["widths"]["student_ramp_epochs"]) == ("eval", "distill", 0.0)
+    assert meta["madds"]["16w25"] < meta["madds"]["16w100"]
     assert not (width_run / "calibration.safetensors").exists()
     assert not any(".calibrated." in k for k in load_artifact(width_run).model.state_dict())
 
@@ -268,6 +341,36 @@ def test_recomputed_statistics_restore_what_shared_statistics_lose(width_run):
     assert [r["status"] for r in recomputed] == ["calibrated", "calibrated"]
     for before, after in zip(shared, recomputed):
         assert after["top1"] >= before["top1"] + 20, (before, after)
+
+
+def test_statistics_from_the_training_view(width_run, tmp_path):
+    """``calibration_view: train``: one seeded training crop per image, resized to every resolution."""
+    task = TASKS.get("cls")(validate_recipe(tiny_recipe_dict(tmp_path)))
+    data = TrainingView(task).eval_dataset([12, 16], split="train")
+    first, again = data[5], data[5]
+    assert [x.shape[-1] for x in first["images"]] == [16, 12]
+    assert all(torch.equal(a, b) for a, b in zip(first["images"], again["images"]))  # seeded
+    assert not torch.equal(first["images"][0], task.eval_dataset([16], split="train")[5]["images"][0])  # a random crop, not the centre
+    artifact = load_artifact(width_run)
+    view = TrainingView(artifact.task)
+    narrow = [SubNet(16, 0.25), SubNet(12, 0.25)]
+    shared = evaluate(artifact.model, artifact.task, narrow)
+    calibrate(artifact.model, view, narrow, images=64)
+    recomputed = evaluate(artifact.model, artifact.task, narrow)
+    assert [r["status"] for r in recomputed] == ["calibrated", "calibrated"]
+    for before, after in zip(shared, recomputed):
+        assert after["top1"] >= before["top1"] + 20, (before, after)
+
+
+def test_the_mobilenet_v2_recipe_records_its_fidelity_choices(tmp_path):
+    recipe = validate_recipe(yaml.safe_load(open("recipes/mutualnet_mobilenetv2_imagenet.yaml")))
+    recipe.model.num_classes = 10
+    method = method_for(recipe)(build_model(recipe), TASKS.get("cls")(recipe), recipe)
+    info = method.describe()["widths"]
+    assert info["full_outputs"] == ["body.backbone.stages.3.18.0", "body.head.fc"]  # 1280 channels at every width
+    assert info["dropout"] == {} and info["calibration_view"] == "train" and "make_divisible(w*C, 8)" in info["channels"]
+    with at_subnet(method.model.eval(), SubNet(128, 0.7)):
+        assert method.model(torch.zeros(1, 3, 128, 128)).shape == (1, 10)
 
 
 def _cli(capsys, *args):
@@ -337,5 +440,5 @@ def test_bf16_with_accumulation_and_low_memory_trains(tmp_path):
     recipe["widths"] |= {"teacher": "ensemble", "sample": 3}
     run = train(validate_recipe(recipe), name="bf16", quiet=True)
     log = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
-    assert torch.isfinite(torch.tensor(log["loss"])) and log["kd"] > 0 and "ens" in log
+    assert torch.isfinite(torch.tensor(log["loss"])) and log["students"] > 0 and "ens" in log
     assert [r["subnet"] for r in log["val"]][-1] == "ensemble"

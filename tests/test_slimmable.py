@@ -10,9 +10,35 @@ from torch.utils.flop_counter import FlopCounterMode
 from rsvision.errors import UserError
 from rsvision.models import create_model
 from rsvision.profile import count_madds
-from rsvision.slimmable import SlimmableConv2d, SlimmableLinear, make_slimmable, slimmable_layers
-from rsvision.subnet import SubNet, active_channels
+from rsvision.slimmable import SlimmableConv2d, SlimmableLinear, channels_at, make_divisible, make_slimmable, slimmable_layers
+from rsvision.subnet import SubNet
 from rsvision.switchable import Switchable, SwitchableBatchNorm, at_subnet, materialize
+
+
+@pytest.mark.parametrize(
+    "v,divisor,expected",
+    [
+        (67.2, 8, 64),  # 0.7 x 96: the nearest multiple (rounding up gave 72)
+        (153.6, 8, 152),  # 0.6 x 256
+        (99, 8, 96),
+        (100, 8, 104),
+        (12, 8, 16),  # halves round up
+        (10, 8, 16),  # 8 is below 90 % of 10: one divisor more
+        (9.6, 4, 12),  # 8 < 8.64
+        (3, 8, 8),  # at least one divisor
+        (14.4, 1, 14),  # divisor 1: the nearest integer
+        (14.5, 1, 15),
+    ],
+)
+def test_make_divisible_rounds_as_the_official_code(v, divisor, expected):
+    assert make_divisible(v, divisor) == expected
+
+
+def test_channels_at_width():
+    assert channels_at(0.7, 96, 8) == 64
+    assert channels_at(0.25, 16, 4) == 4
+    assert channels_at(1.0, 12, 8) == 12  # at most the layer's channels
+    assert channels_at(0.29, 100, 2) == 30  # 0.29 * 100 is 28.999999999999996 in floating point
 
 
 def _pin(layer: nn.Module, width: float) -> nn.Module:
@@ -27,7 +53,7 @@ def test_sliced_conv_equals_plain_conv_with_sliced_weights(padding_mode):
     slim = _pin(SlimmableConv2d.from_conv(conv, divisor=8, width_range=(0.25, 1.0)), 0.5)
     x = torch.randn(2, 12, 9, 9)  # the previous layer's first 12 channels
     out = slim(x)
-    c_out = active_channels(0.5, 40, 8)
+    c_out = channels_at(0.5, 40, 8)
     assert out.shape[1] == c_out == 24
     plain = nn.Conv2d(12, c_out, 3, stride=2, padding=1, bias=True, padding_mode=padding_mode)
     with torch.no_grad():
@@ -111,8 +137,19 @@ def test_slimmed_network_equals_its_materialized_plain_network(backbone, args):
         assert convs[0].in_channels == 3  # the image keeps all its channels
         assert [m for m in plain.modules() if isinstance(m, nn.Linear)][-1].out_features == 7
         full = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-        for c, f in zip(convs, full):  # every layer keeps active_channels of its outputs
-            assert c.out_channels == active_channels(width, f.out_channels, 8)
+        for c, f in zip(convs, full):  # every layer keeps channels_at of its outputs, or all of them
+            assert c.out_channels == (f.out_channels if f.full_outputs else channels_at(width, f.out_channels, 8))
+
+
+@pytest.mark.parametrize("full_last_conv", [True, False])
+def test_mobilenet_v2_keeps_its_last_conv_at_1280_channels(full_last_conv):
+    model = create_model(backbone="mobilenet_v2", num_classes=10, resolutions=[32], widths=[1.0, 0.35], shared_bn=True, backbone_args={"full_last_conv": full_last_conv})
+    plain = materialize(model.eval(), SubNet(32, 0.35))
+    last = [m for m in plain.modules() if isinstance(m, nn.Conv2d)][-1]
+    fc = [m for m in plain.modules() if isinstance(m, nn.Linear)][-1]
+    assert last.in_channels == channels_at(0.35, 320, 8) == 112
+    assert last.out_channels == fc.in_features == (1280 if full_last_conv else channels_at(0.35, 1280, 8)) == (1280 if full_last_conv else 448)
+    assert fc.out_features == 10
 
 
 def test_timm_resnet_and_mobilenet_convert():

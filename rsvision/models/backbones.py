@@ -13,6 +13,7 @@ from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
 from rsvision.registry import register_backbone
+from rsvision.slimmable import keep_full_outputs
 
 
 class StageBackbone(nn.Module):
@@ -59,14 +60,21 @@ def _last_channels(layer: nn.Sequential) -> int:
 
 
 class TorchvisionMobileNetV2(nn.Module):
-    """torchvision's MobileNetV2 features, split after the stride-4, 8, 16 and 32 blocks."""
+    """torchvision's MobileNetV2 features, split after the stride-4, 8, 16 and 32 blocks.
+
+    ``full_last_conv``: once width-switchable, the last 1x1 convolution keeps its 1280
+    outputs at every width (Sandler et al. 2018 apply width multipliers below 1 to every
+    layer but the last convolution; MutualNet's official model: ``us=[True, False]``); false slims it too.
+    """
 
     output_stride = 32
     _stage_ends = (4, 7, 14, 19)
 
-    def __init__(self, width_mult: float = 1.0) -> None:
+    def __init__(self, width_mult: float = 1.0, full_last_conv: bool = True) -> None:
         super().__init__()
         net = tvm.mobilenet_v2(weights=None, width_mult=width_mult)
+        if full_last_conv:
+            keep_full_outputs(net.features[-1][0])
         starts = (0,) + self._stage_ends[:-1]
         self.stages = nn.ModuleList([net.features[a:b] for a, b in zip(starts, self._stage_ends)])
         self.out_channels = [_conv_out(stage) for stage in self.stages]
@@ -149,8 +157,8 @@ def resnet101(*, zero_init_residual: bool = False) -> nn.Module:
 
 
 @register_backbone("mobilenet_v2")
-def mobilenet_v2(*, width_mult: float = 1.0) -> nn.Module:
-    return TorchvisionMobileNetV2(width_mult)
+def mobilenet_v2(*, width_mult: float = 1.0, full_last_conv: bool = True) -> nn.Module:
+    return TorchvisionMobileNetV2(width_mult, full_last_conv)
 
 
 @register_backbone("resnet20")

@@ -9,6 +9,12 @@ Each step follows the sandwich rule (MutualNet §3.1-3.2, Fig. 2):
   detached prediction, ``loss_sub_i = KL(p_full || p_i)`` (Eq. 3);
 - ``loss = loss_full + sum_i loss_sub_i`` (Eq. 4), one optimiser step (the engine's).
 
+Beyond the paper, the students' loss can be scheduled: ``widths.students: labels`` trains
+them on the labels (``CE(N(W_{0:w_i}, I_{R=r_i}), y)``), and ``widths.student_ramp_epochs``
+weighs their sum by ``lambda`` rising linearly from 0 to 1, ``loss = loss_full + lambda *
+sum_i loss_sub_i``. ``lambda`` is a function of the draw counter below, so a resumed run
+weighs every step as an uninterrupted one.
+
 ``widths.teacher: ensemble`` combines it with RS-Nets: the full width runs every resolution
 with MRED (L_cls + L_ens + L_dis, ``mred.mode``) and the sub-networks distil from the
 alpha-ensemble z_0 instead.
@@ -22,20 +28,26 @@ gradients are the standard step's).
 With ``widths.bn: posthoc`` the BN is shared in training and its running statistics mix
 all sub-networks; before each validation the evaluated sub-networks get statistics of
 their own, recomputed on ``widths.calibration_images`` training images and dropped
-afterwards (:meth:`MutualTraining.evaluation`).
+afterwards (:meth:`MutualTraining.evaluation`), in the evaluation view or, with
+``widths.calibration_view: train``, in the training augmentation (the official code's
+ComputePostBN).
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager, nullcontext
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
-from rsvision.data.sampling import mix_seed
+from rsvision.data.sampling import EpochSeeded, mix_seed
 from rsvision.data.transforms import batch_resolutions
 from rsvision.mred import MREDLoss, kl_divergence
 from rsvision.recipe import Recipe, WidthsConfig
@@ -45,8 +57,9 @@ from rsvision.task import Task
 from rsvision.training.base import StepContext, StepOutput, TrainingMethod
 from rsvision.training.mred import ALPHA_KEY, mred_low_memory, mred_standard
 
-#: Separates the sandwich draws' random stream from others seeded by the run's seed.
+#: Separate the sandwich draws' and the training-view calibration's random streams from others seeded by the run's seed.
 _STREAM = 0x5A4D
+_CALIBRATION_STREAM = 0x5A4E
 
 
 def sandwich(widths: WidthsConfig, resolutions: Sequence[int], seed: int, draw: int) -> list[SubNet]:
@@ -103,6 +116,22 @@ class MutualTraining(TrainingMethod):
         self.draws += 1
         return subnets
 
+    def student_weight(self, draw: int) -> float:
+        """``lambda`` of sandwich step ``draw`` (0-based): ``min(1, draw / R)``, R the steps of
+        ``widths.student_ramp_epochs`` epochs; 1 without a ramp (Eq. 4)."""
+        if self.widths.student_ramp_epochs == 0:
+            return 1.0
+        return min(1.0, draw / (self.widths.student_ramp_epochs * self.steps_per_epoch))
+
+    @cached_property
+    def steps_per_epoch(self) -> int:
+        """Micro-batches per epoch and process, as the engine runs them: the full batches of
+        the training set, shared out among the processes, at most ``train.max_steps_per_epoch``."""
+        batches = len(self.task.train_dataset()) // self.recipe.data.batch_size
+        processes = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        steps = math.ceil(batches / processes)
+        return max(1, min(steps, self.recipe.train.max_steps_per_epoch or steps))
+
     def forward(self, batch: dict[str, Any]) -> StepOutput:
         """Every sub-network of the step forward; the loss of Eq. 4 as one graph."""
         return self._sandwich(batch, None)
@@ -114,6 +143,7 @@ class MutualTraining(TrainingMethod):
 
     def _sandwich(self, batch: dict[str, Any], ctx: StepContext | None) -> StepOutput:
         """One step; with ``ctx`` each term is backwarded as soon as it is known (low memory)."""
+        weight = self.student_weight(int(self.draws))
         draw = self.next_draw()
         target = batch["target"]
         autocast: Callable[[], ContextManager] = ctx.autocast if ctx is not None else nullcontext
@@ -144,19 +174,23 @@ class MutualTraining(TrainingMethod):
             log |= {"cls": float(out.cls.detach()), "ens": float(out.ens.detach()), "dis": float(out.dis.detach())}
         log["acc/full"] = self.task.batch_accuracy(z_full.detach(), batch)
         mask = None if self.task.ignore_index is None else target != self.task.ignore_index
-        kd_terms = []
+        terms = []
         for subnet in draw[1:]:
             with autocast():
                 z = self._logits(subnet, at(subnet.resolution), batch)
-            kd = kl_divergence(teacher, z, mask)  # Eq. 3: the teacher enters detached
+            if self.widths.students == "distill":
+                term = kl_divergence(teacher, z, mask)  # Eq. 3: the teacher enters detached
+            else:
+                term = self._cross_entropy(z, target)
             if ctx is not None:
-                ctx.backward(kd)
-                kd = kd.detach()
-            kd_terms.append(kd)
-        loss_kd = torch.stack(kd_terms).sum()
-        log["kd"] = float(loss_kd.detach())
-        log["kd/smallest"] = float(kd_terms[0].detach())
-        total = loss_full + loss_kd
+                ctx.backward(weight * term)
+                term = term.detach()
+            terms.append(term)
+        loss_sub = torch.stack(terms).sum()
+        log["students"] = float(loss_sub.detach())
+        log["students/smallest"] = float(terms[0].detach())
+        log["students/weight"] = weight
+        total = loss_full + weight * loss_sub
         log["loss"] = float(total.detach())
         return StepOutput(total, log)
 
@@ -198,6 +232,12 @@ class MutualTraining(TrainingMethod):
             return []
         return [s for s in subnets if subnet_status(self.model, s) == "shared"]
 
+    @property
+    def calibration_task(self) -> Any:
+        """What calibration reads its images from (``widths.calibration_view``): the task (its
+        evaluation view of the training split) or :class:`TrainingView`."""
+        return TrainingView(self.task) if self.widths.calibration_view == "train" else self.task
+
     @contextmanager
     def evaluation(self, subnets: Sequence[SubNet]) -> Iterator[None]:
         """Post-hoc BN: statistics of the evaluated sub-networks recomputed on
@@ -208,7 +248,7 @@ class MutualTraining(TrainingMethod):
             return
         from rsvision.calibrate import calibrated_for
 
-        with calibrated_for(self.model, self.task, needed, self.widths.calibration_images, self.recipe.train.seed):
+        with calibrated_for(self.model, self.calibration_task, needed, self.widths.calibration_images, self.recipe.train.seed):
             yield
 
     def after_training(self, run_dir: Path, quiet: bool) -> None:
@@ -247,19 +287,26 @@ class MutualTraining(TrainingMethod):
                 self.criterion.alpha.copy_(tensors[ALPHA_KEY])
 
     def describe(self) -> dict[str, Any]:
-        """The width axis as trained, for ``rsvision.json``: widths, channel rule, BN, teacher."""
+        """The width axis as trained, for ``rsvision.json``: widths, channel rule, the layers kept
+        full, dropout, BN and where its statistics come from, teacher, students and their weight."""
         from rsvision.slimmable import slimmable_layers
 
         w = self.widths
         names = {id(m): name for name, m in self.model.named_modules()}
         full = [names[id(m)] for m in slimmable_layers(self.model) if m.full_outputs]
+        dropout = {names[id(m)]: m.p for m in self.model.modules() if isinstance(m, nn.Dropout) and m.p > 0}
         info: dict[str, Any] = {
             "widths": {
                 **({"range": list(w.range)} if w.range is not None else {"list": list(w.list)}),
                 "divisor": w.divisor,
-                "channels": f"first ceil(w*C) channels of every layer, rounded up to a multiple of {w.divisor}; the first convolution's inputs and the outputs of {', '.join(full)} stay full",
+                "channels": f"first make_divisible(w*C, {w.divisor}) channels of every layer (nearest multiple of {w.divisor}, at least {w.divisor}, never below 90% of w*C, at most C); the first convolution's inputs and the outputs of {', '.join(full)} stay full",
+                "full_outputs": full,
+                "dropout": dropout,
                 "bn": w.bn,
+                **({"calibration_view": w.calibration_view} if w.bn == "posthoc" else {}),
                 "teacher": w.teacher,
+                "students": w.students,
+                "student_ramp_epochs": w.student_ramp_epochs,
                 "sample": w.sample,
                 "draws": int(self.draws),
             }
@@ -269,12 +316,51 @@ class MutualTraining(TrainingMethod):
         return info
 
     def progress_text(self, averages: dict[str, float]) -> str:
-        """'loss 1.92 | full: ce 1.41 48% | kd 0.51 (smallest 0.22)'."""
+        """'loss 1.92 | full: ce 1.41 48% | students: kd 0.51 (smallest 0.22) x 1.00'."""
         full = averages.get("ce", averages.get("cls", float("nan")))
+        kind = "kd" if self.widths.students == "distill" else "ce"
         return (
             f"loss {averages.get('loss', float('nan')):.3f} | full: ce {full:.2f} {averages.get('acc/full', 0):.0f}% | "
-            f"kd {averages.get('kd', 0):.3f} (smallest {averages.get('kd/smallest', 0):.3f})"
+            f"students: {kind} {averages.get('students', 0):.3f} (smallest {averages.get('students/smallest', 0):.3f}) x {averages.get('students/weight', 1):.2f}"
         )
+
+
+class TrainingView:
+    """The task's training split in its training augmentation, for post-hoc BN statistics
+    (``widths.calibration_view: train``; the official code's ComputePostBN).
+
+    It offers what :func:`rsvision.calibrate.calibrate` reads of a task: ``recipe``,
+    ``eval_dataset(resolutions, split)`` and ``eval_collate``. Each image is one training
+    crop, resized to every resolution as the training step resizes a batch, with its
+    augmentation seeded by (``train.seed``, index).
+    """
+
+    def __init__(self, task: Task) -> None:
+        self.task, self.recipe = task, task.recipe
+
+    def eval_dataset(self, resolutions: Sequence[int], split: str = "train") -> Dataset:
+        if split != "train":
+            raise ValueError(f"the training view has the training split only, not '{split}'")
+        train = EpochSeeded(self.task.train_dataset(), mix_seed(self.recipe.train.seed, _CALIBRATION_STREAM))
+        return _Resized(train, sorted(resolutions, reverse=True))
+
+    def eval_collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return torch.utils.data.default_collate(samples)
+
+
+class _Resized(Dataset):
+    """``{"images": [the sample's largest crop at every resolution]}`` of a training dataset."""
+
+    def __init__(self, dataset: Dataset, resolutions: list[int]) -> None:
+        self.dataset, self.resolutions = dataset, resolutions
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.dataset[index]
+        crop = sample["image"] if "image" in sample else sample["images"][0]
+        return {"images": [x[0] for x in batch_resolutions({"image": crop[None]}, self.resolutions)]}
 
 
 def _decayed_layer(m: nn.Module) -> bool:
