@@ -12,7 +12,6 @@ evaluation rows, logs, ``rsvision.json`` and exports:
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Iterable, Union
@@ -77,9 +76,3 @@ def subnets_of(values: Iterable[SubNetLike]) -> list[SubNet]:
     if not unique:
         raise ValueError("expected at least one sub-network")
     return sorted(unique, key=lambda s: (-(s.width or 1.0), -s.resolution))
-
-
-def active_channels(width: float, channels: int, divisor: int = 8) -> int:
-    """Channels a layer of ``channels`` keeps at ``width``: ⌈w·C⌉ rounded up to a multiple of ``divisor``, at most C."""
-    needed = math.ceil(width * channels - 1e-9)
-    return min(channels, divisor * math.ceil(needed / divisor))

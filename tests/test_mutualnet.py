@@ -21,8 +21,8 @@ from rsvision.mred import kl_divergence
 from rsvision.query import parse_budget, width_grid
 from rsvision.recipe import WidthsConfig, check_unused, validate_recipe
 from rsvision.registry import TASKS, register_task
-from rsvision.slimmable import slimmable_layers
-from rsvision.subnet import SubNet, active_channels
+from rsvision.slimmable import channels_at, slimmable_layers
+from rsvision.subnet import SubNet
 from rsvision.switchable import at_subnet
 from rsvision.task import Task
 from rsvision.tasks.classification import ClassificationMetrics
@@ -105,7 +105,7 @@ def test_in_place_distillation_gradients_reach_the_student_only(tmp_path):
         assert kd.abs().sum() > 0, "the student's own channels learn"
         c_out = layer.active_outputs(0.25, kd.shape[0])
         assert not kd[c_out:].any(), "output channels the student does not use get nothing from its KL"
-        c_in = kd.shape[1] if kd.shape[1] == 3 else active_channels(0.25, kd.shape[1], 4)
+        c_in = kd.shape[1] if kd.shape[1] == 3 else channels_at(0.25, kd.shape[1], 4)
         assert not kd[:, c_in:].any(), "nor do its unused input channels"
 
 
