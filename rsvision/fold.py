@@ -215,9 +215,10 @@ def plain_subnet(model: nn.Module, subnet: SubNetLike, fold: bool = True, channe
     network = materialize(model, subnet)
     parameters = sum(p.numel() for p in network.parameters())
     quantization = dequantize(network)
-    report = FoldReport(left=batch_norm_ops(network))
     if fold:
         network, report = fold_batchnorm(network)
+    else:
+        report = FoldReport(left=batch_norm_ops(network))
     if channels_last:
         network = network.to(memory_format=torch.channels_last)
     return PlainSubnet(subnet, network.eval(), report, parameters, quantization)
