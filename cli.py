@@ -163,7 +163,6 @@ def calibrate(run, res, extra_res, images, batch_size, data_root, as_json, plugi
         raise UserError(f"--images: expected at least 1 image, got {images}")
     subnets = parse_subnets(res + extra_res)
     if run.is_dir():
-        _check_scale(run, subnets)
         _check_writable(run / CALIBRATION, option=None)
     with Progress(console=console, disable=as_json, transient=True) as bar:
         report = calibrate_run(run, subnets, images, batch_size, data_root, progress=bar)
@@ -336,7 +335,6 @@ def predict(images, checkpoint, res, out_dir, compare) -> None:
 
     run_dir = checkpoint or find_latest_run(RUNS_DIR, "seg")
     resolutions = _resolutions(res, ())
-    _check_scale(run_dir, resolutions)
     _check_writable(out_dir, inside=True)
     for path in predict_files(run_dir, images, resolutions, out_dir, compare):
         out.print(str(path))

@@ -218,7 +218,10 @@ def calibrate_run(run_dir: str | Path, subnets: Sequence[SubNetLike], images: in
         raise UserError(f"{run_dir}: no such run folder")
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: calibration writes into a run folder; this is a file")
+    from rsvision.ranges import check_scale
+
     artifact = load_artifact(run_dir, data_root)
+    check_scale(subnets, artifact.model.resolutions, str(run_dir))
     for subnet in subnets_of(subnets):
         check_servable(artifact.model, subnet, str(run_dir))
     seed = artifact.task.recipe.train.seed

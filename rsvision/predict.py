@@ -68,6 +68,7 @@ def predict_files(
 ) -> list[Path]:
     """Write colour masks of ``images`` at each resolution (see the module docstring); returns the files."""
     from rsvision.artifacts import load_artifact
+    from rsvision.ranges import check_scale
 
     artifact = load_artifact(run_dir)
     task, model = artifact.task, artifact.model
@@ -75,6 +76,7 @@ def predict_files(
         raise UserError(f"{run_dir}: a '{task.recipe.task}' run; predict writes masks of segmentation ('seg') runs")
     if not resolutions:
         resolutions = model.resolutions
+    check_scale(resolutions, model.resolutions, str(run_dir))
     resolutions = sorted(resolutions, reverse=True)
     colours = palette(task.recipe.model.num_classes)
     decoded = [(path, np.array(read_rgb(path))) for path in map(Path, images)]  # a bad image stops before anything is written
