@@ -185,11 +185,8 @@ def main() -> None:
         saved = [json.loads(p.read_text()) for p in args.combine]
         records = [rec for s in saved for rec in s["records"]]
         args.recipe, args.overrides = saved[0]["recipe"], saved[0]["overrides"]
-        with open(args.recipe) as f:
-            base = apply_overrides(yaml.safe_load(f), args.overrides)
-    else:
-        with open(args.recipe) as f:
-            base = apply_overrides(yaml.safe_load(f), args.overrides)
+    with open(args.recipe) as f:
+        base = apply_overrides(yaml.safe_load(f), args.overrides)
     resolutions = sorted(base["resolutions"], reverse=True)
     start = time.time()
     if not args.combine:
