@@ -35,15 +35,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rsvision.tasks.base import input_format_of
 from torchvision.ops import roi_align
 
 from rsvision.constants import val_resize
 from rsvision.engine import train
 from rsvision.models import build_model
-from rsvision.mred import MREDLoss
 from rsvision.recipe import validate_recipe
 from rsvision.registry import DATASETS
-from rsvision.task import input_format_of
+from rsvision.training.loss import MREDLoss
 
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 

@@ -9,7 +9,7 @@ rounds after warm-up:
   eager        the switchable RS-Net, sub-network chosen with ``at_subnet`` (Python
                dispatch in every SwitchableBatchNorm)
   plain        ``materialize``: the fixed network of the sub-network, BN as nn.BatchNorm2d
-  folded       ``plain`` with every conv -> BN pair folded (``rsvision.fold``)
+  folded       ``plain`` with every conv -> BN pair folded (``rsvision.nn.fold``)
   folded_cl    ``folded`` with its weights in channels-last memory format (input as it is),
                what ``rsvision.load(run).at(r)`` runs: PyTorch picks other convolution
                kernels for small feature maps then
@@ -45,13 +45,14 @@ from typing import Callable
 
 import torch
 
-from rsvision.fold import plain_subnet
-from rsvision.latency import median_ms, torch_threads
+from rsvision.analysis.latency import median_ms, torch_threads
+from rsvision.deploy.onnx import export_network, session
 from rsvision.models import build_model, create_model
-from rsvision.onnx_export import export_network, session
-from rsvision.profile import count_madds, human
+from rsvision.nn.cost import count_madds
+from rsvision.deploy.network import plain_subnet
+from rsvision.nn.switchable import at_subnet, materialize
 from rsvision.recipe import load_recipe
-from rsvision.switchable import at_subnet, materialize
+from rsvision.report import human
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("eager", "plain", "folded", "folded_cl", "onnxruntime")
@@ -161,7 +162,7 @@ def switching(threads: int) -> None:
     from torchvision.models import resnet18
 
     import rsvision
-    from rsvision.artifacts import save_run
+    from rsvision.run.folder import save_run
 
     recipe = load_recipe(ROOT / "recipes" / "resnet18_imagenet.yaml")
     with tempfile.TemporaryDirectory() as tmp, torch_threads(threads):

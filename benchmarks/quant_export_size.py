@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from rsvision.models import build_model
-from rsvision.quant.export import compact_, export_packed, load_packed_run, size_report
 from rsvision.recipe import load_recipe
+from rsvision.run.packed import compact_, export_packed, load_packed_run, size_report
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "resnet18_lq_w2a32.yaml"
 SETTINGS = [("float32", None), ("float16", None), ("float16", 8)]

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from rsvision.artifacts import load_artifact
 from rsvision.engine import evaluate, train
-from rsvision.quant.export import export_packed
 from rsvision.recipe import load_recipe
+from rsvision.run.folder import load_artifact
+from rsvision.run.packed import export_packed
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart_quant.yaml"
 

@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 import yaml
+from variants import scores, train_variant
 
 from rsvision.recipe import apply_overrides
-from variants import scores, train_variant
 
 #: Variant name -> (recipe overrides, trained per resolution).
 VARIANTS = {

@@ -42,10 +42,10 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from rsvision.models import build_model
-from rsvision.mred import MREDLoss
 from rsvision.recipe import validate_recipe
 from rsvision.registry import TASKS
 from rsvision.training import MREDTraining, StepContext
+from rsvision.training.loss import MREDLoss
 
 RESOLUTIONS = [64, 56, 48, 40, 32]
 CLASSES = 100

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from rsvision.artifacts import load_artifact
 from rsvision.engine import evaluate, train
 from rsvision.recipe import apply_overrides, validate_recipe
 from rsvision.registry import TASKS
+from rsvision.run.folder import load_artifact
 
 
 def train_variant(base: dict, output_dir: str, name: str, top: dict | None = None, **overrides) -> Path:

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import yaml
 
+from rsvision.analysis.query import query_run
 from rsvision.engine import train
-from rsvision.profile import human
-from rsvision.query import query_run
+from rsvision.nn.slimmable import channels_at
 from rsvision.recipe import apply_overrides, validate_recipe
-from rsvision.slimmable import channels_at
+from rsvision.report import human
 
 
 def arguments() -> argparse.Namespace:
@@ -153,7 +153,7 @@ def plot(path: str, mutual, usnet, rsnet, inets, resolutions) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rsvision.query import pareto
+    from rsvision.analysis.query import pareto
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([r["madds"] / 1e6 for r in mutual], [r["top1"] for r in mutual], s=8, color="tab:blue", alpha=0.25, label="MutualNet, every (width, resolution)")

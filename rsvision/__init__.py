@@ -6,8 +6,18 @@ resolution, trained with Multi-Resolution Ensemble Distillation (MRED).
 
 from typing import Any
 
+from rsvision.constants import VERSION
 from rsvision.errors import RegistryError, UserError
-from rsvision.mred import MREDLoss, MREDOutput
+from rsvision.nn.switchable import (
+    RSNet,
+    SwitchableBatchNorm,
+    at_resolution,
+    at_subnet,
+    make_switchable,
+    materialize,
+    set_resolution,
+    trained_resolutions,
+)
 from rsvision.recipe import Recipe, load_recipe
 from rsvision.registry import (
     list_backbones,
@@ -19,23 +29,15 @@ from rsvision.registry import (
     register_backbone,
     register_dataset,
     register_head,
+    register_method,
     register_quantizer,
     register_task,
 )
 from rsvision.subnet import SubNet
-from rsvision.switchable import (
-    RSNet,
-    SwitchableBatchNorm,
-    at_resolution,
-    at_subnet,
-    make_switchable,
-    materialize,
-    set_resolution,
-    trained_resolutions,
-)
+from rsvision.training.loss import MREDLoss, MREDOutput
 
 #: Public functions imported on first use (they pull in torchvision, timm, smp).
-_LAZY = {"create_model": "rsvision.models", "load": "rsvision.inference"}
+_LAZY = {"create_model": "rsvision.models", "load": "rsvision.deploy.load", "Task": "rsvision.tasks", "Metrics": "rsvision.tasks"}
 
 
 def __getattr__(name: str) -> Any:
@@ -45,16 +47,19 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'rsvision' has no attribute {name!r}")
 
-__version__ = "0.1.0"
+
+__version__ = VERSION
 
 __all__ = [
     "MREDLoss",
     "MREDOutput",
+    "Metrics",
     "RSNet",
     "Recipe",
     "RegistryError",
     "SubNet",
     "SwitchableBatchNorm",
+    "Task",
     "UserError",
     "at_resolution",
     "at_subnet",
@@ -72,6 +77,7 @@ __all__ = [
     "register_backbone",
     "register_dataset",
     "register_head",
+    "register_method",
     "register_quantizer",
     "register_task",
     "set_resolution",

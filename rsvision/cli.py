@@ -1,1 +1,734 @@
-../cli.py
+"""The ``rsvision`` command: a thin layer over the library.
+
+Each command parses its arguments, calls one library function and prints what it returns
+(tables through :mod:`rsvision.report`). A user error (missing file, bad field, unknown
+name) prints one line, ``error: ...``, and exits 2; any other failure exits 1 (set
+RSVISION_DEBUG=1 for the traceback). Warnings print as one line each. Output paths and
+sizes are checked before any work. ``rsvision.cli.cli`` behaves the same whether it is run
+as the ``rsvision`` command or through ``click.testing.CliRunner``.
+
+Shared vocabulary:
+
+- ``RUN``: a run folder (or a packed file where the command reads one), the first argument
+  of every command that takes a run; ``--checkpoint RUN`` is the same (giving both, they
+  must name the same run).
+- ``--res``: sizes (224), ranges START:STOP:STEP (64:256:16) and, where the command serves
+  width sub-networks, ids (160w70), one parser for every command
+  (:func:`rsvision.subnet.parse_subnets`). More sizes may follow as plain arguments
+  (``--res 128 112 96``): an argument that looks like a size is a size, the other one is RUN
+  (write ``./224`` for a run folder named like a size).
+- ``--budget-madds N`` / ``--budget-ms MS`` in ``query`` and ``deploy`` (``--budget N`` is
+  the older spelling of ``--budget-madds``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from rsvision.constants import RUNS_DIR
+from rsvision.errors import UserError
+
+if TYPE_CHECKING:
+    from rsvision.deploy.budget import Budget
+
+out = Console()
+
+#: Arguments read as sizes rather than as RUN: 224, 160w70, 64:256:16 (and malformed ranges, for --res to name).
+_SIZE_TOKEN = re.compile(r"\d+(?:w\d+)?|[^/\\]*:[^/\\]*")
+
+RUN_HELP = (
+    "RUN is a run folder (--checkpoint RUN is the same). Sizes may follow --res as plain "
+    "arguments: an argument that looks like a size (224, 64:256:16, 160w70) is a size, the "
+    "other one is RUN (write ./224 for a run folder named like a size)."
+)
+
+
+def checkpoint_option(help_text: str = "Same as RUN (the older spelling).") -> Callable:
+    return click.option("--checkpoint", type=click.Path(path_type=Path), default=None, metavar="RUN", help=help_text)
+
+
+def _looks_like_size(token: str) -> bool:
+    return bool(_SIZE_TOKEN.fullmatch(str(token).strip()))
+
+
+def _agree(run: Path | None, checkpoint: Path | None, command: str) -> Path | None:
+    """RUN or ``--checkpoint``; both must then name the same run."""
+    if checkpoint is None:
+        return run
+    if run is not None and Path(run).resolve() != Path(checkpoint).resolve():
+        raise UserError(f"{command}: RUN {run} and --checkpoint {checkpoint} name different runs; give one of them")
+    return checkpoint
+
+
+def _run_and_sizes(
+    tokens: Sequence[str],
+    checkpoint: Path | None,
+    command: str,
+    default: Callable[[], Path] | None = None,
+    required: bool = True,
+) -> tuple[Path | None, list[str]]:
+    """Split ``[RUN] [SIZE]...`` (see :data:`RUN_HELP`): the run, and the sizes left for ``--res``.
+
+    With ``--checkpoint`` only an existing path counts as RUN, so a stray word is named by
+    the ``--res`` parser instead. Without any run: ``default()`` (the latest run), or a
+    one-line error when ``required``.
+    """
+    rest = [str(t) for t in tokens]
+    run = None
+    for i, token in enumerate(rest):
+        if not _looks_like_size(token) and (checkpoint is None or Path(token).exists()):
+            run = Path(rest.pop(i))
+            break
+    others = [t for t in rest if not _looks_like_size(t) and Path(t).exists()]
+    if others:
+        raise UserError(f"{command}: one RUN at a time (got {run or checkpoint} and {others[0]})")
+    run = _agree(run, checkpoint, command)
+    if run is None and default is not None:
+        run = default()
+    if run is None and required:
+        raise UserError(f"{command}: give the run folder (RUN or --checkpoint RUN)")
+    return run, rest
+
+
+_BUDGETS = (("--budget-madds", "madds"), ("--budget", "madds"), ("--budget-ms", "ms"))
+
+
+def budget_options(multiple: bool) -> Callable:
+    """``--budget-madds``, ``--budget-ms`` and ``--budget`` (the older ``--budget-madds``)."""
+    again = " (repeatable)" if multiple else ""
+
+    def decorate(f):
+        f = click.option("--budget", "budget_alias", multiple=multiple, default=() if multiple else None, metavar="N",
+                         help="Same as --budget-madds (the older spelling).")(f)
+        f = click.option("--budget-ms", "budget_ms", multiple=multiple, default=() if multiple else None, metavar="MS",
+                         help=f"Most milliseconds per image at batch 1 on this machine, e.g. 5{again}.")(f)
+        return click.option("--budget-madds", "budget_madds", multiple=multiple, default=() if multiple else None, metavar="N",
+                            help=f"Most multiply-adds per image, e.g. 600M, 1.2G, 150000000{again}.")(f)
+
+    return decorate
+
+
+def _budgets(madds, alias, ms) -> list[tuple[str, Budget]]:
+    """Every budget given, with the option it was given as (MAdds first, then ms)."""
+    from rsvision.deploy.budget import Budget
+
+    found = []
+    for (option, kind), values in zip(_BUDGETS, (madds, alias, ms)):
+        values = () if values is None else (values,) if isinstance(values, str) else values
+        parse = Budget.madds if kind == "madds" else Budget.ms
+        found += [(option, parse(text, option)) for text in values]
+    return found
+
+
+def _check_writable(path: Path, option: str | None = "-o", inside: bool = False) -> None:
+    """Refuse an output ``path`` that cannot be written, before any work: the nearest existing
+    folder where it is created (in ``path`` itself with ``inside``) must take a new file."""
+    folder = Path(path) if inside else Path(path).parent
+    while not folder.exists():
+        folder = folder.parent
+    reason = None
+    if not folder.is_dir():
+        reason = f"{folder} is a file, not a folder"
+    else:
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            reason = f"{folder}: {exc.strerror or exc}"
+    if reason:
+        raise UserError(f"{option + ' ' if option else ''}{path}: cannot write there ({reason})")
+
+
+def _check_scale(run: Path, sizes: Iterable, option: str = "--res") -> None:
+    """Refuse sizes far beyond the resolutions ``run`` was trained at (:func:`rsvision.subnet.check_scale`)."""
+    from rsvision.run.folder import load_artifact, read_meta
+    from rsvision.subnet import check_scale
+
+    sizes = list(sizes)
+    if sizes:
+        meta = read_meta(run) if Path(run).is_dir() else load_artifact(run).meta
+        check_scale(sizes, meta["recipe"]["resolutions"], str(run), option)
+
+
+def _emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+plugin_option = click.option(
+    "--plugin", "plugins", multiple=True, metavar="MODULE", help="Import MODULE (or a .py file) to register its backbones, heads, tasks or datasets."
+)
+
+
+class _Commands(click.Group):
+    """The ``rsvision`` group: errors become one line and an exit status (module docstring)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:  # programmatic use: click's own behaviour
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            code = _dispatch(lambda: click.Group.main(self, args, prog_name or "rsvision", complete_var, standalone_mode=False, **extra))
+        if isinstance(code, int) and code:
+            sys.exit(code)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rsvision")
+def cli() -> None:
+    """Train and deploy Resolution Switchable Networks."""
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. train.epochs=1 (YAML value).")
+@plugin_option
+@click.option("--resume", is_flag=True, help="Continue the latest run of this recipe from its saved training state.")
+@click.option("--quiet", is_flag=True, help="No progress bar, no tables.")
+def train(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...], resume: bool, quiet: bool) -> None:
+    """Train the RS-Net described by RECIPE (a YAML file).
+
+    A width recipe with ``widths.query: true`` then builds the run's query table (as
+    ``rsvision query RUN``) and prints it.
+    """
+    from rsvision.engine import train as run_training
+    from rsvision.recipe import load_recipe
+    from rsvision.registry import load_plugins
+
+    load_plugins(plugins)
+    cfg = load_recipe(recipe, overrides)
+    _check_writable(Path(cfg.output_dir), "output_dir", inside=True)
+    run_dir = run_training(cfg, name=cfg.name or recipe.stem, resume=resume, quiet=quiet)
+    if cfg.widths is not None and cfg.widths.query and os.environ.get("RANK", "0") == "0":  # one process builds it
+        _query_after_training(run_dir, quiet)
+
+
+def _query_after_training(run_dir: Path, quiet: bool) -> None:
+    from rsvision.analysis.query import query_run
+    from rsvision.report import print_query, training_progress
+
+    with training_progress(disable=quiet) as bar:
+        report = query_run(run_dir, progress=bar)
+    if not quiet:
+        print_query(report, (), out)
+
+
+@cli.command("eval", epilog=RUN_HELP)
+@click.argument("args", nargs=-1, metavar="[RUN] [SIZE]...")
+@click.option("--task", "task_name", default=None, help="Task of the run (cls, seg): picks the latest such run, and is checked against RUN.")
+@click.option("--res", multiple=True, help="Sizes, ranges START:STOP:STEP (64:256:16) or sub-network ids (160w70) to evaluate; default: the trained ones and the ensemble.")
+@click.option("--width", "widths", multiple=True, type=float, help="Width(s) of a width-switchable run, e.g. --width 0.5 (default: its trained ones).")
+@checkpoint_option("Same as RUN. Default: the latest finished run under ./runs; a packed file (.lq) works too.")
+@click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@plugin_option
+def evaluate(args, task_name, res, widths, checkpoint, data_root, batch_size, as_json, plugins) -> None:
+    """Evaluate RUN at any resolution (untrained ones through BN interpolation)."""
+    from rsvision.analysis.evaluate import evaluate_and_record
+    from rsvision.registry import load_plugins
+    from rsvision.report import results_table
+    from rsvision.run.folder import find_latest_run
+    from rsvision.subnet import parse_subnets
+    from rsvision.training import method_for
+
+    load_plugins(plugins)
+    run_dir, sizes = _run_and_sizes(args, checkpoint, "eval", default=lambda: find_latest_run(RUNS_DIR, task_name))
+    chosen = parse_subnets(res + tuple(sizes))
+    artifact = _load_for_eval(run_dir, task_name, chosen, data_root)
+    rows = evaluate_and_record(artifact, _eval_subnets(artifact, chosen, widths), batch_size)
+    if as_json:
+        _emit_json({"run": str(run_dir), "task": artifact.meta["task"], "results": rows})
+        return
+    out.print(results_table(rows, title=f"{run_dir}", columns=method_for(artifact.task.recipe).columns))
+    interpolated = [str(r["resolution"]) for r in rows if r.get("status") == "interpolated"]
+    if interpolated:
+        out.print(f"BN interpolated between trained resolutions for: {', '.join(interpolated)}")
+
+
+def _load_for_eval(run_dir: Path, task_name: str | None, chosen, data_root: str | None):
+    """The artifact, checked: of ``task_name`` when given, sizes within the scale limit; warns when unfinished."""
+    from rsvision.report import console
+    from rsvision.run.folder import load_artifact
+    from rsvision.subnet import check_scale
+
+    artifact = load_artifact(run_dir, data_root)
+    meta = artifact.meta
+    if task_name is not None and meta.get("task") != task_name:
+        raise UserError(f"{run_dir}: a '{meta.get('task')}' run, not '{task_name}' (drop --task or pick a {task_name} run)")
+    check_scale(chosen, artifact.model.resolutions, str(run_dir))
+    if not artifact.complete:
+        console.print(f"[yellow]warning:[/] {run_dir} stopped after epoch {meta.get('epochs_done')} of {meta['recipe']['train']['epochs']}")
+    return artifact
+
+
+def _eval_subnets(artifact, chosen, widths):
+    """What ``eval`` evaluates: ``--res`` sizes x ``--width`` (each defaulting to the trained
+    ones on a width run) and the ``--res`` ids as given; None for the trained sub-networks and
+    the method's combined rows. Width sub-networks without BN statistics of their own get
+    them recomputed first (post-hoc BN), and the user is told."""
+    from rsvision.analysis.calibrate import calibrate_missing
+    from rsvision.analysis.query import width_subnets
+    from rsvision.nn.bn_stats import unservable
+    from rsvision.report import console
+    from rsvision.run.files import CALIBRATION
+
+    sizes = [s.resolution for s in chosen if s.width is None]
+    ids = [s for s in chosen if s.width is not None]
+    for subnet in ids:
+        reason = unservable(artifact.model, subnet)
+        if reason:
+            raise UserError(f"--res {subnet.id}: {reason}")
+    if artifact.task.recipe.widths is None and not widths and not ids:
+        return sizes or None
+    subnets = (width_subnets(artifact, sizes, widths) if sizes or widths or not ids else []) + ids
+    done, images = calibrate_missing(artifact, subnets)
+    if done:
+        where = f", saved to {Path(artifact.path) / CALIBRATION}" if Path(artifact.path).is_dir() else ""
+        console.print(f"post-hoc BN: recomputed the statistics of {', '.join(s.id for s in done)} on {images} training images{where}")
+    return subnets if chosen or widths else None
+
+
+@cli.command(epilog=RUN_HELP)
+@click.argument("args", nargs=-1, metavar="RUN [SIZE]...")
+@checkpoint_option()
+@click.option("--res", multiple=True, required=True, help="Sizes, ranges (112:144:16) or sub-network ids (160w70) to calibrate, trained or not.")
+@click.option("--images", type=int, default=2000, show_default=True, help="Training images to measure the statistics on.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the recipe's evaluation batch size.")
+@click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@plugin_option
+def calibrate(args, checkpoint, res, images, batch_size, data_root, as_json, plugins) -> None:
+    """Recompute BatchNorm statistics of RUN at any resolution from training images (kept beside the weights)."""
+    from rich.progress import Progress
+
+    from rsvision.analysis.calibrate import calibrate_run
+    from rsvision.registry import load_plugins
+    from rsvision.report import console
+    from rsvision.run.files import CALIBRATION
+    from rsvision.subnet import parse_subnets
+
+    load_plugins(plugins)
+    if images < 1:
+        raise UserError(f"--images: expected at least 1 image, got {images}")
+    run, sizes = _run_and_sizes(args, checkpoint, "calibrate")
+    subnets = parse_subnets(res + tuple(sizes))
+    if run.is_dir():
+        _check_writable(run / CALIBRATION, option=None)
+    with Progress(console=console, disable=as_json, transient=True) as bar:
+        report = calibrate_run(run, subnets, images, batch_size, data_root, progress=bar)
+    if as_json:
+        _emit_json(report)
+        return
+    out.print(f"calibrated {', '.join(report['subnets'])} on {report['images']} training images → {report['file']}", soft_wrap=True)
+    out.print(f"calibrated statistics in the run: {', '.join(report['calibrated'])} (`rsvision eval` uses them)", soft_wrap=True)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Figure to write: .png or .svg.")
+@click.option("--res", multiple=True, help="Sizes or ranges (64:256:16) to evaluate each RUN at; default: its trained and calibrated ones.")
+@click.option("--inets", multiple=True, metavar="RUN,RUN,...", help="Single-resolution runs drawn as one I-Nets curve, each at its own resolution.")
+@click.option("--label", "labels", multiple=True, metavar="NAME", help="Curve names in order: the RUNs, then each --inets group.")
+@click.option("--data", "data_root", default=None, help="Data root, replacing the runs' data.root.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the plotted points as JSON.")
+@plugin_option
+def plot(runs, out_path, res, inets, labels, data_root, batch_size, as_json, plugins) -> None:
+    """Accuracy vs. MAdds and vs. resolution of RUNs (RS-Nets Fig. 1 and Fig. 4 right)."""
+    from rsvision.analysis.plot import draw, output_format, plot_data
+    from rsvision.registry import load_plugins
+    from rsvision.subnet import parse_resolutions
+
+    load_plugins(plugins)
+    output_format(out_path)
+    _check_writable(out_path)
+    groups = [[p.strip() for p in group.split(",") if p.strip()] for group in inets]
+    if any(not g for g in groups):
+        raise UserError("--inets: expected run folders separated by commas, got an empty list")
+    data = plot_data(runs, groups, parse_resolutions(res) or None, labels, data_root, batch_size)
+    draw(data, out_path)
+    if as_json:
+        _emit_json({"figure": str(out_path), **data.as_dict()})
+        return
+    for curve in data.curves:
+        out.print(f"{curve.label}: " + ", ".join(f"{p.resolution} {p.value:.1f}" for p in curve.points), soft_wrap=True)
+    out.print(f"figure: {out_path}", soft_wrap=True)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--from", "source", required=True, metavar="rs-nets", help="Format of CHECKPOINT: rs-nets (the official RS-Nets PyTorch code).")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder to create.")
+@click.option("--arch", default=None, help="resnet18, resnet34, resnet50, resnet101 or mobilenet_v2; checked against the checkpoint's own arch.")
+@click.option("--res", multiple=True, help="The training run's --sizes in their order [default: 224 192 160 128 96].")
+@click.argument("extra_res", nargs=-1)
+@click.option("--classes", "classes_file", type=click.Path(path_type=Path), default=None, help="Class names, one per line (default: indices).")
+@click.option("--json", "as_json", is_flag=True)
+def convert(checkpoint, source, out_dir, arch, res, extra_res, classes_file, as_json) -> None:
+    """Turn an official RS-Nets checkpoint into a run folder that `rsvision eval` reads."""
+    from rsvision.interop.official import PUBLISHED_SIZES, convert_official_run
+    from rsvision.subnet import parse_resolutions
+
+    if source != "rs-nets":
+        raise UserError(f"--from {source}: unknown checkpoint format (supported: rs-nets)")
+    resolutions = parse_resolutions(res + extra_res) or list(PUBLISHED_SIZES)
+    _check_writable(out_dir, inside=True)
+    report = convert_official_run(checkpoint, out_dir, arch, resolutions, classes_file)
+    if as_json:
+        _emit_json(report)
+        return
+    sizes = " ".join(map(str, report["resolutions"]))
+    out.print(f"{checkpoint} ({report['arch']}, {report['num_classes']} classes, S = {sizes}) → {out_dir}", soft_wrap=True)
+    out.print(f"evaluate with: rsvision eval {out_dir} --data IMAGENET_ROOT (inputs in [0, 1], no mean/std)", soft_wrap=True)
+
+
+@cli.command(epilog=RUN_HELP)
+@click.argument("args", nargs=-1, metavar="[RUN] [SIZE]...")
+@click.option("--backbone", default=None, help="A registered backbone (with the classifier head).")
+@checkpoint_option()
+@click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path), default=None, help="An ONNX export directory: onnxruntime latency per sub-network.")
+@click.option("--res", multiple=True, help="Sizes or ranges, e.g. --res 224 192 160 128 96 or --res 96:224:32 (not with --onnx).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--no-latency", is_flag=True, help="Skip the CPU latency measurement.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="--onnx: onnxruntime threads (default: every core).")
+@click.option("--json", "as_json", is_flag=True)
+@plugin_option
+def profile(args, backbone, checkpoint, onnx_dir, res, num_classes, no_latency, threads, as_json, plugins) -> None:
+    """Parameters, multiply-adds and CPU latency per resolution: of a backbone, of RUN, or of an ONNX export."""
+    from rsvision.analysis.profile import profile_backbone, profile_run
+    from rsvision.registry import load_plugins
+    from rsvision.subnet import parse_resolutions
+
+    load_plugins(plugins)
+    run, sizes = _run_and_sizes(args, checkpoint, "profile", required=False)
+    if sum(x is not None for x in (backbone, run, onnx_dir)) != 1:
+        raise UserError("profile: give exactly one of --backbone NAME, RUN (or --checkpoint RUN) or --onnx EXPORT_DIR")
+    resolutions = parse_resolutions(res + tuple(sizes))
+    if onnx_dir is not None:
+        if resolutions:
+            raise UserError("profile: --onnx measures the exported sub-networks; drop --res")
+        _profile_onnx(onnx_dir, threads, as_json)
+        return
+    if not resolutions:
+        raise UserError("profile: --res is required with --backbone or a run (e.g. --res 224 160 96)")
+    if backbone:
+        report = profile_backbone(backbone, resolutions, num_classes, latency=not no_latency)
+    else:
+        report = profile_run(run, resolutions, latency=not no_latency)
+    if as_json:
+        _emit_json(report)
+        return
+    out.print(_profile_table(report, f"{backbone or run}"))
+    S, bn = report["num_resolutions"], report["bn_affine"]
+    out.print(
+        f"parameters: plain {report['parameters_plain']:,} · RS-Net (S={S}) {report['parameters_rsnet']:,} "
+        f"(+{(S - 1) * bn:,} = {S - 1} x {bn:,} BN affine)"
+    )
+
+
+def _profile_table(report: dict, title: str) -> Table:
+    from rsvision.report import human
+
+    table = Table(title=title)
+    for col in ("resolution", "MAdds", "latency (ms, CPU, batch 1)"):
+        table.add_column(col, justify="right")
+    for row in report["rows"]:
+        table.add_row(f"{row['resolution']}x{row['resolution']}", human(row["madds"]), f"{row['latency_ms']:.1f}" if "latency_ms" in row else "-")
+    return table
+
+
+def _profile_onnx(export_dir: Path, threads: int | None, as_json: bool) -> None:
+    from rsvision.deploy.export import profile_export
+    from rsvision.report import human
+
+    report = profile_export(export_dir, threads)
+    if as_json:
+        _emit_json(report)
+        return
+    table = Table(title=f"{export_dir} ({report['backend']}, {report['threads']} threads, batch 1)")
+    for col in ("sub-network", "MAdds", "latency (ms)", "MAdds / largest", "latency / largest"):
+        table.add_column(col, justify="right")
+    for row in report["rows"]:
+        ratio = f"{row['madds_ratio']:.3f}" if row.get("madds_ratio") is not None else "-"
+        table.add_row(row["id"], human(row["madds"]) if "madds" in row else "-", f"{row['latency_ms']:.2f}", ratio, f"{row['latency_ratio']:.3f}")
+    out.print(table)
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@plugin_option
+def list_registered(as_json: bool, plugins: tuple[str, ...]) -> None:
+    """What is registered: backbones, heads, tasks, datasets, quantizers."""
+    from rsvision import registry
+
+    registry.load_plugins(plugins)
+    kinds = {
+        "backbones": registry.list_backbones(),
+        "heads": registry.list_heads(),
+        "tasks": registry.list_tasks(),
+        "datasets": registry.list_datasets(),
+        "quantizers": registry.list_quantizers(),
+    }
+    if as_json:
+        _emit_json(kinds)
+        return
+    table = Table(title="registered")
+    table.add_column("kind")
+    table.add_column("names")
+    for kind, names in kinds.items():
+        table.add_row(kind, ", ".join(names) or "-")
+    out.print(table)
+
+
+@cli.command()
+@click.argument("args", nargs=-1, required=True, metavar="[RUN] IMAGE...")
+@checkpoint_option("Same as RUN; a packed file needs this spelling. Default: the latest seg run under ./runs.")
+@click.option("--res", multiple=True, help="Sizes or ranges (32:64:32) to run at; default: the trained ones.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("predictions"), show_default=True)
+@click.option("--compare", is_flag=True, help="Also write IMAGE_compare.png: the image and its masks side by side.")
+def predict(args, checkpoint, res, out_dir, compare) -> None:
+    """Write colour-coded segmentation masks of IMAGEs at each resolution.
+
+    RUN, a segmentation run folder, comes first: a first argument that is a folder is RUN,
+    the others are images (--checkpoint RUN is the same).
+    """
+    from rsvision.deploy.masks import predict_files
+    from rsvision.run.folder import find_latest_run
+    from rsvision.subnet import parse_resolutions
+
+    tokens = list(args)
+    run = Path(tokens.pop(0)) if Path(tokens[0]).is_dir() else None
+    run_dir = _agree(run, checkpoint, "predict") or find_latest_run(RUNS_DIR, "seg")
+    images = [Path(t) for t in tokens]
+    if not images:
+        raise UserError("predict: give at least one IMAGE after RUN")
+    for image in images:
+        if image.is_dir():
+            raise UserError(f"{image}: a folder, not an image (RUN comes first, then the images)")
+    resolutions = parse_resolutions(res)
+    _check_writable(out_dir, inside=True)
+    for path in predict_files(run_dir, images, resolutions, out_dir, compare):
+        out.print(str(path))
+
+
+@cli.command("export", epilog=RUN_HELP)
+@click.argument("args", nargs=-1, metavar="RUN [SIZE]...")
+@checkpoint_option()
+@click.option("--format", "fmt", type=click.Choice(["lq", "onnx"]), default="lq", show_default=True,
+              help="lq: packed K-bit LQ-Nets codes + bases of a quantized run; onnx: one BN-folded ONNX graph per sub-network + manifest.json.")
+@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True, help="lq: the packed file; onnx: the directory.")
+@click.option("--res", multiple=True, help="onnx: sizes, ranges (96:224:64) or sub-network ids to export (default: the trained and calibrated ones).")
+@click.option("--subnet", "subnet_ids", multiple=True, metavar="ID", help="onnx: sub-network ids to export, e.g. 160w70.")
+@click.option("--fp16", is_flag=True, help="lq: store the float remainder (BN, first conv, classifier) in float16.")
+@click.option("--linear-bits", type=click.IntRange(2, 8), default=None, help="lq: store float linear layers (the classifier) as N-bit integers per row.")
+@click.option("--overwrite", is_flag=True, help="onnx: replace an earlier export in the output directory (otherwise refused).")
+@click.option("--json", "as_json", is_flag=True)
+def export(args, checkpoint, fmt, out_path, res, subnet_ids, fp16, linear_bits, overwrite, as_json) -> None:
+    """Export RUN: a packed file of a quantized run (lq) or ONNX graphs per sub-network (onnx)."""
+    from rsvision.subnet import parse_subnets
+
+    run, sizes = _run_and_sizes(args, checkpoint, "export")
+    _check_writable(out_path)
+    if fmt == "onnx":
+        _export_onnx(run, out_path, parse_subnets(res + tuple(sizes)), subnet_ids, overwrite, as_json)
+        return
+    if sizes or res or subnet_ids:
+        raise UserError("export: --res and --subnet apply to --format onnx; --format lq packs every sub-network")
+    _export_lq(run, out_path, fp16, linear_bits, as_json)
+
+
+def _export_lq(run: Path, out_path: Path, fp16: bool, linear_bits: int | None, as_json: bool) -> None:
+    from rsvision.run.packed import pack_run
+
+    if not run.is_dir():
+        raise UserError(f"{run}: no such run folder")
+    if out_path.is_dir():
+        raise UserError(f"{out_path}: is a directory; --format lq writes one file")
+    report = pack_run(run, out_path, remainder="float16" if fp16 else "float32", linear_bits=linear_bits)
+    if as_json:
+        _emit_json(report)
+        return
+    table = Table(title=f"{out_path} (lq, S = {report['resolutions']})")
+    table.add_column("stored as")
+    table.add_column("bytes", justify="right")
+    table.add_column("packed is smaller by", justify="right")
+    table.add_row("packed RS-Net", f"{report['packed_bytes']:,}", "")
+    table.add_row("float32 RS-Net", f"{report['float32_rsnet_bytes']:,}", f"{report['ratio_vs_float32_rsnet']:.1f}x")
+    table.add_row(f"{report['resolutions']} packed I-Nets", f"{report['inets_packed_bytes']:,}", f"{report['ratio_vs_inets']:.1f}x")
+    out.print(table)
+
+
+def _export_onnx(run: Path, out_dir: Path, subnets: list, subnet_ids: tuple[str, ...], overwrite: bool, as_json: bool) -> None:
+    from rsvision.deploy.export import export_onnx
+    from rsvision.deploy.manifest import MANIFEST
+    from rsvision.report import human
+
+    _check_scale(run, subnets)
+    _check_scale(run, subnet_ids, "--subnet")
+
+    def line(e) -> None:
+        diff = f"max |onnxruntime - PyTorch| {e['check_max_abs_diff']:.2g}" if "check_max_abs_diff" in e else "not checked"
+        out.print(f"{out_dir / e['file']}: {e['id']} ({e['bn_status']}), {human(e['madds'])} MAdds, "
+                  f"BN folded {e['bn_folded']}, left {e['bn_left']}, {diff}", soft_wrap=True)
+
+    requested = [s.id for s in subnets] + list(subnet_ids)
+    manifest = export_onnx(run, out_dir, requested or None, overwrite=overwrite, on_subnet=None if as_json else line)
+    if as_json:
+        _emit_json(manifest)
+        return
+    q = manifest["quantization"]
+    if q:
+        out.print(f"quantized run: exported as a de-quantized float graph ({q['weight_quantized_layers']} layers with "
+                  f"{'/'.join(map(str, q['weight_bits']))}-bit weights stored as float values; activations: {q['activations']})", soft_wrap=True)
+        if q["left"]:
+            out.print(f"activation quantizers kept as traced PyTorch code: {', '.join(q['left'])}")
+    out.print(f"{out_dir / MANIFEST}: {manifest['task']}, opset {manifest['opset']}, checked on {manifest['check']['inputs']}", soft_wrap=True)
+
+
+@cli.command(epilog=RUN_HELP)
+@click.argument("args", nargs=-1, metavar="RUN [SIZE]...")
+@checkpoint_option()
+@budget_options(multiple=False)
+@click.option("--calibrated", is_flag=True, help="Also consider the calibrated sub-networks stored in the run.")
+@click.option("--res", multiple=True, help="Also consider these sizes, ranges or sub-network ids (BN interpolated between trained resolutions).")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("deployed"), show_default=True, help="Directory for the chosen ONNX graph and its manifest.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the latency measurement (default: every core).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier deployment in the output directory (otherwise refused).")
+@click.option("--json", "as_json", is_flag=True)
+def deploy(args, checkpoint, budget_madds, budget_ms, budget_alias, calibrated, res, out_dir, threads, overwrite, as_json) -> None:
+    """Export the most accurate sub-network of RUN within a MAdds or latency budget."""
+    from rsvision.deploy.select import deploy
+    from rsvision.subnet import parse_subnets
+
+    run, sizes = _run_and_sizes(args, checkpoint, "deploy")
+    budgets = _budgets(budget_madds, budget_alias, budget_ms)
+    if len(budgets) != 1:
+        raise UserError("give exactly one of --budget-madds (e.g. 600M) or --budget-ms (e.g. 5)")
+    budget = budgets[0][1]
+    extra = parse_subnets(res + tuple(sizes))
+    _check_writable(out_dir)
+    report = deploy(run, budget, calibrated=calibrated, extra=extra, out_dir=out_dir, threads=threads, overwrite=overwrite)
+    if as_json:
+        _emit_json({k: v for k, v in report.items() if k != "manifest"})
+        return
+    out.print(_deploy_table(report, f"{run}: budget {budget.text()} (latency: {report['latency_backend']}, batch 1)"))
+    metric, chosen, entry = report["metric"], report["chosen"], report["manifest"]["subnets"][0]
+    out.print(f"deployed {chosen['subnet']} ({metric} {chosen[metric]:.2f}) to {Path(out_dir) / entry['file']}", soft_wrap=True)
+
+
+def _deploy_table(report: dict, title: str) -> Table:
+    from rsvision.report import human
+
+    metric, chosen = report["metric"], report["chosen"]
+    table = Table(title=title)
+    for col in ("", "sub-network", "BN", metric, "MAdds", "latency (ms)", "within budget"):
+        table.add_column(col, justify="right")
+    for row in report["candidates"]:
+        table.add_row("->" if row is chosen else "", row["subnet"], row["status"], f"{row[metric]:.2f}", human(row["madds"]),
+                      f"{row['latency_ms']:.2f}", "yes" if row["within_budget"] else "no")
+    return table
+
+
+@cli.command()
+@click.argument("run", required=False, type=click.Path(path_type=Path))
+@checkpoint_option()
+@budget_options(multiple=True)
+@click.option("--images", type=click.IntRange(1), default=None, help="Training images for recomputed BN statistics (default 2000).")
+@click.option("--step", type=click.FloatRange(0.01, 1.0), default=0.05, show_default=True, help="Width step of the grid (range runs).")
+@click.option("--refresh", is_flag=True, help="Rebuild the table even if the run folder holds one for these weights.")
+@click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@plugin_option
+def query(run, checkpoint, budget_madds, budget_ms, budget_alias, images, step, refresh, data_root, as_json, plugins) -> None:
+    """Query table of a width RUN: every (width, resolution) with MAdds, latency and accuracy, and the best per budget."""
+    from rsvision.analysis.query import query_run
+    from rsvision.registry import load_plugins
+    from rsvision.report import print_query, training_progress
+
+    load_plugins(plugins)
+    run = _agree(run, checkpoint, "query")
+    if run is None:
+        raise UserError("query: give the run folder (RUN or --checkpoint RUN)")
+    budgets = _budgets(budget_madds, budget_alias, budget_ms)
+    with training_progress(disable=as_json) as bar:
+        report = query_run(run, images, step, data_root, refresh, progress=bar)
+    picked = [{"budget": budget, "choice": _fitting(report, budget, option)} for option, budget in budgets]
+    if as_json:
+        _emit_json({**report, "best": [{"budget": c["budget"].limit, "kind": c["budget"].kind, "choice": c["choice"]} for c in picked]})
+        return
+    print_query(report, picked, out)
+
+
+def _fitting(report: dict, budget, option: str) -> dict:
+    """The best row of the query table within ``budget``; nothing fits: one line naming ``option``."""
+    from rsvision.deploy.budget import require_within
+
+    try:
+        return require_within(report["rows"], budget, report["metric"])
+    except UserError as exc:
+        raise UserError(f"{option}: {exc}") from None
+
+
+def _last_line(exc: UserError) -> str:
+    """A UserError raised in a DataLoader worker arrives wrapped in the worker's traceback."""
+    text = str(exc).strip()
+    if "Original Traceback" not in text:
+        return text
+    return text.splitlines()[-1].split("UserError: ", 1)[-1]
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one plain line, ``warning: MESSAGE``, without the source line that raised it."""
+    click.secho("warning: ", fg="yellow", err=True, nl=False)
+    click.echo(str(message), err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``rsvision`` command."""
+    cli.main(args=argv, prog_name="rsvision")
+
+
+#: Click 8.2+ raises this for a group called without a command (8.1 prints the help itself).
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _dispatch(run: Callable[[], object]) -> object:
+    """Run the command; exceptions become one line and an exit status (module docstring)."""
+    try:
+        return run()
+    except _NO_ARGS as exc:  # ``rsvision`` alone: the help, not an error line
+        click.echo(exc.ctx.get_help(), err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.ClickException as exc:
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "rsvision"
+        click.secho("error: ", fg="red", err=True, nl=False)
+        click.echo(f"{exc.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except UserError as exc:
+        click.secho("error: ", fg="red", err=True, nl=False)
+        click.echo(_last_line(exc), err=True)
+        sys.exit(2)
+    except Exception as exc:
+        if os.environ.get("RSVISION_DEBUG"):
+            raise
+        click.secho("failed: ", fg="red", err=True, nl=False)
+        click.echo(f"{type(exc).__name__}: {exc} (set RSVISION_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -32,3 +32,10 @@ def split_seed(seed: int, split: str) -> int:
 def val_resize(resolution: int) -> int:
     """Shorter side before the centre crop: ``int(r / 0.875)``, as the paper's protocol and its loader."""
     return int(resolution / VAL_CROP_FRACTION)
+
+
+#: The library version (``rsvision.__version__``), for source trees without installed metadata.
+VERSION = "0.1.0"
+
+#: The MRED variants (``mred.mode``): Eq. 10, Eq. 9, none, and two ablations (:mod:`rsvision.training.loss`).
+MRED_MODES = ("full", "vanilla", "off", "topdown", "from_largest")

@@ -13,11 +13,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from rsvision.constants import DEFAULT_SEED, IMAGENET_MEAN, IMAGENET_STD, RUNS_DIR
+from rsvision.constants import (
+    DEFAULT_SEED,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MRED_MODES,
+    RUNS_DIR,
+)
 from rsvision.errors import UserError
-from rsvision.mred import MODES
+from rsvision.registry import METHODS, TASKS
 from rsvision.subnet import SubNet
 
 
@@ -38,14 +52,16 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
+    """The data section's own fields; the task's fields (``crop_scale``, ``scale_range``, ...)
+    are extra keys here, validated by the task (:func:`task_fields`)."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
     dataset: str
     root: str | None = None
     batch_size: int = Field(256, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)
     workers: int = Field(4, ge=0)
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    multi_crop: bool = False
     #: ``(x - mean) / std`` of [0, 1] inputs (ImageNet's statistics by default); false: [0, 1] inputs.
     normalize: bool = True
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -55,16 +71,7 @@ class DataConfig(_Section):
     resize: Literal["batch", "sample"] = "batch"
     #: ``memory``: decode every image once and keep it in RAM.
     cache: Literal["none", "memory"] = "none"
-    #: Segmentation: random rescale factor of the training image before the crop.
-    scale_range: tuple[float, float] = (0.5, 2.0)
     args: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("crop_scale", "crop_ratio", "scale_range")
-    @classmethod
-    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < v[0] <= v[1]:
-            raise ValueError(f"expected 0 < low <= high, got {list(v)}")
-        return v
 
     @field_validator("std")
     @classmethod
@@ -72,14 +79,6 @@ class DataConfig(_Section):
         if any(s <= 0 for s in v):
             raise ValueError(f"expected positive values, got {list(v)}")
         return v
-
-    @model_validator(mode="after")
-    def _multi_crop_per_sample(self) -> "DataConfig":
-        if self.multi_crop and self.resize == "batch":
-            if "resize" in self.model_fields_set:
-                raise ValueError("multi_crop draws a crop per resolution, so it needs resize: sample")
-            self.resize = "sample"
-        return self
 
 
 class TrainConfig(_Section):
@@ -125,8 +124,8 @@ class MREDConfig(_Section):
     @field_validator("mode")
     @classmethod
     def _mode(cls, v: str) -> str:
-        if v not in MODES:
-            raise ValueError(f"expected one of {', '.join(MODES)}, got '{v}'")
+        if v not in MRED_MODES:
+            raise ValueError(f"expected one of {', '.join(MRED_MODES)}, got '{v}'")
         return v
 
 
@@ -272,6 +271,11 @@ class Recipe(_Section):
         return self._source
 
     @property
+    def method(self) -> str:
+        """The registered training method: ``mutualnet`` with a ``widths`` section, else ``rsnets``."""
+        return "mutualnet" if self.widths is not None else "rsnets"
+
+    @property
     def subnets(self) -> list[SubNet]:
         """The sub-networks trained by this recipe, widest first, then largest resolution first.
 
@@ -308,10 +312,11 @@ _EXPECTED = {
 }
 
 
-def format_validation_error(source: str, err: ValidationError) -> str:
+def format_validation_error(source: str, err: ValidationError, prefix: tuple[str, ...] = ()) -> str:
+    """One line per error, naming the dotted field (under ``prefix``, for a section validated on its own)."""
     lines = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not isinstance(p, str) or not p.startswith("function-"))
+        loc = prefix + tuple(p for p in e["loc"] if not isinstance(p, str) or not p.startswith("function-"))
         path = ".".join(str(p) for p in loc) or "(top level)"
         kind = e["type"]
         if kind == "extra_forbidden":
@@ -392,16 +397,23 @@ def fields_set(recipe: Recipe) -> list[str]:
     return out
 
 
+def _readers(name: str) -> list[str]:
+    """The registered tasks and training methods that read the optional field ``name``."""
+    return [n for registry in (TASKS, METHODS) for n in registry.list() if name in getattr(registry.get(n), "recipe_fields", ())]
+
+
 def check_unused(recipe: Recipe, optional_fields_read: set[str]) -> None:
     """A field given in the recipe that nothing reads is an error naming it.
 
     ``optional_fields_read``: the optional fields the chosen task and training method read
-    (see ``Task.recipe_fields``); every other field of ``OPTIONAL_FIELDS`` does nothing for them.
+    (their ``recipe_fields``); a field only other registered tasks or methods declare does
+    nothing for them.
     """
     for name in fields_set(recipe):
-        if name in OPTIONAL_FIELDS and name not in optional_fields_read:
-            readers = ", ".join(sorted(OPTIONAL_FIELDS[name]))
-            raise UserError(f"{recipe.source}: {name}: task '{recipe.task}' does not use it (it is read by: {readers}); remove it")
+        readers = _readers(name)
+        if readers and name not in optional_fields_read:
+            who = f"task '{recipe.task}'" if name.startswith("data.") else f"training method '{recipe.method}'"
+            raise UserError(f"{recipe.source}: {name}: {who} does not use it (it is read by: {', '.join(readers)}); remove it")
         if name in _CONDITIONAL:
             key, wanted = _CONDITIONAL[name]
             section, field = key.split(".")
@@ -412,14 +424,39 @@ def check_unused(recipe: Recipe, optional_fields_read: set[str]) -> None:
                 raise UserError(f"{recipe.source}: {name}: only read when {key} is '{wanted}' (it is '{actual}'); remove it")
 
 
-#: Optional fields and who reads them; ``check_unused`` refuses them elsewhere.
-OPTIONAL_FIELDS: dict[str, set[str]] = {
-    "data.crop_scale": {"classification"},
-    "data.crop_ratio": {"classification"},
-    "data.multi_crop": {"classification"},
-    "data.scale_range": {"segmentation"},
-    "mred.mode": {"MRED training"},
-}
+class TaskFields(BaseModel):
+    """Base of a task's own ``data`` fields (:attr:`rsvision.tasks.Task.data_fields`); unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def ordered_pair(v: tuple[float, float]) -> tuple[float, float]:
+    """A ``(low, high)`` range with ``0 < low <= high`` (for task field validators)."""
+    if not 0 < v[0] <= v[1]:
+        raise ValueError(f"expected 0 < low <= high, got {list(v)}")
+    return v
+
+
+def task_fields(recipe: Recipe, schema: type[BaseModel]) -> BaseModel:
+    """The task's own fields of ``recipe.data`` (its extra keys), validated with ``schema``.
+
+    Their values, defaults included, are also set on ``recipe.data`` (``recipe.data.crop_scale``).
+    A key another registered task reads is left to :func:`check_unused` (a run's saved recipe
+    holds every field of its time); any other unknown key is an error naming it.
+    """
+    extra = dict(recipe.data.model_extra or {})
+    own = {k: v for k, v in extra.items() if k in schema.model_fields}
+    for key in sorted(extra.keys() - own.keys()):
+        if not _readers(f"data.{key}"):
+            close = difflib.get_close_matches(key, [*DataConfig.model_fields, *schema.model_fields], n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"{recipe.source}: data.{key}: unknown key{hint}")
+    try:
+        fields = schema.model_validate(own)
+    except ValidationError as err:
+        raise UserError(format_validation_error(recipe.source, err, prefix=("data",))) from None
+    recipe.data.__pydantic_extra__.update(fields.model_dump())
+    return fields
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -1,4 +1,4 @@
-"""Named registries for backbones, heads, tasks, datasets and quantizers.
+"""Named registries for backbones, heads, tasks, datasets, quantizers and training methods.
 
 A registry maps a name to a builder (a function or class returning the object).
 Users register their own builders with the ``register_*`` decorators from their
@@ -32,6 +32,8 @@ _BUILTIN_MODULES = (
     "rsvision.data.segmentation",
     "rsvision.quant",
     "rsvision.tasks",
+    "rsvision.training",
+    "rsvision.run.packed",
 )
 _loaded = False
 
@@ -185,6 +187,7 @@ HEADS = Registry("head")
 TASKS = Registry("task")
 DATASETS = Registry("dataset")
 QUANTIZERS = Registry("quantizer")
+METHODS = Registry("training method")
 
 
 def register_backbone(name: str, *, override: bool = False):
@@ -197,8 +200,13 @@ def register_head(name: str, *, override: bool = False):
     return HEADS.register(name, override=override)
 
 
+def register_method(name: str, *, override: bool = False):
+    """Register a training method (a :class:`rsvision.training.TrainingMethod` subclass)."""
+    return METHODS.register(name, override=override)
+
+
 def register_task(name: str, *, override: bool = False):
-    """Register a task class (see :class:`rsvision.task.Task`)."""
+    """Register a task class (see :class:`rsvision.tasks.base.Task`)."""
     return TASKS.register(name, override=override)
 
 

@@ -1,3 +1,7 @@
-"""Task plugins shipped with rsvision (installed as ``rsvision.tasks``)."""
+"""Tasks: the contract (:class:`Task`, :class:`Metrics`) and the task plugins shipped with
+rsvision (``cls``, ``seg``), installed as ``rsvision.tasks``."""
 
-from rsvision.tasks import classification, segmentation  # noqa: F401
+from rsvision.tasks import classification, segmentation  # noqa: F401  (registers the tasks)
+from rsvision.tasks.base import Metrics, Task
+
+__all__ = ["Metrics", "Task"]

@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
+from pydantic import field_validator
+from rsvision.tasks.base import Metrics, Task
 from torch.utils.data import Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from rsvision.data.mapped import MappedDataset
 from rsvision.data.transforms import EvalTransform, MultiResolutionTransform
+from rsvision.errors import UserError
+from rsvision.recipe import Recipe, TaskFields, ordered_pair
 from rsvision.registry import register_task
-from rsvision.task import Metrics, Task
 
 
 class ClassificationMetrics(Metrics):
@@ -50,10 +53,29 @@ class LabelledImage:
         return [{**out, "target": label} for out, label in zip(self.transform.many(images), labels)]
 
 
+class ClassificationFields(TaskFields):
+    """The classification task's ``data`` fields: the random-resized crop of training (§4.1)."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    #: A crop and a flip per resolution (the Table 6 ablation; needs ``resize: sample``).
+    multi_crop: bool = False
+
+    _ordered = field_validator("crop_scale", "crop_ratio")(ordered_pair)
+
+
 @register_task("cls")
 class ClassificationTask(Task):
     primary_metric = "top1"
-    recipe_fields = frozenset({"data.crop_scale", "data.crop_ratio", "data.multi_crop"})
+    data_fields = ClassificationFields
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__(recipe)
+        d = recipe.data
+        if self.fields.multi_crop and d.resize == "batch":
+            if "resize" in d.model_fields_set:
+                raise UserError(f"{recipe.source}: data: multi_crop draws a crop per resolution, so it needs resize: sample")
+            d.resize = "sample"
 
     def train_dataset(self) -> Dataset:
         d = self.recipe.data

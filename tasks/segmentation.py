@@ -13,15 +13,17 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import field_validator
+from rsvision.tasks.base import Metrics, Task
 from torch.utils.data import Dataset
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from rsvision.constants import VOID
 from rsvision.data.mapped import MappedDataset
-from rsvision.data.seg_transforms import EvalTransform, JointTrainTransform
+from rsvision.data.seg_transforms import JointEvalTransform, JointTrainTransform
 from rsvision.errors import UserError
+from rsvision.recipe import TaskFields, ordered_pair
 from rsvision.registry import register_task
-from rsvision.task import Metrics, Task
 
 
 def scores_from_confusion(confusion: torch.Tensor) -> dict[str, float]:
@@ -65,11 +67,20 @@ def upsample(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+class SegmentationFields(TaskFields):
+    """The segmentation task's ``data`` fields."""
+
+    #: Random rescale factor of the training image before the crop.
+    scale_range: tuple[float, float] = (0.5, 2.0)
+
+    _ordered = field_validator("scale_range")(ordered_pair)
+
+
 @register_task("seg")
 class SegmentationTask(Task):
     ignore_index = VOID
     primary_metric = "miou"
-    recipe_fields = frozenset({"data.scale_range"})
+    data_fields = SegmentationFields
 
     def check_classes(self, dataset: Dataset, split: str) -> None:
         """Mask values are class indices, so the class list must be the network's exactly."""
@@ -86,7 +97,7 @@ class SegmentationTask(Task):
         return MappedDataset(self.dataset("train"), transform)
 
     def eval_dataset(self, resolutions: Sequence[int], split: str = "val") -> Dataset:
-        return MappedDataset(self.dataset(split), EvalTransform(resolutions, self.input_format))
+        return MappedDataset(self.dataset(split), JointEvalTransform(resolutions, self.input_format))
 
     def eval_collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Stack the resized images; pad the original-size masks to one size with the void label.

@@ -16,8 +16,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
+from conftest import tiny_recipe_dict
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -25,8 +24,6 @@ from rsvision.cli import main
 from rsvision.engine import train
 from rsvision.recipe import validate_recipe
 from rsvision.registry import register_dataset
-
-from conftest import tiny_recipe_dict
 
 
 class Brightness(Dataset):
@@ -86,16 +83,6 @@ def shared_run(tmp_path_factory, resolutions: list[int], epochs: int = 3) -> Pat
         name = "rs" if len(resolutions) > 1 else f"i{resolutions[0]}"
         _RUNS[key] = train_run(tmp_path_factory.mktemp(name), resolutions, epochs, name, seed=3)
     return _RUNS[key]
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tensors this small gain nothing from a second thread; on shared cores its spinning costs
-    several times the CPU time."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny classification recipe and a clean registry for user plugins."""
+"""Shared fixtures: a tiny classification recipe, a clean registry for user plugins, one thread."""
 
 import sys
 
@@ -54,3 +54,13 @@ def clean_plugins():
     for name in set(sys.modules) - modules:
         if name.startswith(("user_", "rsvision_plugin_")):
             del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tensors this small gain nothing from a second thread; on shared cores its spinning costs
+    several times the CPU time."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import tiny_recipe_dict
+
 from rsvision.engine import train
 from rsvision.recipe import validate_recipe
 
@@ -67,10 +68,10 @@ def cls_export(tmp_path_factory) -> Path:
 
 
 def seg_export(tmp_path_factory) -> Path:
-    from rsvision.onnx_export import export_run
+    from rsvision.deploy.export import export_onnx
 
     def build(tmp: Path) -> Path:
-        export_run(seg_run(tmp_path_factory), tmp / "onnx")
+        export_onnx(seg_run(tmp_path_factory), tmp / "onnx")
         return tmp / "onnx"
 
     return _once("seg_export", tmp_path_factory, build)

@@ -14,16 +14,15 @@ import sys
 from pathlib import Path
 
 import torch
+from rsvision.tasks.base import Task
+from rsvision.tasks.classification import ClassificationMetrics
 from torch.utils.data import Dataset
 from torchmetrics.aggregation import SumMetric
 
 import rsvision.training.mutual as mutual
-from rsvision.engine import train
-from rsvision.engine import trainer
+from rsvision.engine import train, trainer
 from rsvision.recipe import validate_recipe
 from rsvision.registry import register_task
-from rsvision.task import Task
-from rsvision.tasks.classification import ClassificationMetrics
 
 RESOLUTIONS, CLASSES, TRAIN, VAL = [12, 10, 8], 3, 32, 10
 SEEN: list[int] = []

@@ -6,15 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_recipe_dict
 from PIL import Image
 from safetensors.torch import load_file
 
-from rsvision.artifacts import find_latest_run
 from rsvision.cli import main
 from rsvision.engine import TrainingDiverged, train
 from rsvision.recipe import validate_recipe
+from rsvision.run.folder import find_latest_run
 from rsvision.training import MREDTraining
-from conftest import tiny_recipe_dict
 
 
 def _recipe_file(tmp_path, data: dict) -> str:
@@ -113,7 +113,7 @@ def test_arguments_the_backbone_does_not_take(tmp_path, capsys):
     data = tiny_recipe_dict(tmp_path)
     data["model"]["backbone_args"]["depth"] = 3
     code, err = _run(["train", _recipe_file(tmp_path, data), "--quiet"], capsys)
-    _one_line(code, err, "model.backbone_args: backbone 'resnet8' does not take 'depth' (it takes: width, stem_stride)")
+    _one_line(code, err, "model.backbone_args: backbone 'resnet8' does not take 'depth' (it takes: width, stem_stride, init)")
 
 
 @pytest.mark.parametrize(
@@ -177,9 +177,9 @@ def test_one_channel_normalisation_must_match(tmp_path, capsys):
 def test_duplicate_and_bad_resolutions_on_the_command_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, err = _run(["profile", "--backbone", "resnet8", "--res", "32", "32"], capsys)
-    _one_line(code, err, "--res: a size is given twice")
+    _one_line(code, err, "--res: 32 is given twice")
     code, err = _run(["profile", "--backbone", "resnet8", "--res", "0"], capsys)
-    _one_line(code, err, "--res: expected positive sizes")
+    _one_line(code, err, "--res 0: sizes must be positive")
 
 
 def test_non_square_inputs(tmp_path):
@@ -268,8 +268,8 @@ def test_sizes_far_beyond_the_trained_ones_are_refused_up_front(tmp_path_factory
         (lambda cls, seg, tmp: ["profile", "--onnx", str(tmp), "--threads", "-1"], "'--threads': -1"),
         (lambda cls, seg, tmp: ["profile", "--backbone", "resnet8", "--res", "16", "--num-classes", "0"], "'--num-classes': 0"),
         (lambda cls, seg, tmp: ["deploy", str(cls), "--budget-madds", "1G", "--threads", "0", "-o", str(tmp / "d")], "'--threads': 0"),
-        (lambda cls, seg, tmp: ["predict", str(_png(tmp / "a.png")), "--checkpoint", str(seg), "--res", "0", "-o", str(tmp / "p")], "'--res': 0"),
-        (lambda cls, seg, tmp: ["predict", str(_png(tmp / "a.png")), "--checkpoint", str(seg), "--res", "-16", "-o", str(tmp / "p")], "'--res': -16"),
+        (lambda cls, seg, tmp: ["predict", str(_png(tmp / "a.png")), "--checkpoint", str(seg), "--res", "0", "-o", str(tmp / "p")], "--res 0: sizes must be positive"),
+        (lambda cls, seg, tmp: ["predict", str(_png(tmp / "a.png")), "--checkpoint", str(seg), "--res", "-16", "-o", str(tmp / "p")], "--res -16: sizes must be positive"),
     ],
 )
 def test_counts_below_one_are_refused(tmp_path_factory, tmp_path, capsys, make_args, culprit):
@@ -278,14 +278,14 @@ def test_counts_below_one_are_refused(tmp_path_factory, tmp_path, capsys, make_a
     runs = (cls_run(tmp_path_factory), seg_run(tmp_path_factory))
     before = [_files(run) for run in runs]
     code, err = _run(make_args(*runs, tmp_path), capsys)
-    _one_line(code, err, f"Invalid value for {culprit} is not in the range x>=1")
+    _one_line(code, err, culprit if culprit.startswith("--res") else f"Invalid value for {culprit} is not in the range x>=1")
     assert [_files(run) for run in runs] == before
     assert _files(tmp_path) <= {"a.png"}
 
 
 def test_thread_counts_below_one_are_refused_by_the_api():
+    from rsvision.analysis.latency import torch_threads
     from rsvision.errors import UserError
-    from rsvision.latency import torch_threads
 
     for threads in (0, -1):
         with pytest.raises(UserError, match=rf"^threads: expected a positive number of threads, got {threads}$"):

@@ -6,15 +6,17 @@ import json
 
 import pytest
 import torch
+from calib_fixtures import copy_run, run_cli, shared_run
 from safetensors.torch import load_file, save_file
 
-from rsvision.artifacts import CALIBRATION, WEIGHTS, file_sha256, load_artifact
-from rsvision.calibrate import calibrate, calibrate_run
+from rsvision.analysis.calibrate import calibrate_run
 from rsvision.data.sampling import mix_seed
+from rsvision.io import file_sha256
+from rsvision.nn.bn_stats import calibrate
+from rsvision.nn.switchable import BN_TYPES, materialize, subnet_status, switchable_bns
+from rsvision.run.files import CALIBRATION, WEIGHTS
+from rsvision.run.folder import load_artifact
 from rsvision.subnet import SubNet
-from rsvision.switchable import BN_TYPES, materialize, subnet_status, switchable_bns
-
-from calib_fixtures import copy_run, one_thread, run_cli, shared_run  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:resolution .* is outside the trained range")
 

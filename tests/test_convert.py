@@ -13,8 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from rsvision.convert import convert_rsnets, official_recipe, read_official_checkpoint
 from rsvision.errors import UserError
+from rsvision.interop.official import (
+    convert_rsnets,
+    official_recipe,
+    read_official_checkpoint,
+)
 from rsvision.models import build_model
 
 NUM_CLASSES = 10

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from calib_fixtures import run_cli
 from PIL import Image
-
-from rsvision.artifacts import file_sha256, load_artifact
-from rsvision.data.transforms import EvalTransform, InputFormat
-
-from calib_fixtures import one_thread, run_cli  # noqa: F401 (fixture)
 from test_convert import NUM_CLASSES, official_checkpoint
+
+from rsvision.data.transforms import EvalTransform, InputFormat
+from rsvision.io import file_sha256
+from rsvision.run.folder import load_artifact
 
 SIZES = [64, 48, 32]  # the training run's --sizes, bn_0 first
 

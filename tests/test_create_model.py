@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import tiny_recipe_dict
 from torch import nn
 
 import rsvision
@@ -11,7 +12,6 @@ from rsvision.errors import UserError
 from rsvision.models import build_model
 from rsvision.recipe import validate_recipe
 from rsvision.registry import DATASETS, TASKS
-from conftest import tiny_recipe_dict
 
 
 def test_create_model_matches_the_recipe_builder(tmp_path):
@@ -70,3 +70,17 @@ def test_each_split_is_built_once(tmp_path, monkeypatch):
     task = TASKS.get("cls")(validate_recipe(tiny_recipe_dict(tmp_path)))
     task.train_dataset(), task.eval_dataset([16]), task.eval_dataset([12, 8]), task.class_names(), task.class_names()
     assert sorted(built) == ["train", "val"]
+
+
+def test_cifar_resnet_he_initialisation():
+    """``init: he`` draws every convolution from N(0, 2 / fan_out) (torchvision's ResNets);
+    ``torch`` keeps PyTorch's default, uniform with std 1 / sqrt(3 fan_in)."""
+    from rsvision.models.backbones import resnet14
+
+    torch.manual_seed(0)
+    he, default = resnet14(width=16, init="he"), resnet14(width=16)
+    conv = he.layers[2][1].conv2  # 64 -> 64 channels, 3x3: fan_out = fan_in = 576
+    assert abs(float(conv.weight.std()) - (2 / 576) ** 0.5) < 0.002  # 0.0589
+    assert abs(float(default.layers[2][1].conv2.weight.std()) - 1 / (3 * 576) ** 0.5) < 0.001  # 0.0241
+    with pytest.raises(ValueError, match="init must be"):
+        resnet14(init="xavier")

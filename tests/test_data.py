@@ -11,7 +11,12 @@ from rsvision.constants import val_resize
 from rsvision.data.datasets import SyntheticShapes, synthetic
 from rsvision.data.mapped import MappedDataset
 from rsvision.data.sampling import EpochSeeded
-from rsvision.data.transforms import EvalTransform, InputFormat, MultiResolutionTransform, batch_resolutions
+from rsvision.data.transforms import (
+    EvalTransform,
+    InputFormat,
+    MultiResolutionTransform,
+    batch_resolutions,
+)
 
 RAW = InputFormat(3, None, None)  # [0, 1] inputs, no normalisation
 

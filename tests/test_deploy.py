@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from deploy_fixtures import cls_run
+
 from rsvision.cli import main
-from rsvision.deploy import Budget, choose, parse_madds, parse_ms
+from rsvision.deploy.budget import Budget, best_within, parse_madds, parse_ms
 from rsvision.errors import UserError
 
 pytest.importorskip("onnxruntime")
@@ -39,14 +39,14 @@ def test_choose_is_the_arg_max_within_the_budget_with_ties_to_the_cheaper():
         {"subnet": "128", "resolution": 128, "top1": 68.0, "madds": 600, "latency_ms": 4.0},
         {"subnet": "96", "resolution": 96, "top1": 60.0, "madds": 330, "latency_ms": 2.0},
     ]
-    assert choose(rows, Budget("madds", 1000), "top1")["subnet"] == "128"
-    assert choose(rows, Budget("ms", 2.5), "top1")["subnet"] == "96"
-    assert choose(rows, Budget("ms", 100), "top1")["subnet"] == "224"
-    assert choose(rows, Budget("madds", 100), "top1") is None
+    assert best_within(rows, Budget("madds", 1000), "top1")["subnet"] == "128"
+    assert best_within(rows, Budget("ms", 2.5), "top1")["subnet"] == "96"
+    assert best_within(rows, Budget("ms", 100), "top1")["subnet"] == "224"
+    assert best_within(rows, Budget("madds", 100), "top1") is None
 
 
 def test_deploy_exports_the_best_sub_network_within_the_budget(tmp_path_factory, tmp_path, capsys):
-    from rsvision.artifacts import read_meta
+    from rsvision.run.folder import read_meta
 
     run = cls_run(tmp_path_factory)
     madds = read_meta(run)["madds"]
@@ -76,8 +76,8 @@ def test_deploy_exports_the_best_sub_network_within_the_budget(tmp_path_factory,
         (["--budget-madds", "1K"], "no sub-network within 1.00K MAdds; the cheapest, 8, needs"),
         (["--budget-madds", "1G", "--budget-ms", "5"], "give exactly one of --budget-madds"),
         ([], "give exactly one of --budget-madds"),
-        (["--budget-madds", ""], "--budget-madds: expected a number"),
-        (["--budget-ms", "soon"], "--budget-ms: expected milliseconds"),
+        (["--budget-madds", ""], "--budget-madds '': expected a number"),
+        (["--budget-ms", "soon"], "--budget-ms soon: expected a positive number of milliseconds"),
         (["--budget-madds", "1G", "--calibrated"], "stores no calibrated sub-networks"),
         (["--budget-madds", "1G", "--res", "99"], "outside the trained range 8..16"),
     ],
@@ -98,10 +98,10 @@ def test_deploy_refuses_what_is_not_a_run(tmp_path, capsys):
 
 
 def test_candidates_include_calibrated_sub_networks(tmp_path_factory):
-    from rsvision.artifacts import load_artifact
-    from rsvision.calibrate import calibrate
-    from rsvision.deploy import candidates
-    from rsvision.switchable import subnet_status
+    from rsvision.deploy.select import candidates
+    from rsvision.nn.bn_stats import calibrate
+    from rsvision.nn.switchable import subnet_status
+    from rsvision.run.folder import load_artifact
 
     artifact = load_artifact(cls_run(tmp_path_factory))
     assert [s.id for s in candidates(artifact.model, "run", False, [])] == ["16", "8"]

@@ -5,10 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from calib_fixtures import run_cli
 from deploy_fixtures import cls_run
-from rsvision.onnx_export import MANIFEST, export_run, read_manifest
+
+from rsvision.deploy.export import export_onnx
+from rsvision.deploy.manifest import MANIFEST, read_manifest
 
 pytest.importorskip("onnxruntime")
 
@@ -63,7 +64,7 @@ def test_a_folder_of_other_files_is_never_written(tmp_path_factory, tmp_path, ca
 
 
 def test_an_export_that_fails_half_way_leaves_nothing(tmp_path_factory, tmp_path, monkeypatch):
-    import rsvision.onnx_export as onnx_export
+    import rsvision.deploy.export as onnx_export
 
     run = cls_run(tmp_path_factory)
     real, calls = onnx_export.export_network, []
@@ -77,12 +78,12 @@ def test_an_export_that_fails_half_way_leaves_nothing(tmp_path_factory, tmp_path
     monkeypatch.setattr(onnx_export, "export_network", second_fails)
     out = tmp_path / "onnx"
     with pytest.raises(RuntimeError, match="disk full"):
-        export_run(run, out, [16, 8])
+        export_onnx(run, out, [16, 8])
     assert len(calls) == 2 and not out.exists() and _leftovers(out) == []
 
 
 def test_deploy_refuses_an_earlier_deployment_before_any_work(tmp_path_factory, tmp_path, capsys, monkeypatch):
-    import rsvision.artifacts
+    import rsvision.run.folder
 
     run = cls_run(tmp_path_factory)
     out = tmp_path / "deployed"
@@ -92,7 +93,7 @@ def test_deploy_refuses_an_earlier_deployment_before_any_work(tmp_path_factory, 
     chosen = json.loads(earlier[MANIFEST])["subnets"][0]["id"]
 
     with monkeypatch.context() as m:
-        m.setattr(rsvision.artifacts, "load_artifact", lambda *a, **k: pytest.fail("deploy loaded the run before checking -o"))
+        m.setattr(rsvision.run.folder, "load_artifact", lambda *a, **k: pytest.fail("deploy loaded the run before checking -o"))
         code, _, err = run_cli(["deploy", str(run), "--budget-madds", "1G", "-o", str(out)], capsys)
     _one_line(code, err, f"{out}: holds an earlier export ({chosen}); pass --overwrite to replace it")
     assert _contents(out) == earlier

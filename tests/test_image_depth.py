@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from deploy_fixtures import cls_run, seg_run
 from PIL import Image
 
 import rsvision
-from deploy_fixtures import cls_run, seg_run
 from rsvision.data.datasets import imagefolder, read_rgb
 from rsvision.data.transforms import InputFormat, eight_bit
-from rsvision.predict import predict_files
+from rsvision.deploy.masks import predict_files
 
 
 def _twins(tmp_path, h=30, w=40, seed=0):

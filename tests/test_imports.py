@@ -1,9 +1,10 @@
-"""Import hygiene: every module of the package imports on its own, and no import cycle exists.
+"""Import hygiene: every module imports on its own, imports point only back along the flow,
+and no import cycle exists.
 
 The modules are those of the packages ``pyproject.toml`` installs (``rsvision.tasks`` lives
-in ``tasks/``), found through the import system. The static check reads module-level
-imports only: an import inside a function runs on first call, which is how a module defers
-a dependency it needs in one place.
+in ``tasks/``), found through the import system. The static checks read every import a
+module can run, inside functions too (only ``if TYPE_CHECKING:`` blocks are skipped): a
+deferred import still ties the two modules together.
 """
 
 from __future__ import annotations
@@ -75,12 +76,58 @@ def test_every_module_imports_on_its_own():
     assert not failures, "\n".join(f"{name}: {error}" for name, error in failures.items())
 
 
+#: The stages of the flow, in order (docs/architecture.md). A module may import from its own
+#: stage and the stages before it; ``rsvision`` itself (the public facade) is outside the order.
+STAGES = [
+    "rsvision.errors",
+    "rsvision.constants",
+    "rsvision.subnet",
+    "rsvision.registry",
+    "rsvision.recipe",
+    "rsvision.io",
+    "rsvision.report",
+    "rsvision.nn",
+    "rsvision.quant",
+    "rsvision.data",
+    "rsvision.models",
+    "rsvision.tasks",
+    "rsvision.training",
+    "rsvision.run",
+    "rsvision.engine",
+    "rsvision.analysis",
+    "rsvision.deploy",
+    "rsvision.interop",
+    "rsvision.cli",
+]
+
+
+def _stage(module: str) -> int | None:
+    """The index in :data:`STAGES` of the stage ``module`` belongs to (None: the facade)."""
+    return next((i for i, s in enumerate(STAGES) if module == s or module.startswith(s + ".")), None)
+
+
+def _backward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``a → b`` for every import of a later stage by an earlier one."""
+    out = []
+    for module, imported in sorted(graph.items()):
+        own = _stage(module)
+        for target in sorted(imported):
+            stage = _stage(target)
+            if own is not None and stage is not None and stage > own:
+                out.append(f"{module} → {target} ({STAGES[own]} imports the later {STAGES[stage]})")
+    return out
+
+
 def _module_level_imports(tree: ast.Module, module: str, is_package: bool) -> set[str]:
-    """Absolute names imported when ``module`` runs (``from a import b`` gives ``a`` and ``a.b``)."""
+    """Absolute names ``module`` imports anywhere but under ``if TYPE_CHECKING:`` (``from a
+    import b`` gives ``a`` and ``a.b``), inside functions and classes too."""
     names: set[str] = set()
 
     def visit(body: list[ast.stmt]) -> None:
         for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.With, ast.For, ast.While)):
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
             if isinstance(node, ast.Import):
                 names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -116,7 +163,7 @@ def _ancestors(name: str) -> list[str]:
 
 
 def _import_graph() -> dict[str, set[str]]:
-    """Module → the package modules it imports at module level.
+    """Module → the package modules it imports (anywhere in the module).
 
     Importing ``a.b`` also runs the package ``a``, except where ``a`` is a package of the
     importing module itself: that one is already being imported.
@@ -156,6 +203,20 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_imports_point_back_along_the_flow():
+    assert all(_stage(m) is not None for m in _modules() if m != "rsvision"), [m for m in _modules() if m != "rsvision" and _stage(m) is None]
+    backward = _backward_imports(_import_graph())
+    assert not backward, "imports against the flow:\n" + "\n".join(backward)
+
+
+def test_the_stage_check_sees_a_backward_import():
+    graph = _import_graph()
+    graph["rsvision.nn.switchable"] = graph["rsvision.nn.switchable"] | {"rsvision.deploy.export"}
+    assert _backward_imports(graph) == ["rsvision.nn.switchable → rsvision.deploy.export (rsvision.nn imports the later rsvision.deploy)"]
+    tree = ast.parse("def f():\n    from rsvision.deploy import export\n")
+    assert "rsvision.deploy.export" in _module_level_imports(tree, "rsvision.nn.switchable", is_package=False)
+
+
 def test_the_package_has_no_import_cycle():
     cycle = _find_cycle(_import_graph())
     assert cycle is None, "import cycle: " + " → ".join(cycle)
@@ -165,4 +226,4 @@ def test_the_cycle_finder_sees_cycles():
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
     tree = ast.parse("from . import x\nfrom ..y import z\nif TYPE_CHECKING:\n    import hidden\ndef f():\n    import lazy\n")
-    assert _module_level_imports(tree, "p.q.m", is_package=False) == {"p.q", "p.q.x", "p.y", "p.y.z"}
+    assert _module_level_imports(tree, "p.q.m", is_package=False) == {"p.q", "p.q.x", "p.y", "p.y.z", "lazy"}

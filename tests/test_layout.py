@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_recipe_dict
 from safetensors.torch import load_file
 from torch import nn
 
@@ -12,7 +13,6 @@ import rsvision.engine.layout as layout_module
 from rsvision.engine import train
 from rsvision.engine.layout import LayoutChoice
 from rsvision.recipe import validate_recipe
-from conftest import tiny_recipe_dict
 
 CPU = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
 

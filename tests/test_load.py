@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from deploy_fixtures import cls_export, cls_run, seg_export, seg_run
 from PIL import Image
 
 import rsvision
-from deploy_fixtures import cls_export, cls_run, seg_export, seg_run
-from rsvision.artifacts import read_meta
 from rsvision.data.transforms import EvalTransform
 from rsvision.errors import UserError
-from rsvision.switchable import at_subnet
+from rsvision.nn.switchable import at_subnet
+from rsvision.run.folder import read_meta
 
 pytest.importorskip("onnxruntime")
 
@@ -90,6 +90,7 @@ def test_segmentation_predicts_a_class_map_at_the_image_size(tmp_path_factory):
 
 def test_packed_file_loads_through_load_artifact(tmp_path_factory, tmp_path):
     from deploy_fixtures import quant_run
+
     from rsvision.cli import main
 
     main(["export", "--checkpoint", str(quant_run(tmp_path_factory)), "--format", "lq", "-o", str(tmp_path / "m.lq"), "--json"])

@@ -6,14 +6,14 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+from conftest import tiny_recipe_dict
 
 from rsvision.models import build_model
+from rsvision.nn.switchable import SwitchableBatchNorm
 from rsvision.recipe import validate_recipe
 from rsvision.registry import TASKS
-from rsvision.switchable import SwitchableBatchNorm
 from rsvision.training import MREDTraining, StepContext
-from rsvision.training.mred import frozen_state
-from conftest import tiny_recipe_dict
+from rsvision.training.rsnets import frozen_state
 
 CTX = StepContext(lambda loss: loss.backward(), nullcontext)
 

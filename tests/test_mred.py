@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from rsvision.mred import MREDLoss, distillation_pairs, distillation_scale
+from rsvision.training.loss import MREDLoss, distillation_pairs, distillation_scale
 
 Z = [torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 2.0]])]
 Y = torch.tensor([0])

@@ -7,28 +7,29 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
+from conftest import tiny_recipe_dict
+from rsvision.tasks.base import Task
+from rsvision.tasks.classification import ClassificationMetrics
 from torch.utils.data import Dataset
 
 from rsvision import cli as rscli
-from rsvision.artifacts import load_artifact
-from rsvision.calibrate import calibrate
+from rsvision.analysis.query import width_grid
+from rsvision.deploy.budget import parse_madds
 from rsvision.engine import evaluate, train
 from rsvision.errors import UserError
 from rsvision.models import build_model
-from rsvision.mred import kl_divergence
-from rsvision.query import parse_budget, width_grid
+from rsvision.nn.bn_stats import calibrate
+from rsvision.nn.slimmable import channels_at, slimmable_layers
+from rsvision.nn.switchable import at_subnet
 from rsvision.recipe import WidthsConfig, check_unused, validate_recipe
 from rsvision.registry import TASKS, register_task
-from rsvision.slimmable import channels_at, slimmable_layers
+from rsvision.run.folder import load_artifact
 from rsvision.subnet import SubNet
-from rsvision.switchable import at_subnet
-from rsvision.task import Task
-from rsvision.tasks.classification import ClassificationMetrics
 from rsvision.training import MutualTraining, StepContext, method_for
+from rsvision.training.loss import kl_divergence
 from rsvision.training.mutual import TrainingView, sandwich
-from conftest import tiny_recipe_dict
 
 CTX = StepContext(lambda loss: loss.backward(), nullcontext)
 WIDTHS = {"range": [0.25, 1.0], "divisor": 4}
@@ -249,7 +250,7 @@ def test_query_grid_and_budgets():
     assert width_grid(WidthsConfig(range=[0.25, 1.0])) == [round(1 - 0.05 * k, 2) for k in range(16)]
     assert width_grid(WidthsConfig(range=[0.33, 0.9]))[-3:] == [0.4, 0.35, 0.33]
     assert width_grid(WidthsConfig(list=[0.5, 1.0])) == [1.0, 0.5]
-    assert (parse_budget("150M"), parse_budget("1.2G"), parse_budget("3000")) == (150e6, 1.2e9, 3000)
+    assert (parse_madds("150M"), parse_madds("1.2G"), parse_madds("3000")) == (150e6, 1.2e9, 3000)
 
 
 # ---------------------------------------------------------------- a trained tiny run
@@ -400,8 +401,8 @@ def test_eval_width_calibrates_and_says_so(width_run, capsys, monkeypatch):
     [
         (["eval", "--width", "0.1"], "--width 0.1: outside this run's width range 0.25..1"),
         (["eval", "--width", "0.333"], "--width 0.333: widths go in steps of 0.01"),
-        (["query", "--budget", "12Q"], "--budget 12Q: expected a positive number"),
-        (["query", "--budget-ms", "-1"], "--budget-ms -1: expected a positive number"),
+        (["query", "--budget", "12Q"], "--budget 12Q: expected a number of multiply-adds"),
+        (["query", "--budget-ms", "-1"], "--budget-ms -1: expected a positive number of milliseconds"),
     ],
 )
 def test_bad_width_inputs_get_one_line(width_run, capsys, args, culprit):
@@ -426,12 +427,12 @@ def test_query_table_is_built_once_then_read_from_the_run(width_run, capsys, mon
     def no_more_work(*args, **kwargs):
         raise AssertionError("a cached query must not recalibrate")
 
-    monkeypatch.setattr("rsvision.query.calibrate", no_more_work)
+    monkeypatch.setattr("rsvision.analysis.query.calibrate_missing", no_more_work)
     code, out, err = _cli(capsys, "query", str(width_run), *grid, "--budget", "150K")
     assert code == 0, err
     assert "query table" in out and "budget 150K MAdds: 0." in out
     code, out, err = _cli(capsys, "query", str(width_run), *grid, "--budget", "1K")
-    assert code == 2 and err.strip().startswith("error: --budget: no configuration fits 1.00K (the cheapest, 0.25x @ 12, needs ")
+    assert code == 2 and err.strip().startswith("error: --budget: no configuration fits 1.00K MAdds (the cheapest, 0.25x @ 12x12, needs ")
     assert len(err.strip().splitlines()) == 1
 
 

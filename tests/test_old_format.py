@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rsvision.artifacts import load_artifact
-from rsvision.engine import evaluate_artifact
+from rsvision.analysis.evaluate import evaluate_artifact
+from rsvision.run.folder import load_artifact
 
 OLD = Path(__file__).with_name("fixtures") / "old_format"
 EXPECTED = json.loads((OLD / "expected.json").read_text())

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_recipe_dict
 from PIL import Image
+from test_idx import make_split
 
 import rsvision
 from rsvision.cli import main
-from conftest import tiny_recipe_dict
-from test_idx import make_split
 
 MEAN, STD = 0.25, 0.5
 

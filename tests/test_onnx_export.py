@@ -8,16 +8,19 @@ import sys
 
 import pytest
 import torch
+from deploy_fixtures import cls_export, cls_run, quant_run, seg_export, seg_run
 from torch import nn
 
-from deploy_fixtures import cls_export, cls_run, quant_run, seg_export, seg_run
-from rsvision.artifacts import load_artifact
 from rsvision.cli import main
 from rsvision.data.transforms import InputFormat
-from rsvision.fold import fold_batchnorm, plain_subnet
+from rsvision.deploy.export import check_inputs
+from rsvision.deploy.network import plain_subnet
+from rsvision.deploy.onnx import run_session, session
+from rsvision.io import file_sha256
+from rsvision.nn.fold import fold_batchnorm
+from rsvision.nn.switchable import at_subnet
 from rsvision.quant.modules import QUANT_LAYERS
-from rsvision.onnx_export import check_inputs, run_session, session
-from rsvision.switchable import at_subnet
+from rsvision.run.folder import load_artifact
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -173,7 +176,7 @@ def test_profile_onnx_reports_latency_and_madds(tmp_path_factory, capsys):
 
 
 def test_latency_of_one_sub_network_three_ways(tmp_path_factory):
-    from rsvision.latency import measure_subnet
+    from rsvision.deploy.network import measure_subnet
 
     artifact = load_artifact(cls_run(tmp_path_factory))
     artifact.model.train()
@@ -186,14 +189,12 @@ def test_latency_of_one_sub_network_three_ways(tmp_path_factory):
 def _broken_copy(export_dir, tmp_path, fix_hash):
     import shutil
 
-    from rsvision.onnx_export import sha256
-
     copy = tmp_path / "broken"
     shutil.copytree(export_dir, copy)
     (copy / "model_16.onnx").write_bytes(b"not an onnx graph")
     if fix_hash:
         manifest = json.loads((copy / "manifest.json").read_text())
-        manifest["subnets"][0]["sha256"] = sha256(copy / "model_16.onnx")
+        manifest["subnets"][0]["sha256"] = file_sha256(copy / "model_16.onnx")
         (copy / "manifest.json").write_text(json.dumps(manifest))
     return copy
 
@@ -205,7 +206,7 @@ def _broken_copy(export_dir, tmp_path, fix_hash):
         (lambda run, exp, tmp: ["export", str(run), "--format", "onnx", "--res", "40", "-o", str(tmp / "o")], "outside the trained range 8..16"),
         (lambda run, exp, tmp: ["export", str(run), "--format", "onnx", "--subnet", "12w50", "-o", str(tmp / "o")], "sub-network 12w50"),
         (lambda run, exp, tmp: ["export", str(run), "--format", "onnx", "--subnet", "big", "-o", str(tmp / "o")], "not a sub-network id: 'big'"),
-        (lambda run, exp, tmp: ["export", str(run), "--format", "onnx", "--res", "16", "x", "-o", str(tmp / "o")], "--res: expected a resolution"),
+        (lambda run, exp, tmp: ["export", str(run), "--format", "onnx", "--res", "16", "x", "-o", str(tmp / "o")], "--res x: expected a size"),
         (lambda run, exp, tmp: ["export", "--format", "onnx", "-o", str(tmp / "o")], "give the run folder"),
         (lambda run, exp, tmp: ["export", str(run), "--format", "lq", "--res", "16", "-o", str(tmp / "o")], "apply to --format onnx"),
         (lambda run, exp, tmp: ["profile", "--onnx", str(tmp)], "no manifest.json"),
@@ -228,7 +229,7 @@ def test_without_the_deploy_extra_the_package_works_and_deploy_commands_say_what
 import sys
 for name in ("onnx", "onnxruntime", "onnxscript"):
     sys.modules[name] = None
-import rsvision, rsvision.onnx_export, rsvision.deploy, rsvision.inference, rsvision.latency, rsvision.fold
+import rsvision, rsvision.deploy.export, rsvision.deploy.select, rsvision.deploy.load, rsvision.analysis.latency, rsvision.nn.fold
 from rsvision.cli import main
 from rsvision.data.transforms import InputFormat
 assert callable(rsvision.load)

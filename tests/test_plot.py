@@ -7,14 +7,14 @@ import os
 import xml.etree.ElementTree as ET
 
 import pytest
+from calib_fixtures import copy_run, run_cli, shared_run
 
-from rsvision import evaluations
-from rsvision.artifacts import load_artifact
-from rsvision.calibrate import calibrate_run
-from rsvision.evaluations import FILE, cached_evaluation
-from rsvision.plot import MARKERS, plot_data
-
-from calib_fixtures import copy_run, one_thread, run_cli, shared_run  # noqa: F401 (fixture)
+from rsvision.analysis import evaluate as evaluations
+from rsvision.analysis.calibrate import calibrate_run
+from rsvision.analysis.evaluate import cached_evaluation
+from rsvision.analysis.plot import MARKERS, plot_data
+from rsvision.run.files import EVALUATIONS
+from rsvision.run.folder import load_artifact
 
 pytestmark = pytest.mark.filterwarnings("ignore:resolution .* is outside the trained range")
 
@@ -38,7 +38,7 @@ def test_plot_draws_what_eval_measured(runs, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     measured = {row["resolution"]: row for row in json.loads(out)["results"]}
     assert list(measured) == [8, 16, 24, 32, 40]
-    assert (run / FILE).is_file()
+    assert (run / EVALUATIONS).is_file()
 
     _no_evaluation(monkeypatch)  # everything below comes from evaluations.json
     for name in ("fig.png", "fig.svg"):
@@ -57,7 +57,7 @@ def test_plot_draws_what_eval_measured(runs, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     umask = os.umask(0)
     os.umask(umask)
-    assert {(f.stat().st_mode & 0o777) for f in (tmp_path / "fig.png", run / FILE)} == {0o666 & ~umask}
+    assert {(f.stat().st_mode & 0o777) for f in (tmp_path / "fig.png", run / EVALUATIONS)} == {0o666 & ~umask}
     assert ET.parse(tmp_path / "fig.svg").getroot().tag.endswith("svg")
 
 
@@ -68,7 +68,7 @@ def test_kept_evaluations_follow_the_calibration(runs, tmp_path):
     calibrate_run(run, [24], images=32)
     (after,) = cached_evaluation(load_artifact(run), [24])
     assert after["status"] == "calibrated"
-    assert json.loads((run / FILE).read_text())["entries"][0]["rows"]["24"]["status"] == "calibrated"
+    assert json.loads((run / EVALUATIONS).read_text())["entries"][0]["rows"]["24"]["status"] == "calibrated"
 
 
 def test_inets_and_imax_curves(runs, tmp_path):

@@ -8,10 +8,10 @@ from torch import nn
 
 from rsvision.models import EncoderDecoder, build_model
 from rsvision.models.heads import classifier
+from rsvision.nn.switchable import SwitchableBatchNorm
 from rsvision.quant import LQActQuantizer, QuantConv2d, QuantPoint
 from rsvision.recipe import validate_recipe
 from rsvision.registry import BACKBONES, QUANTIZERS
-from rsvision.switchable import SwitchableBatchNorm
 
 
 def _body(name: str) -> nn.Module:

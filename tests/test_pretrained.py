@@ -4,15 +4,14 @@ import urllib.error
 
 import pytest
 import torch
+from conftest import tiny_recipe_dict
 from safetensors.torch import save_file
 from torchvision.models import mobilenet_v2, resnet18
 
 from rsvision.errors import UserError
 from rsvision.models import build_model, create_model
+from rsvision.nn.switchable import at_resolution
 from rsvision.recipe import validate_recipe
-from rsvision.switchable import at_resolution
-
-from conftest import tiny_recipe_dict
 
 
 def _recipe(tmp_path, pretrained):

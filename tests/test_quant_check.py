@@ -6,11 +6,15 @@ import copy
 
 import pytest
 import torch
-
-from rsvision.fold import plain_subnet
-from rsvision.quant.plain import TIE_MARGIN, NearestLevel, compare_quantized, near_ties
-
 from test_quant_export import _trained_model
+
+from rsvision.deploy.network import plain_subnet
+from rsvision.quant.dequantize import (
+    TIE_MARGIN,
+    NearestLevel,
+    compare_quantized,
+    near_ties,
+)
 
 TOLERANCE = 1e-4  # the ONNX export's: 1e-4 x max(1, |output|)
 
@@ -49,7 +53,7 @@ def test_rounding_that_differs_at_near_ties_passes_and_a_wrong_graph_fails(folde
 
 def test_onnxruntime_runs_the_export_as_pytorch_on_300_images(folded, tmp_path):
     pytest.importorskip("onnxruntime")
-    from rsvision.onnx_export import export_network, run_session, session
+    from rsvision.deploy.onnx import export_network, run_session, session
 
     network, x = folded
     export_network(network, x[:2], tmp_path / "q.onnx", 18)

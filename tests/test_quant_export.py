@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from rsvision.quant.export import compact_, export_packed, is_packed, load_packed_run, pack_codes, unpack_codes
-from rsvision.recipe import validate_recipe
 from rsvision.models import build_model
+from rsvision.recipe import validate_recipe
+from rsvision.run.packed import (
+    compact_,
+    export_packed,
+    is_packed,
+    load_packed_run,
+    pack_codes,
+    unpack_codes,
+)
 
 RECIPE = {
     "task": "cls",
@@ -75,6 +82,7 @@ def test_cli_export_then_eval_the_packed_file(tmp_path, capsys):
     import json
 
     from conftest import tiny_recipe_dict
+
     from rsvision.cli import main
     from rsvision.engine import train
 

@@ -10,7 +10,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from rsvision.quant import LQActQuantizer, LQWeightQuantizer, QuantConv2d, QuantLinear, quantize_model
+from rsvision.quant import (
+    LQActQuantizer,
+    LQWeightQuantizer,
+    QuantConv2d,
+    QuantLinear,
+    quantize_model,
+)
 from rsvision.quant.lq import code_table
 
 

@@ -14,7 +14,12 @@ from torch import nn
 
 from rsvision.models import EncoderDecoder, build_model
 from rsvision.models.refinenet import refinenet
-from rsvision.quant import LQActQuantizer, LQSignedActQuantizer, QuantConv2d, quantize_model
+from rsvision.quant import (
+    LQActQuantizer,
+    LQSignedActQuantizer,
+    QuantConv2d,
+    quantize_model,
+)
 from rsvision.quant.sign import inputs_can_be_negative
 from rsvision.recipe import validate_recipe
 from rsvision.registry import BACKBONES, QUANTIZERS

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from rsvision.models import create_model
+from rsvision.nn.switchable import RSNet, SwitchableBatchNorm
 from rsvision.registry import BACKBONES, list_backbones, list_heads
-from rsvision.switchable import RSNet, SwitchableBatchNorm
 
 #: Small widths where the builder takes them, so the file stays fast.
 BACKBONE_ARGS = {

@@ -5,14 +5,13 @@ import textwrap
 import pytest
 import torch
 import yaml
+from conftest import tiny_recipe_dict
 
 from rsvision import list_backbones, load_plugins
 from rsvision.errors import RegistryError, UserError
 from rsvision.models import build_model
 from rsvision.recipe import load_recipe, validate_recipe
 from rsvision.registry import BACKBONES, Registry
-
-from conftest import tiny_recipe_dict
 
 
 def test_duplicate_name_is_an_error_unless_override():
@@ -123,3 +122,31 @@ def test_shipped_recipes_validate():
     assert recipes
     for path in recipes:
         load_recipe(path)
+
+
+def test_each_task_validates_its_own_data_fields(tmp_path):
+    """``crop_scale`` belongs to ``cls``, ``scale_range`` to ``seg``: each task checks its own
+    fields (type, order, typos) and fills in their defaults."""
+    from rsvision.registry import TASKS, load_builtins
+
+    load_builtins()
+    data = tiny_recipe_dict(tmp_path)
+    del data["data"]["crop_scale"]
+    task = TASKS.get("cls")(validate_recipe(data, "r.yaml"))
+    assert task.fields.crop_scale == (0.08, 1.0) and task.recipe.data.crop_scale == (0.08, 1.0)
+    assert "data.crop_scale" in task.recipe_fields and "data.scale_range" not in task.recipe_fields
+    for bad, message in [
+        ({"crop_scal": [0.5, 1.0]}, "r.yaml: data.crop_scal: unknown key; did you mean 'crop_scale'?"),
+        ({"crop_scale": [1.0, 0.5]}, "r.yaml: data.crop_scale: expected 0 < low <= high, got [1.0, 0.5]"),
+        ({"multi_crop": True, "resize": "batch"}, "r.yaml: data: multi_crop draws a crop per resolution, so it needs resize: sample"),
+    ]:
+        data = tiny_recipe_dict(tmp_path)
+        data["data"].update(bad)
+        with pytest.raises(UserError) as err:
+            TASKS.get("cls")(validate_recipe(data, "r.yaml"))
+        assert str(err.value) == message
+    data = tiny_recipe_dict(tmp_path)
+    data["data"].update(multi_crop=True)  # resize not given: per-sample resizing follows
+    assert TASKS.get("cls")(validate_recipe(data, "r.yaml")).recipe.data.resize == "sample"
+    data["data"].update(multi_crop=False, scale_range=[0.5, 2.0])  # a saved recipe of an earlier version: read, not used
+    assert TASKS.get("cls")(validate_recipe(data, "r.yaml")).fields.multi_crop is False

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import tiny_recipe_dict
+from safetensors.torch import load_file
 
 RSVISION = [sys.executable, "-m", "rsvision.cli"]
 

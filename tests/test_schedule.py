@@ -3,13 +3,13 @@
 import math
 
 import pytest
+from conftest import tiny_recipe_dict
 
 from rsvision.engine import train
 from rsvision.engine import trainer as trainer_module
 from rsvision.engine.schedule import learning_rate
 from rsvision.recipe import TrainConfig, validate_recipe
 from rsvision.training import MREDTraining
-from conftest import tiny_recipe_dict
 
 
 def test_cosine_step_and_warmup_values():

@@ -7,15 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from rsvision.tasks.segmentation import SegmentationMetrics, scores_from_confusion
 from seg_fixtures import nyu_to_40, write_nyu_folder, write_nyu_mat, write_segfolder
 
 from rsvision.data.seg_transforms import JointTrainTransform
 from rsvision.data.transforms import InputFormat, batch_resolutions
 from rsvision.errors import UserError
-from rsvision.mred import MREDLoss
 from rsvision.recipe import validate_recipe
 from rsvision.registry import DATASETS, HEADS, TASKS, load_builtins
-from rsvision.tasks.segmentation import SegmentationMetrics, scores_from_confusion
+from rsvision.training.loss import MREDLoss
 
 load_builtins()
 
@@ -233,8 +233,8 @@ def test_num_classes_must_match_the_dataset(tmp_path):
 def test_refinenet_parameters_match_the_paper():
     """Table 7: 118.20M per I-Net, 118.31M for the RS-Net with S = 3 (ResNet-101, 40 classes)."""
     from rsvision.models import EncoderDecoder
+    from rsvision.nn.switchable import RSNet
     from rsvision.registry import BACKBONES
-    from rsvision.switchable import RSNet
 
     backbone = BACKBONES.build("resnet101")
     body = EncoderDecoder(backbone, HEADS.build("refinenet", backbone=backbone, num_classes=40))

@@ -11,7 +11,7 @@ from PIL import Image
 from seg_fixtures import write_nyu_folder, write_nyu_mat
 
 from rsvision.cli import main
-from rsvision.artifacts import find_latest_run
+from rsvision.run.folder import find_latest_run
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "refinenet_nyud.yaml"
 

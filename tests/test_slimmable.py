@@ -9,10 +9,22 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rsvision.errors import UserError
 from rsvision.models import create_model
-from rsvision.profile import count_madds
-from rsvision.slimmable import SlimmableConv2d, SlimmableLinear, channels_at, make_divisible, make_slimmable, slimmable_layers
+from rsvision.nn.cost import count_madds
+from rsvision.nn.slimmable import (
+    SlimmableConv2d,
+    SlimmableLinear,
+    channels_at,
+    make_divisible,
+    make_slimmable,
+    slimmable_layers,
+)
+from rsvision.nn.switchable import (
+    Switchable,
+    SwitchableBatchNorm,
+    at_subnet,
+    materialize,
+)
 from rsvision.subnet import SubNet
-from rsvision.switchable import Switchable, SwitchableBatchNorm, at_subnet, materialize
 
 
 @pytest.mark.parametrize(
@@ -159,7 +171,7 @@ def test_timm_resnet_and_mobilenet_convert():
     for name in ("resnet10t", "mobilenetv3_small_050"):
         net = timm.create_model(name, num_classes=5)
         make_slimmable(net, (0.5, 1.0), example_input=torch.zeros(2, 3, 32, 32))
-        from rsvision.switchable import RSNet
+        from rsvision.nn.switchable import RSNet
 
         model = RSNet(net, [SubNet(32, 1.0), SubNet(32, 0.5)], shared_bn=True).eval()
         x = torch.randn(2, 3, 32, 32)

@@ -8,10 +8,16 @@ import torch
 from torch import nn
 from torchvision.models import mobilenet_v2, resnet18
 
-from rsvision import RSNet, SwitchableBatchNorm, at_resolution, make_switchable, set_resolution
-from rsvision.profile import bn_affine_parameters, count_parameters
+from rsvision import (
+    RSNet,
+    SwitchableBatchNorm,
+    at_resolution,
+    make_switchable,
+    set_resolution,
+)
+from rsvision.nn.cost import bn_affine_parameters, count_parameters
+from rsvision.nn.switchable import interpolation_weights
 from rsvision.subnet import SubNet
-from rsvision.switchable import interpolation_weights
 
 RES = [32, 24, 16]
 

@@ -8,7 +8,7 @@ from torch import nn
 from rsvision.engine import train
 from rsvision.errors import UserError
 from rsvision.models import build_model
-from rsvision.switchable import SwitchableBatchNorm, at_resolution
+from rsvision.nn.switchable import SwitchableBatchNorm, at_resolution
 
 
 def test_every_group_converts_and_interpolation_still_works(tiny_recipe):

@@ -10,22 +10,28 @@ import pytest
 import timm
 import torch
 from click.testing import CliRunner
+from conftest import tiny_recipe_dict
 from safetensors.torch import save_file
 from timm.layers import BatchNormAct2d
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rsvision.artifacts import load_artifact
 from rsvision.cli import cli
+from rsvision.deploy.network import plain_subnet
 from rsvision.engine import train
 from rsvision.errors import RegistryError, UserError
-from rsvision.fold import fold_batchnorm, plain_subnet
 from rsvision.models import check_backbone, create_model
+from rsvision.nn.fold import fold_batchnorm
+from rsvision.nn.switchable import (
+    RSNet,
+    at_resolution,
+    materialize,
+    subnet_status,
+    switchable_bns,
+)
 from rsvision.recipe import validate_recipe
 from rsvision.registry import BACKBONES, Registry, list_backbones
-from rsvision.switchable import RSNet, at_resolution, materialize, subnet_status, switchable_bns
-
-from conftest import tiny_recipe_dict
+from rsvision.run.folder import load_artifact
 
 
 def test_a_prefix_resolves_a_family_of_names():

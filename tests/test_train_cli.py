@@ -6,15 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_recipe_dict
 from safetensors.torch import load_file
 
-from rsvision.artifacts import load_artifact
-from rsvision.engine import evaluate_artifact, train
+from rsvision.analysis.evaluate import evaluate_artifact
+from rsvision.cli import main
+from rsvision.engine import train
 from rsvision.engine import trainer as trainer_module
 from rsvision.recipe import validate_recipe
-
-from rsvision.cli import main
-from conftest import tiny_recipe_dict
+from rsvision.run.folder import load_artifact
 
 
 def _log(run_dir: Path) -> list[dict]:

@@ -5,15 +5,16 @@ import json
 
 import pytest
 import torch
-
 from calib_fixtures import copy_run, run_cli
 from conftest import tiny_recipe_dict
 from deploy_fixtures import cls_run
-from rsvision.artifacts import CALIBRATION, load_artifact
-from rsvision.calibrate import calibrated_subnets
+
 from rsvision.engine import train
 from rsvision.errors import UserError
+from rsvision.nn.bn_stats import calibrated_subnets
 from rsvision.recipe import validate_recipe
+from rsvision.run.files import CALIBRATION
+from rsvision.run.folder import load_artifact
 
 pytest.importorskip("onnxruntime")
 

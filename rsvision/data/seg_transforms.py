@@ -66,7 +66,7 @@ class JointTrainTransform:
         return {"images": [resize(crop, r) for r in self.resolutions], "target": target}
 
 
-class EvalTransform:
+class JointEvalTransform:
     """``(image, mask)`` → ``{"images": [r x r per resolution], "target": original-size mask}``."""
 
     def __init__(self, resolutions: Sequence[int], input_format: InputFormat = InputFormat()) -> None:

@@ -15,9 +15,10 @@ import torch
 from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 
+from rsvision.nn.surgery import eval_mode
+from rsvision.nn.switchable import at_subnet, subnet_status
 from rsvision.subnet import SubNet, SubNetLike
-from rsvision.switchable import at_subnet, subnet_status
-from rsvision.task import Task
+from rsvision.tasks.base import Task
 
 Combiner = Callable[[list[torch.Tensor]], torch.Tensor]
 
@@ -58,9 +59,7 @@ def evaluate(
         loader = accelerator.prepare_data_loader(loader)
     metrics = {s: task.metrics() for s in subnets}
     combined = {name: task.metrics() for name in combiners}
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for batch in _track(loader, progress, "eval " + "/".join(s.id for s in subnets)):
             batch = send_to_device(batch, device)
             logits = []
@@ -71,8 +70,6 @@ def evaluate(
                 logits.append(z)
             for name, combine in combiners.items():
                 combined[name].update(combine(logits), batch)
-    finally:
-        model.train(was_training)
     rows = [{**subnet_row(s), "status": subnet_status(model, s), **metrics[s].compute()} for s in subnets]
     return rows + [{"subnet": name, **m.compute()} for name, m in combined.items()]
 
@@ -88,18 +85,3 @@ def _track(loader, progress, description: str):
     progress.remove_task(task_id)
 
 
-def evaluate_artifact(artifact, subnets: Sequence[SubNetLike] | None = None, batch_size: int | None = None) -> list[dict[str, Any]]:
-    """Evaluate a loaded run or packed file (:class:`rsvision.artifacts.Artifact`) at ``subnets``
-    (default: its trained sub-networks and the method's combined rows); rows carry ``madds``."""
-    from rsvision.profile import count_madds
-    from rsvision.training import method_for
-
-    task, model = artifact.task, artifact.model
-    method = method_for(task.recipe)(model, task, task.recipe)
-    method.load_artifact_tensors(artifact.tensors)
-    wanted = [SubNet.parse(s) for s in subnets] if subnets else method.eval_subnets()
-    rows = evaluate(model, task, wanted, method.combiners() if not subnets else None, batch_size)
-    for row, s in zip(rows, wanted):
-        with at_subnet(model, s):
-            row["madds"] = count_madds(model, task.example_input(s.resolution))
-    return method.annotate(rows)

@@ -34,20 +34,22 @@ from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set
 from torch import nn
 from torch.utils.data import DataLoader
 
-from rsvision.artifacts import STATE, recover_dir, replace_dir, save_run, write_json
+from rsvision.data.sampling import EpochSampler, EpochSeeded
 from rsvision.engine.evaluate import evaluate
 from rsvision.engine.layout import LayoutChoice, to_layout
-from rsvision.engine.report import console, results_table, training_progress
 from rsvision.engine.schedule import learning_rate
 from rsvision.errors import UserError
-from rsvision.data.sampling import EpochSampler, EpochSeeded
-from rsvision.profile import count_madds, count_parameters
+from rsvision.io import recover_dir, replace_dir, write_json
+from rsvision.nn.cost import subnet_madds
 from rsvision.recipe import Recipe, check_unused
 from rsvision.registry import TASKS, load_plugins
-from rsvision.switchable import at_subnet
-from rsvision.task import Task
+from rsvision.report import console, results_table, training_progress
+from rsvision.run.files import LOG, META, RECIPE, STATE, progress_file
+from rsvision.run.folder import save_run
+from rsvision.run.metadata import run_metadata
+from rsvision.tasks.base import Task
 from rsvision.training import StepContext, TrainingMethod, method_for
-from rsvision.training.mred import frozen_state
+from rsvision.training.base import frozen_state
 
 
 class TrainingDiverged(UserError):
@@ -109,36 +111,54 @@ def latest_resumable(recipe: Recipe, name: str) -> Path:
     for run in Path(recipe.output_dir).glob(f"{name}-*"):
         recover_dir(run / STATE)
     candidates = sorted(
-        (p for p in Path(recipe.output_dir).glob(f"{name}-*") if (p / STATE / "progress.json").is_file()),
-        key=lambda p: (p / STATE / "progress.json").stat().st_mtime,
+        (p for p in Path(recipe.output_dir).glob(f"{name}-*") if progress_file(p / STATE).is_file()),
+        key=lambda p: progress_file(p / STATE).stat().st_mtime,
     )
     if not candidates:
         raise UserError(f"--resume: no run of '{name}' with a saved training state under {recipe.output_dir}/")
     return candidates[-1]
 
 
-def run_metadata(task: Task, method: TrainingMethod, recipe: Recipe, rows: list[dict], madds: dict, epochs_done: int) -> dict:
-    model = method.model
-    return {
-        "task": recipe.task,
-        "resolutions": recipe.resolutions,
-        "subnets": [s.id for s in model.subnets],
-        "class_names": task.class_names(),
-        "input": task.input_format.as_dict(),
-        "recipe": recipe.model_dump(mode="json"),
-        "metrics": rows,
-        "primary_metric": task.primary_metric,
-        "parameters": count_parameters(model),
-        "madds": madds,
-        "epochs_done": epochs_done,
-        "complete": epochs_done == recipe.train.epochs,
-        **method.describe(),
-        **task.describe(),
-    }
+@dataclass
+class Loop:
+    """What one training run's epochs share: the prepared pieces and where the run stands."""
+
+    recipe: Recipe
+    task: Task
+    method: TrainingMethod
+    prepared: Any
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    sampler: EpochSampler
+    accelerator: Accelerator
+    layouts: LayoutChoice
+    state: RunProgress
+    run_dir: Path
+    steps_per_epoch: int
+    updates_per_epoch: int
+    quiet: bool
 
 
 def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: bool = False) -> Path:
     """Train ``recipe`` and return its run folder (``model.safetensors`` + ``rsvision.json``)."""
+    loop = _prepare(recipe, name, resume, quiet)
+    rows: list[dict] = loop.state.history[-1].get("val", []) if loop.state.history else []
+    bar = training_progress(disable=quiet or not loop.accelerator.is_main_process)
+    with bar:
+        for epoch in range(loop.state.epoch, recipe.train.epochs):
+            rows = _run_epoch(loop, epoch, bar, rows)
+    loop.accelerator.wait_for_everyone()
+    if loop.accelerator.is_main_process and not quiet:
+        meta = json.loads((loop.run_dir / META).read_text())
+        console.print(results_table(_with_costs(rows, meta["madds"]), columns=loop.method.columns))
+        console.print(f"run folder: {loop.run_dir}")
+    loop.accelerator.end_training()
+    return loop.run_dir
+
+
+def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
+    """The task, the method, the data and the optimiser, prepared by Accelerate; the run
+    folder created (or found and its state loaded, with ``resume``)."""
     load_plugins(recipe.plugins)
     task: Task = TASKS.get(recipe.task)(recipe)
     method_cls = method_for(recipe)
@@ -149,24 +169,17 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
     accelerator = make_accelerator(recipe)
     set_seed(t.seed)
     model = task.build_model()
-    if t.sync_bn:
-        model = synchronized_bn(model)
-    method = method_cls(model, task, recipe)
+    method = method_cls(synchronized_bn(model) if t.sync_bn else model, task, recipe)
     train_set = EpochSeeded(task.train_dataset(), t.seed)
     sampler = EpochSampler(len(train_set), t.seed)
     loader = DataLoader(
-        train_set,
-        batch_size=recipe.data.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=recipe.data.workers,
-        collate_fn=task.collate,
-        persistent_workers=recipe.data.workers > 0,
+        train_set, batch_size=recipe.data.batch_size, sampler=sampler, drop_last=True,
+        num_workers=recipe.data.workers, collate_fn=task.collate, persistent_workers=recipe.data.workers > 0,
     )
     if len(loader) == 0:
         raise UserError(f"{recipe.source}: data.batch_size {recipe.data.batch_size} is larger than the training set ({len(train_set)} samples); no full batch")
     run_dir = _agreed_run_dir(accelerator, recipe, name, resume)
-    state = RunProgress(**json.loads((run_dir / STATE / "progress.json").read_text())) if resume else RunProgress()
+    state = RunProgress(**json.loads(progress_file(run_dir / STATE).read_text())) if resume else RunProgress()
     layouts = LayoutChoice(t.channels_last, state.layout, method, accelerator, state.layout_reason)  # a resumed run keeps its layout
     if layouts.trial and accelerator.num_processes > 1:
         first = next(iter(DataLoader(train_set, batch_size=recipe.data.batch_size, collate_fn=task.collate)))
@@ -175,66 +188,64 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
     if t.compile:
         method.model.body = torch.compile(method.model.body)
     prepared, optimizer, loader = accelerator.prepare(method, optimizer, loader)
-    unwrapped: TrainingMethod = accelerator.unwrap_model(prepared)
-    steps_per_epoch = min(len(loader), t.max_steps_per_epoch or len(loader))  # per process, once sharded
-    updates_per_epoch = math.ceil(steps_per_epoch / t.grad_accum)
+    steps = min(len(loader), t.max_steps_per_epoch or len(loader))  # per process, once sharded
+    loop = Loop(
+        recipe, task, accelerator.unwrap_model(prepared), prepared, optimizer, loader, sampler, accelerator,
+        layouts, state, run_dir, steps, math.ceil(steps / t.grad_accum), quiet,
+    )
     if resume:
         accelerator.load_state(str(run_dir / STATE))
         if accelerator.is_main_process:
             console.print(f"resuming {run_dir} at epoch {state.epoch + 1}")
     elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "recipe.json", recipe.model_dump(mode="json"))
-
-    def note_layout() -> None:
-        """Keep the layout in the run's state and say it, once it is known."""
-        if state.layout is None and layouts.name is not None:
-            state.layout, state.layout_reason = layouts.name, layouts.reason
-            if accelerator.is_main_process and not quiet:
-                console.print(f"memory layout: {state.layout} ({state.layout_reason})")
-
-    note_layout()
-    rows: list[dict] = state.history[-1].get("val", []) if state.history else []
-    bar = training_progress(disable=quiet or not accelerator.is_main_process)
-    with bar:
-        for epoch in range(state.epoch, t.epochs):
-            sampler.set_epoch(epoch)
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
-            stats = _train_epoch(prepared, unwrapped, optimizer, loader, accelerator, recipe, epoch, steps_per_epoch, updates_per_epoch, layouts, state, bar, run_dir)
-            note_layout()
-            log = {"epoch": epoch + 1, **stats, **unwrapped.describe()}
-            if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
-                sync_buffers(unwrapped)
-                subnets = unwrapped.eval_subnets()
-                with unwrapped.evaluation(subnets):
-                    rows = evaluate(unwrapped.model, task, subnets, unwrapped.combiners(), accelerator=accelerator, progress=bar)
-                rows = unwrapped.annotate(rows)
-                log["val"] = rows
-            state.epoch = epoch + 1
-            state.history.append(log)
-            _save_epoch(accelerator, run_dir, unwrapped, task, recipe, rows, state)
-            if accelerator.is_main_process and not quiet:
-                console.print(_epoch_line(log, task.primary_metric))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and not quiet:
-        meta = json.loads((run_dir / "rsvision.json").read_text())
-        console.print(results_table(_with_costs(rows, meta["madds"])))
-        console.print(f"run folder: {run_dir}")
-    if accelerator.is_main_process:
-        unwrapped.after_training(run_dir, quiet)
-    accelerator.end_training()
-    return run_dir
+        write_json(run_dir / RECIPE, recipe.model_dump(mode="json"))
+    _note_layout(loop)
+    return loop
 
 
-def _train_epoch(prepared, unwrapped, optimizer, loader, accelerator, recipe, epoch, steps, updates_per_epoch, layouts, state, bar, run_dir) -> dict:
-    t = recipe.train
+def _note_layout(loop: Loop) -> None:
+    """Keep the memory layout in the run's state and say it, once it is known."""
+    state, layouts = loop.state, loop.layouts
+    if state.layout is None and layouts.name is not None:
+        state.layout, state.layout_reason = layouts.name, layouts.reason
+        if loop.accelerator.is_main_process and not loop.quiet:
+            console.print(f"memory layout: {state.layout} ({state.layout_reason})")
+
+
+def _run_epoch(loop: Loop, epoch: int, bar, rows: list[dict]) -> list[dict]:
+    """Train one epoch, evaluate when due, save the run folder; returns the latest evaluation
+    rows (``rows``, the earlier ones, when this epoch is not evaluated)."""
+    method, t = loop.method, loop.recipe.train
+    loop.sampler.set_epoch(epoch)
+    if hasattr(loop.loader, "set_epoch"):
+        loop.loader.set_epoch(epoch)
+    stats = _train_epoch(loop, epoch, bar)
+    _note_layout(loop)
+    log = {"epoch": epoch + 1, **stats, **method.describe()}
+    if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
+        sync_buffers(method)
+        subnets = method.eval_subnets()
+        with method.evaluation(subnets):
+            rows = evaluate(method.model, loop.task, subnets, method.combiners(), accelerator=loop.accelerator, progress=bar)
+        rows = log["val"] = method.annotate(rows)
+    loop.state.epoch = epoch + 1
+    loop.state.history.append(log)
+    _save_epoch(loop, rows)
+    if loop.accelerator.is_main_process and not loop.quiet:
+        console.print(_epoch_line(log, loop.task.primary_metric, method.epoch_text(log)))
+    return rows
+
+
+def _train_epoch(loop: Loop, epoch: int, bar) -> dict:
+    t, accelerator, prepared, method, optimizer = loop.recipe.train, loop.accelerator, loop.prepared, loop.method, loop.optimizer
+    steps = loop.steps_per_epoch
     prepared.train()
     sums: dict[str, float] = {}
     seen = 0
     bar_id = bar.add_task("train", total=steps, epoch=f"{epoch + 1}/{t.epochs}", stats="")
     distributed = accelerator.num_processes > 1
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(loop.loader):
         if i >= steps:
             break
         window_start = i - i % t.grad_accum
@@ -244,27 +255,27 @@ def _train_epoch(prepared, unwrapped, optimizer, loader, accelerator, recipe, ep
         def backward(loss: torch.Tensor, scale: float = 1.0 / window) -> None:
             accelerator.backward(loss * scale)
 
-        with layouts.step() as layout, nullcontext() if sync or unwrapped.multi_backward else accelerator.no_sync(prepared):
+        with loop.layouts.step() as layout, nullcontext() if sync or method.multi_backward else accelerator.no_sync(prepared):
             batch = to_layout(batch, layout)
-            if unwrapped.multi_backward:
-                out = unwrapped.step(batch, StepContext(backward, accelerator.autocast))
+            if method.multi_backward:
+                out = method.step(batch, StepContext(backward, accelerator.autocast))
             else:
                 out = prepared(batch)
                 backward(out.loss)
-        _check_finite(out.loss, accelerator, recipe, epoch, i, optimizer, run_dir)
+        _check_finite(out.loss, accelerator, loop.recipe, epoch, i, optimizer, loop.run_dir)
         if sync:
-            if unwrapped.multi_backward and distributed:
-                average_gradients(unwrapped.parameters())
-            lr = learning_rate(t, state.step, updates_per_epoch)
+            if method.multi_backward and distributed:
+                average_gradients(method.parameters())
+            lr = learning_rate(t, loop.state.step, loop.updates_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            state.step += 1
+            loop.state.step += 1
         seen += 1
         for key, value in out.log.items():
             sums[key] = sums.get(key, 0.0) + value
-        bar.update(bar_id, advance=1, stats=unwrapped.progress_text({k: v / seen for k, v in sums.items()}))
+        bar.update(bar_id, advance=1, stats=method.progress_text({k: v / seen for k, v in sums.items()}))
     bar.remove_task(bar_id)
     stats = {k: v / max(seen, 1) for k, v in sums.items()}
     stats["lr"] = optimizer.param_groups[0]["lr"]
@@ -325,43 +336,40 @@ def sync_buffers(module: nn.Module) -> None:
             dist.broadcast(b, src=0)
 
 
-def _save_epoch(accelerator, run_dir: Path, method: TrainingMethod, task: Task, recipe: Recipe, rows, state: RunProgress) -> None:
+def _save_epoch(loop: Loop, rows: list[dict]) -> None:
     """Weights + metadata after every epoch; the resumable state beside them."""
+    accelerator, run_dir, method, state = loop.accelerator, loop.run_dir, loop.method, loop.state
     accelerator.wait_for_everyone()
-    final = state.epoch == recipe.train.epochs
-    madds = _madds(method.model, task) if final else {}
+    final = state.epoch == loop.recipe.train.epochs
+    madds = _madds(method.model, loop.task) if final else {}
     tmp = run_dir / f"{STATE}.tmp"
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()  # every process has written its random state into tmp
     if accelerator.is_main_process:
-        write_json(tmp / "progress.json", asdict(state))
+        write_json(progress_file(tmp), asdict(state))
         replace_dir(tmp, run_dir / STATE)
-        meta = run_metadata(task, method, recipe, rows, madds, state.epoch)
+        meta = run_metadata(loop.task, method, loop.recipe, rows, madds, state.epoch)
         meta["memory_layout"] = {"layout": state.layout, "reason": state.layout_reason}
         save_run(run_dir, method.model, method.artifact_tensors(), meta)
-        with (run_dir / "log.jsonl").open("a") as f:
+        with (run_dir / LOG).open("a") as f:
             f.write(json.dumps(state.history[-1], default=str) + "\n")
     accelerator.wait_for_everyone()
 
 
 def _madds(model: nn.Module, task: Task) -> dict[str, int]:
     device = next(model.parameters()).device
-    out = {}
-    for s in model.subnets:
-        with at_subnet(model, s):
-            out[s.id] = count_madds(model, task.example_input(s.resolution).to(device))
-    return out
+    return {s.id: subnet_madds(model, s, task.example_input(s.resolution).to(device)) for s in model.subnets}
 
 
 def _with_costs(rows: list[dict], madds: dict[str, int]) -> list[dict]:
     return [{**row, "madds": madds[row["subnet"]]} if row.get("subnet") in madds else row for row in rows]
 
 
-def _epoch_line(log: dict, primary: str) -> str:
+def _epoch_line(log: dict, primary: str, method_text: str = "") -> str:
     parts = [f"epoch {log['epoch']}", f"loss {log.get('loss', float('nan')):.3f}", f"lr {log['lr']:.4g}"]
     for row in log.get("val", []):
         if primary in row:
             parts.append(f"{row['subnet']}: {row[primary]:.1f}")
-    if "ensemble_weights" in log:
-        parts.append("alpha " + " ".join(f"{w:.2f}" for w in log["ensemble_weights"]))
+    if method_text:
+        parts.append(method_text)
     return " · ".join(parts)

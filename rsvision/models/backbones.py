@@ -12,8 +12,8 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
+from rsvision.nn.slimmable import keep_full_outputs
 from rsvision.registry import register_backbone
-from rsvision.slimmable import keep_full_outputs
 
 
 class StageBackbone(nn.Module):
@@ -111,13 +111,17 @@ class CifarResNet(StageBackbone):
 
     ``widths`` gives the channels of each stage (first stage at the stem's stride, then 2
     each). ``stem_stride`` 2 strides the stem convolution; 4 adds a 3x3 max-pool, as in
-    the ImageNet ResNets, for cheap runs on larger images.
+    the ImageNet ResNets, for cheap runs on larger images. ``init``: ``torch`` keeps
+    PyTorch's default initialisation of the convolutions; ``he`` draws them as He et al.
+    (2015) and torchvision's ResNets do (normal, fan-out, gain for ReLU).
     """
 
-    def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], stem_stride: int = 1) -> None:
+    def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], stem_stride: int = 1, init: str = "torch") -> None:
         super().__init__()
         if stem_stride not in (1, 2, 4):
             raise ValueError(f"stem_stride must be 1, 2 or 4, got {stem_stride}")
+        if init not in ("torch", "he"):
+            raise ValueError(f"init must be 'torch' or 'he', got {init!r}")
         stem = [nn.Conv2d(3, widths[0], 3, stride=min(stem_stride, 2), padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
         if stem_stride == 4:
             stem.append(nn.MaxPool2d(3, stride=2, padding=1))
@@ -134,6 +138,10 @@ class CifarResNet(StageBackbone):
         self.layers = nn.ModuleList(stages)
         self.out_channels = list(widths)
         self.output_stride = stem_stride * 2 ** (len(widths) - 1)
+        if init == "he":
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
 @register_backbone("resnet18")
@@ -162,24 +170,24 @@ def mobilenet_v2(*, width_mult: float = 1.0, full_last_conv: bool = True) -> nn.
 
 
 @register_backbone("resnet20")
-def resnet20(*, width: int = 16, stem_stride: int = 1) -> nn.Module:
+def resnet20(*, width: int = 16, stem_stride: int = 1, init: str = "torch") -> nn.Module:
     """The 3-stage CIFAR ResNet-20 (0.27M parameters at width 16)."""
-    return CifarResNet((3, 3, 3), (width, 2 * width, 4 * width), stem_stride)
+    return CifarResNet((3, 3, 3), (width, 2 * width, 4 * width), stem_stride, init)
 
 
 @register_backbone("resnet14")
-def resnet14(*, width: int = 16, stem_stride: int = 1) -> nn.Module:
+def resnet14(*, width: int = 16, stem_stride: int = 1, init: str = "torch") -> nn.Module:
     """The 3-stage CIFAR ResNet with two blocks per stage (0.17M parameters at width 16)."""
-    return CifarResNet((2, 2, 2), (width, 2 * width, 4 * width), stem_stride)
+    return CifarResNet((2, 2, 2), (width, 2 * width, 4 * width), stem_stride, init)
 
 
 @register_backbone("resnet8")
-def resnet8(*, width: int = 16, stem_stride: int = 1) -> nn.Module:
+def resnet8(*, width: int = 16, stem_stride: int = 1, init: str = "torch") -> nn.Module:
     """A 3-stage CIFAR ResNet with one block per stage, for quick CPU runs and tests."""
-    return CifarResNet((1, 1, 1), (width, 2 * width, 4 * width), stem_stride)
+    return CifarResNet((1, 1, 1), (width, 2 * width, 4 * width), stem_stride, init)
 
 
 @register_backbone("resnet18_cifar")
-def resnet18_cifar(*, width: int = 64, stem_stride: int = 1) -> nn.Module:
+def resnet18_cifar(*, width: int = 64, stem_stride: int = 1, init: str = "torch") -> nn.Module:
     """ResNet-18's four stages with a CIFAR stem (3x3 conv, no max-pool)."""
-    return CifarResNet((2, 2, 2, 2), (width, 2 * width, 4 * width, 8 * width), stem_stride)
+    return CifarResNet((2, 2, 2, 2), (width, 2 * width, 4 * width, 8 * width), stem_stride, init)

@@ -16,10 +16,11 @@ from torch import nn
 
 from rsvision.errors import UserError
 from rsvision.models.pretrained import load_pretrained
+from rsvision.nn.slimmable import make_slimmable
+from rsvision.nn.switchable import RSNet
 from rsvision.recipe import Recipe
 from rsvision.registry import BACKBONES, HEADS, QUANTIZERS
 from rsvision.subnet import SubNet, SubNetLike, subnets_of
-from rsvision.switchable import RSNet
 
 
 class EncoderDecoder(nn.Module):
@@ -106,7 +107,7 @@ def create_model(
     (width, resolution). ``quant`` is a quantizer recipe, e.g. ``{"method": "lq",
     "weight_bits": 2, "act_bits": 2}``. ``widths`` (e.g. ``[1.0, 0.25]``, a range's ends,
     or a list) makes the network width-switchable over ``[min(widths), max(widths)]``
-    (:func:`rsvision.slimmable.make_slimmable`, channels rounded to ``width_divisor``).
+    (:func:`rsvision.nn.slimmable.make_slimmable`, channels rounded to ``width_divisor``).
     """
     check_arguments(resolutions, subnets, num_classes, in_channels)
     net = BACKBONES.build(backbone, field="model.backbone_args", **(backbone_args or {}))
@@ -120,7 +121,6 @@ def create_model(
     if widths:
         if quant is not None:
             raise UserError("quant: quantized width-switchable networks are not supported")
-        from rsvision.slimmable import make_slimmable
 
         smallest = min(SubNet.parse(s).resolution for s in subnets) if subnets else min(resolutions)
         example = torch.zeros(2, in_channels, smallest, smallest)

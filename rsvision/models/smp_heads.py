@@ -78,7 +78,9 @@ def deeplabv3plus(
     The backbone is not dilated (output stride 32, not 16), so the atrous rates default to
     half of the OS-16 rates (6, 12, 18) and the ASPP output is upsampled 8x, not 4x.
     """
-    from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
+    from segmentation_models_pytorch.decoders.deeplabv3.decoder import (
+        DeepLabV3PlusDecoder,
+    )
 
     decoder = DeepLabV3PlusDecoder(
         encoder_channels=_encoder_channels(backbone, "deeplabv3plus"),

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from rsvision.errors import RegistryError, UserError
+from rsvision.nn.switchable import BN_TYPES
 from rsvision.registry import BACKBONES
-from rsvision.switchable import BN_TYPES
 
 PREFIX = "timm/"
 #: Arguments rsvision sets itself: passing them would let timm fetch weights or change the output.

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsvision.nn.surgery import set_submodule
 from rsvision.quant.sign import inputs_can_be_negative
 
 WeightQuantizerFactory = Callable[[nn.Module], nn.Module]
@@ -82,11 +83,6 @@ class QuantLinear(_QuantizedLayer, nn.Linear):
 QUANT_LAYERS = (QuantConv2d, QuantLinear)
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
-
-
 def quantize_layers(
     model: nn.Module,
     weight_quantizer: WeightQuantizerFactory,
@@ -124,8 +120,8 @@ def quantize_layers(
     for name, layer in chosen:
         act = act_quantizer(signed[name]) if name in signed else None
         cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-        _set(model, name, cls.from_float(layer, weight_quantizer(layer), act))
+        set_submodule(model, name, cls.from_float(layer, weight_quantizer(layer), act))
     if act_quantizer is not None:
         for name in points:
-            _set(model, name, act_quantizer(signed[name]))
+            set_submodule(model, name, act_quantizer(signed[name]))
     return model

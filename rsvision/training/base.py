@@ -20,16 +20,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from rsvision.nn.switchable import RSNet
 from rsvision.recipe import Recipe
 from rsvision.subnet import SubNet
-from rsvision.switchable import RSNet
-from rsvision.task import Task
+from rsvision.tasks.base import Task
 
 
 @dataclass
@@ -54,7 +53,7 @@ class TrainingMethod(nn.Module):
 
     #: Whether ``step`` runs several backward passes (see the module docstring).
     multi_backward: bool = False
-    #: Optional recipe fields this method reads (see ``rsvision.recipe.OPTIONAL_FIELDS``).
+    #: Optional recipe fields this method reads (refused for the others, ``rsvision.recipe.check_unused``).
     recipe_fields: frozenset[str] = frozenset()
 
     def __init__(self, model: RSNet, task: Task, recipe: Recipe) -> None:
@@ -91,9 +90,6 @@ class TrainingMethod(nn.Module):
         so the saved state stays the trained one. Default: nothing to do."""
         yield
 
-    def after_training(self, run_dir: Path, quiet: bool) -> None:
-        """Called on the main process once the finished run folder is written. Default: nothing."""
-
     def combiners(self) -> dict[str, Callable[[list[torch.Tensor]], torch.Tensor]]:
         """Extra evaluation rows computed from the outputs of ``eval_subnets`` (e.g. an ensemble)."""
         return {}
@@ -113,6 +109,26 @@ class TrainingMethod(nn.Module):
         """Metadata stored in ``rsvision.json`` and logged each epoch."""
         return {}
 
+    #: Method columns of the results table (row key → format), e.g. MRED's ``alpha``.
+    columns: dict[str, str] = {}
+
+    def epoch_text(self, log: dict[str, Any]) -> str:
+        """The method's part of the line printed after each epoch (from ``describe``'s keys in ``log``)."""
+        return ""
+
     def progress_text(self, averages: dict[str, float]) -> str:
         """The progress bar's text from the epoch's running averages of ``StepOutput.log``."""
         return f"loss {averages.get('loss', float('nan')):.3f}"
+
+
+@contextmanager
+def frozen_state(module: nn.Module) -> Iterator[None]:
+    """Run the block in training mode without leaving a trace: buffers and RNG restored."""
+    saved = [b.detach().clone() for b in module.buffers()]
+    devices = sorted({b.device.index for b in module.buffers() if b.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        yield
+    with torch.no_grad():
+        for b, s in zip(module.buffers(), saved):
+            b.copy_(s)
+

@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager, nullcontext
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
@@ -49,13 +48,17 @@ from torch.utils.data import Dataset
 
 from rsvision.data.sampling import EpochSeeded, mix_seed
 from rsvision.data.transforms import batch_resolutions
-from rsvision.mred import MREDLoss, kl_divergence
+from rsvision.nn.bn_stats import calibrated_for
+from rsvision.nn.slimmable import slimmable_layers
+from rsvision.nn.switchable import RSNet, at_subnet, subnet_status
 from rsvision.recipe import Recipe, WidthsConfig
+from rsvision.registry import register_method
 from rsvision.subnet import SubNet
-from rsvision.switchable import RSNet, at_subnet, subnet_status
-from rsvision.task import Task
+from rsvision.tasks.base import Task
 from rsvision.training.base import StepContext, StepOutput, TrainingMethod
-from rsvision.training.mred import ALPHA_KEY, mred_low_memory, mred_standard
+from rsvision.training.ensemble import AlphaEnsemble
+from rsvision.training.loss import MREDLoss, kl_divergence
+from rsvision.training.rsnets import mred_low_memory, mred_standard
 
 #: Separate the sandwich draws' and the training-view calibration's random streams from others seeded by the run's seed.
 _STREAM = 0x5A4D
@@ -90,7 +93,8 @@ def sandwich(widths: WidthsConfig, resolutions: Sequence[int], seed: int, draw: 
     return draws
 
 
-class MutualTraining(TrainingMethod):
+@register_method("mutualnet")
+class MutualTraining(AlphaEnsemble, TrainingMethod):
     """The sandwich rule with in-place distillation over widths and resolutions (module docstring)."""
 
     #: ``mred.mode`` is read with ``widths.teacher: ensemble`` only (``recipe.check_unused``).
@@ -107,8 +111,6 @@ class MutualTraining(TrainingMethod):
         if self.widths.teacher == "ensemble":
             self.criterion = MREDLoss(len(self.resolutions), mode=recipe.mred.mode, ignore_index=task.ignore_index)
         self.register_buffer("draws", torch.zeros((), dtype=torch.long))
-
-    # ------------------------------------------------------------------ the step
 
     def next_draw(self) -> list[SubNet]:
         """This step's sub-networks; advances the draw counter."""
@@ -202,8 +204,6 @@ class MutualTraining(TrainingMethod):
         kwargs = {} if self.task.ignore_index is None else {"ignore_index": self.task.ignore_index}
         return F.cross_entropy(z.float(), target, **kwargs)
 
-    # ------------------------------------------------------------------ optimiser
-
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """``widths.decay``: ``all`` the network's parameters decayed, or ``conv_fc``: only the
         weights of convolutions and linear layers that are not depthwise (MutualNet's code).
@@ -219,8 +219,6 @@ class MutualTraining(TrainingMethod):
         if self.criterion is not None:
             groups.append({"params": [self.criterion.alpha], "weight_decay": 0.0})
         return groups
-
-    # ------------------------------------------------------------------ evaluation
 
     def eval_subnets(self) -> list[SubNet]:
         """The trained sub-networks: a range's two ends or the list, at every resolution (widest first)."""
@@ -246,51 +244,18 @@ class MutualTraining(TrainingMethod):
         if not needed:
             yield
             return
-        from rsvision.calibrate import calibrated_for
 
         with calibrated_for(self.model, self.calibration_task, needed, self.widths.calibration_images, self.recipe.train.seed):
             yield
 
-    def after_training(self, run_dir: Path, quiet: bool) -> None:
-        """``widths.query: true``: build the query table of the finished run (and print it)."""
-        if not self.widths.query:
-            return
-        from rsvision.query import print_query, query_run
-
-        report = query_run(run_dir)
-        if not quiet:
-            print_query(report)
-
-    def combiners(self) -> dict[str, Callable[[list[torch.Tensor]], torch.Tensor]]:
-        """With the ensemble teacher: the alpha-ensemble of the full width's resolutions (the
-        first S evaluated sub-networks)."""
-        if self.criterion is None:
-            return {}
-        S = len(self.resolutions)
-        return {"ensemble": lambda logits: self.criterion.ensemble(logits[:S])}
-
-    def annotate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if self.criterion is None:
-            return rows
-        high = self.widths.bounds[1]
-        weights = dict(zip(self.resolutions, self.criterion.weights.detach().tolist()))
-        return [{**row, "alpha": weights[row["resolution"]]} if row.get("width") == high and row.get("resolution") in weights else row for row in rows]
-
-    # ------------------------------------------------------------------ what is saved
-
-    def artifact_tensors(self) -> dict[str, torch.Tensor]:
-        return {} if self.criterion is None else {ALPHA_KEY: self.criterion.alpha.detach()}
-
-    def load_artifact_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        if self.criterion is not None and ALPHA_KEY in tensors:
-            with torch.no_grad():
-                self.criterion.alpha.copy_(tensors[ALPHA_KEY])
+    def weighs(self, row: dict[str, Any]) -> bool:
+        """With the ensemble teacher, alpha weighs the full width's resolutions (the first S
+        evaluated sub-networks)."""
+        return row.get("width") == self.widths.bounds[1]
 
     def describe(self) -> dict[str, Any]:
         """The width axis as trained, for ``rsvision.json``: widths, channel rule, the layers kept
         full, dropout, BN and where its statistics come from, teacher, students and their weight."""
-        from rsvision.slimmable import slimmable_layers
-
         w = self.widths
         names = {id(m): name for name, m in self.model.named_modules()}
         full = [names[id(m)] for m in slimmable_layers(self.model) if m.full_outputs]
@@ -311,9 +276,7 @@ class MutualTraining(TrainingMethod):
                 "draws": int(self.draws),
             }
         }
-        if self.criterion is not None:
-            info["ensemble_weights"] = [round(float(v), 6) for v in self.criterion.weights.detach()]
-        return info
+        return info | self.ensemble_description()
 
     def progress_text(self, averages: dict[str, float]) -> str:
         """'loss 1.92 | full: ce 1.41 48% | students: kd 0.51 (smallest 0.22) x 1.00'."""
@@ -329,8 +292,8 @@ class TrainingView:
     """The task's training split in its training augmentation, for post-hoc BN statistics
     (``widths.calibration_view: train``; the official code's ComputePostBN).
 
-    It offers what :func:`rsvision.calibrate.calibrate` reads of a task: ``recipe``,
-    ``eval_dataset(resolutions, split)`` and ``eval_collate``. Each image is one training
+    It offers what :func:`rsvision.nn.bn_stats.calibrate` reads of a task:
+    ``calibration_loader`` (the task's, over this view's ``eval_dataset`` and ``eval_collate``). Each image is one training
     crop, resized to every resolution as the training step resizes a batch, with its
     augmentation seeded by (``train.seed``, index).
     """
@@ -346,6 +309,8 @@ class TrainingView:
 
     def eval_collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return torch.utils.data.default_collate(samples)
+
+    calibration_loader = Task.calibration_loader
 
 
 class _Resized(Dataset):

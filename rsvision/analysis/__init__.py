@@ -1,0 +1,1 @@
+"""What is measured on a trained run: evaluation, calibration, latency, profiles, the query table, plots."""

@@ -1,0 +1,93 @@
+"""Colour-coded segmentation masks from a trained run, at one or several resolutions.
+
+``predict_mask`` is the inference step of App. B: the image resized to r x r, the
+logits resized back to the image's size, the arg-max per pixel. ``predict_files``
+writes ``<stem>_r<res>.png`` per image and resolution, and with ``compare`` one
+``<stem>_compare.png``: the image and its masks side by side, largest resolution first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rsvision.constants import VOID
+from rsvision.data.datasets import read_rgb
+from rsvision.data.transforms import InputFormat, resize
+from rsvision.errors import UserError
+from rsvision.nn.switchable import RSNet
+from rsvision.run.folder import load_artifact
+from rsvision.subnet import check_scale
+
+_GAP = 4  # pixels between panels of a comparison image
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """``[256, 3]`` uint8 colours: class i spreads the bits of i over R, G, B (high bits first); void is black."""
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    for i in range(min(num_classes, VOID)):
+        c, label = [0, 0, 0], i + 1  # + 1: class 0 is not black, so it differs from void
+        for bit in range(7, -1, -1):
+            for channel in range(3):
+                c[channel] |= ((label >> channel) & 1) << bit
+            label >>= 3
+        colours[i] = c
+    return colours
+
+
+@torch.no_grad()
+def predict_mask(model: RSNet, image: np.ndarray, resolution: int, input_format: InputFormat = InputFormat()) -> np.ndarray:
+    """Class index per pixel of ``image`` (``HxWx3`` uint8), the model run at ``resolution``."""
+    x = resize(input_format.tensor(image), resolution)[None]
+    x = x.to(next(model.parameters()).device)
+    logits = model(x)
+    logits = torch.nn.functional.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].cpu().numpy().astype(np.uint8 if logits.shape[1] <= VOID else np.int64)
+
+
+def colourize(mask: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    return colours[np.clip(mask, 0, 255)]
+
+
+def side_by_side(panels: Sequence[np.ndarray]) -> np.ndarray:
+    """Panels of one height joined left to right with white gaps."""
+    h = panels[0].shape[0]
+    gap = np.full((h, _GAP, 3), 255, dtype=np.uint8)
+    parts = [p for panel in panels for p in (panel, gap)][:-1]
+    return np.concatenate(parts, axis=1)
+
+
+def predict_files(
+    run_dir: str | Path,
+    images: Sequence[str | Path],
+    resolutions: Sequence[int],
+    out_dir: str | Path,
+    compare: bool = False,
+) -> list[Path]:
+    """Write colour masks of ``images`` at each resolution (see the module docstring); returns the files."""
+    artifact = load_artifact(run_dir)
+    task, model = artifact.task, artifact.model
+    if task.recipe.task != "seg":
+        raise UserError(f"{run_dir}: a '{task.recipe.task}' run; predict writes masks of segmentation ('seg') runs")
+    if not resolutions:
+        resolutions = model.resolutions
+    check_scale(resolutions, model.resolutions, str(run_dir))
+    resolutions = sorted(resolutions, reverse=True)
+    colours = palette(task.recipe.model.num_classes)
+    decoded = [(path, np.array(read_rgb(path))) for path in map(Path, images)]  # a bad image stops before anything is written
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, image in decoded:
+        masks = [colourize(predict_mask(model, image, r, task.input_format), colours) for r in resolutions]
+        for r, mask in zip(resolutions, masks):
+            written.append(out / f"{path.stem}_r{r}.png")
+            Image.fromarray(mask).save(written[-1])
+        if compare:
+            written.append(out / f"{path.stem}_compare.png")
+            Image.fromarray(side_by_side([image, *masks])).save(written[-1])
+    return written

@@ -1,0 +1,1 @@
+"""Other projects' files: the official RS-Nets checkpoints as run folders."""

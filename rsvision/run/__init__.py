@@ -1,0 +1,1 @@
+"""Run folders and the other trained-artifact formats: the only code that names their files."""

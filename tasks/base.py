@@ -1,0 +1,166 @@
+"""The task contract: the problem side of training (data, how logits meet labels, metrics).
+
+A task turns a recipe into a model and data, says how the logits of one batch meet the
+training loss, and measures predictions. How the sub-networks are trained together (MRED,
+MutualNet) is the training method's business (:mod:`rsvision.training`); the loop is the
+engine's (:mod:`rsvision.engine`). Neither knows the task's labels or metrics.
+
+Batches are dicts. A training batch holds ``image`` (the crop at the largest resolution,
+resized on the device, see :func:`~rsvision.data.transforms.batch_resolutions`) or
+``images`` (a list of S tensors, largest first), and ``target``; an evaluation batch holds
+``images`` (one tensor per evaluated resolution, all from one decode) and ``target`` (and
+whatever the task's metrics need).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from rsvision.data.cache import InMemory
+from rsvision.data.sampling import mix_seed
+from rsvision.data.transforms import InputFormat
+from rsvision.errors import UserError
+from rsvision.models import build_model
+from rsvision.nn.switchable import RSNet
+from rsvision.recipe import Recipe, TaskFields, task_fields
+from rsvision.registry import DATASETS
+
+
+class Metrics:
+    """Accumulates predictions of one sub-network; ``compute`` reduces across processes."""
+
+    names: tuple[str, ...] = ()
+
+    def update(self, logits: torch.Tensor, batch: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class Task:
+    """Base class of task plugins (register subclasses with ``@register_task``)."""
+
+    #: Label excluded from losses and metrics (segmentation's void label).
+    ignore_index: int | None = None
+    #: The metric that ranks runs and heads the results table.
+    primary_metric: str = ""
+    #: The task's own ``data`` fields and their defaults (a :class:`~rsvision.recipe.TaskFields`
+    #: model): the recipe's ``data`` section takes them as extra keys, validated here.
+    data_fields: type[TaskFields] = TaskFields
+    #: The optional recipe fields this task reads: ``data.<name>`` of each of ``data_fields``.
+    recipe_fields: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.recipe_fields = frozenset(f"data.{name}" for name in cls.data_fields.model_fields)
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.fields = task_fields(recipe, self.data_fields)
+        self.resolutions = recipe.resolutions
+        self.input_format = input_format_of(recipe)
+        self._datasets: dict[str, Dataset] = {}
+
+    def build_model(self) -> RSNet:
+        """The switchable network for this recipe."""
+        return build_model(self.recipe)
+
+    def dataset(self, split: str) -> Dataset:
+        """The raw dataset of ``split``, built once (and decoded once with ``data.cache: memory``).
+
+        Data naming more classes than the network predicts is refused here, before training.
+        """
+        if split not in self._datasets:
+            d = self.recipe.data
+            dataset = DATASETS.build(d.dataset, field="data.args", root=d.root, split=split, **d.args)
+            self.check_classes(dataset, split)
+            self._datasets[split] = InMemory(dataset) if d.cache == "memory" else dataset
+        return self._datasets[split]
+
+    def check_classes(self, dataset: Dataset, split: str) -> None:
+        classes = getattr(dataset, "classes", None)
+        num_classes = self.recipe.model.num_classes
+        if classes is not None and len(classes) > num_classes:
+            raise UserError(
+                f"{self.recipe.source}: model.num_classes is {num_classes} but the {split} data of "
+                f"'{self.recipe.data.dataset}' has {len(classes)} classes"
+            )
+
+    def train_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    def eval_dataset(self, resolutions: Sequence[int], split: str = "val") -> Dataset:
+        """Samples ``{"images": [one per resolution], "target": ...}`` of ``split``, decoded once each."""
+        raise NotImplementedError
+
+    def calibration_loader(self, resolutions: Sequence[int], images: int, batch_size: int | None = None, seed: int = 0) -> DataLoader:
+        """The first ``images`` of a seeded shuffle of the training split in the evaluation view
+        (what post-hoc BN statistics are measured on, :func:`rsvision.nn.bn_stats.calibrate`)."""
+        data = self.eval_dataset(resolutions, split="train")
+        if len(data) == 0:
+            raise UserError(f"{self.recipe.source}: the training split of '{self.recipe.data.dataset}' is empty; nothing to calibrate on")
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(mix_seed(seed, len(data))))
+        d = self.recipe.data
+        return DataLoader(
+            Subset(data, order[: min(images, len(data))].tolist()),
+            batch_size=batch_size or d.eval_batch_size or d.batch_size,
+            num_workers=d.workers,
+            collate_fn=self.eval_collate,
+        )
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return torch.utils.data.default_collate(samples)
+
+    def eval_collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return torch.utils.data.default_collate(samples)
+
+    def loss_logits(self, logits: Sequence[torch.Tensor], batch: dict[str, Any]) -> list[torch.Tensor]:
+        """Bring the logits to the shape the loss compares with the target (classification: as they are).
+
+        Treat each logit on its own: training methods may call this with one at a time.
+        """
+        return list(logits)
+
+    def eval_logits(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Bring one sub-network's logits to what the metrics compare with the target."""
+        return logits
+
+    def batch_accuracy(self, logits: torch.Tensor, batch: dict[str, Any]) -> float:
+        """Training accuracy in % of ``loss_logits`` output (per element, ignoring ``ignore_index``)."""
+        target = batch["target"]
+        correct = logits.detach().argmax(1) == target
+        if self.ignore_index is None:
+            return 100.0 * float(correct.float().mean())
+        valid = target != self.ignore_index
+        return 100.0 * float((correct & valid).sum()) / max(1, int(valid.sum()))
+
+    def metrics(self) -> Metrics:
+        raise NotImplementedError
+
+    @cached_property
+    def classes(self) -> list[str]:
+        """Class names, from the validation data when it names them."""
+        classes = getattr(self.dataset("val"), "classes", None)
+        return [str(c) for c in classes] if classes else [str(i) for i in range(self.recipe.model.num_classes)]
+
+    def class_names(self) -> list[str]:
+        return list(self.classes)
+
+    def example_input(self, resolution: int) -> torch.Tensor:
+        return torch.zeros(1, self.input_format.channels, resolution, resolution)
+
+    def describe(self) -> dict[str, Any]:
+        """Extra metadata stored in the run's ``rsvision.json``."""
+        return {}
+
+
+def input_format_of(recipe: Recipe) -> InputFormat:
+    d = recipe.data
+    if not d.normalize:
+        return InputFormat(recipe.model.in_channels, None, None)
+    return InputFormat(recipe.model.in_channels, tuple(d.mean), tuple(d.std))

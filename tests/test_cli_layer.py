@@ -1,0 +1,142 @@
+"""The CLI as a thin layer: RUN positional everywhere (``--checkpoint`` an alias), one ``--res``
+parser with ranges, ``--budget-madds``/``--budget-ms`` (``--budget`` the older spelling) and
+the query table after training a width recipe with ``widths.query: true``."""
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import tiny_recipe_dict
+from deploy_fixtures import cls_run
+
+from rsvision.cli import cli
+from rsvision.report import human
+from rsvision.run.files import QUERY
+
+
+def _invoke(*args):
+    """(exit status, stdout, stderr) of ``rsvision ARGS``."""
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _one_line_error(code, err, start):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {start}"), err
+
+
+@pytest.fixture(scope="module")
+def width_run(tmp_path_factory):
+    """A width run trained through ``rsvision train`` with ``widths.query: true``: (run folder, train stdout)."""
+    tmp = tmp_path_factory.mktemp("cli_width")
+    recipe = tiny_recipe_dict(
+        tmp, resolutions=[16, 8],
+        model={"backbone": "resnet8", "num_classes": 4, "backbone_args": {"width": 8}},
+        widths={"list": [1.0, 0.5], "divisor": 2, "calibration_images": 16, "query": True},
+        train={"epochs": 1, "max_steps_per_epoch": 2},
+    )
+    path = tmp / "width.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, out, err = _invoke("train", path)
+    assert code == 0, err
+    (run,) = (tmp / "runs").iterdir()
+    return run, out
+
+
+def test_train_builds_and_prints_the_query_table(width_run):
+    run, out = width_run
+    assert "query table" in out and "4 configurations" in out
+    cached = json.loads((run / QUERY).read_text())
+    assert {(r["width"], r["resolution"]) for r in cached["report"]["rows"]} == {(1.0, 16), (1.0, 8), (0.5, 16), (0.5, 8)}
+
+
+def test_run_positional_and_the_checkpoint_alias_give_the_same_evaluation(tmp_path_factory):
+    run = cls_run(tmp_path_factory)
+    results = []
+    for args in (["eval", run, "--res", "16", "12"], ["eval", "--checkpoint", run, "--res", "16", "12"], ["eval", run, "--checkpoint", run, "--res", "12:16:4"]):
+        code, out, err = _invoke(*args, "--json")
+        assert code == 0, err
+        results.append(json.loads(out)["results"])
+    assert results[0] == results[1] and [r["subnet"] for r in results[0]] == ["16", "12"]
+    assert results[2] == results[0][::-1]  # the range's order: 12, 16
+    code, out, err = _invoke("eval", run, "--res", "16")
+    assert code == 0 and "alpha" in out  # the training method's column
+    code, _, err = _invoke("eval", run, "--checkpoint", tmp_path_factory.getbasetemp(), "--res", "16")
+    _one_line_error(code, err, "eval: RUN ")
+    assert "name different runs" in err
+
+
+def test_res_ranges_in_profile_and_export(tmp_path_factory, tmp_path):
+    run = cls_run(tmp_path_factory)
+    code, out, err = _invoke("profile", run, "--res", "8:16:4", "--no-latency", "--json")
+    assert code == 0, err
+    assert [r["resolution"] for r in json.loads(out)["rows"]] == [8, 12, 16]
+    code, out, err = _invoke("profile", "--checkpoint", run, "--res", "12:16:4", "8", "--no-latency", "--json")
+    assert code == 0, err
+    assert [r["resolution"] for r in json.loads(out)["rows"]] == [12, 16, 8]  # a trailing size after the range
+    pytest.importorskip("onnxscript")
+    code, out, err = _invoke("export", run, "--format", "onnx", "--res", "12:16:4", "-o", tmp_path / "onnx", "--json")
+    assert code == 0, err
+    assert {e["id"] for e in json.loads(out)["subnets"]} == {"16", "12"}
+    code, _, err = _invoke("export", run, "--format", "onnx", "--res", "16", "x", "-o", tmp_path / "again")
+    _one_line_error(code, err, "--res x: expected a size")
+
+
+def test_query_budget_madds_and_the_budget_alias(width_run):
+    run, _ = width_run
+    rows = json.loads((run / QUERY).read_text())["report"]["rows"]
+    limit = sorted(r["madds"] for r in rows)[1]  # the two cheapest fit
+    best = max((r for r in rows if r["madds"] <= limit), key=lambda r: r["top1"])
+    picks = []
+    for option in ("--budget-madds", "--budget"):
+        code, out, err = _invoke("query", run, option, limit, "--budget-ms", 1000, "--json")
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["cached"]  # written after training
+        picks.append(report["best"])
+    assert picks[0] == picks[1]
+    assert [(p["kind"], p["budget"]) for p in picks[0]] == [("madds", limit), ("ms", 1000)]
+    assert picks[0][0]["choice"]["top1"] == best["top1"] and picks[0][0]["choice"]["madds"] <= limit
+    code, out, err = _invoke("query", "--checkpoint", run, "--budget", limit)
+    assert code == 0, err
+    assert "query table" in out and f"budget {human(limit)} MAdds: " in out
+
+
+@pytest.mark.parametrize(
+    "args, start",
+    [
+        (["--budget-madds", "12Q"], "--budget-madds 12Q: expected a number of multiply-adds"),
+        (["--budget", "12Q"], "--budget 12Q: expected a number of multiply-adds"),
+        (["--budget-ms", "soon"], "--budget-ms soon: expected a positive number of milliseconds"),
+        (["--budget", "1"], "--budget: no configuration fits 1 MAdds (the cheapest, 0.50x @ 8x8, needs "),
+    ],
+)
+def test_bad_budgets_are_one_line_naming_the_option(width_run, args, start):
+    run, _ = width_run
+    code, _, err = _invoke("query", run, *args)
+    _one_line_error(code, err, start)
+
+
+def test_deploy_takes_the_same_budget_options(tmp_path_factory, tmp_path):
+    run = cls_run(tmp_path_factory)
+    code, _, err = _invoke("deploy", run, "--budget", "12Q", "-o", tmp_path / "d")
+    _one_line_error(code, err, "--budget 12Q: expected a number of multiply-adds")
+    code, _, err = _invoke("deploy", "--checkpoint", run, "--budget", "1G", "--budget-ms", "5", "-o", tmp_path / "d")
+    _one_line_error(code, err, "give exactly one of --budget-madds")
+    assert not (tmp_path / "d").exists()
+
+
+def test_predict_takes_run_first_then_images(tmp_path_factory, tmp_path):
+    from deploy_fixtures import seg_run
+    from PIL import Image
+
+    run = seg_run(tmp_path_factory)
+    image = tmp_path / "room.png"
+    Image.new("RGB", (40, 40), color=(90, 20, 200)).save(image)
+    code, _, err = _invoke("predict", run, image, "--res", "32:64:32", "-o", tmp_path / "out")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["room_r32.png", "room_r64.png"]
+    code, _, err = _invoke("predict", run, tmp_path, "-o", tmp_path / "again")
+    _one_line_error(code, err, f"{tmp_path}: a folder, not an image")
