@@ -1,4 +1,4 @@
-"""Train a tiny RS-Net with the real engine; run by tests/test_distributed.py as one plain
+"""Train a tiny RS-Net with the real engine; run by tests/engine/test_distributed.py as one plain
 process or under ``torchrun --nproc_per_node 2`` (CPU, gloo).
 
 Usage: ``python distributed_run.py OUT_DIR MEMORY GRAD_ACCUM [widths]``. Every process

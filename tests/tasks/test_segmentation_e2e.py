@@ -13,7 +13,7 @@ from seg_fixtures import write_nyu_folder, write_nyu_mat
 from rsvision.cli import main
 from rsvision.run.folder import find_latest_run
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "refinenet_nyud.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "refinenet_nyud.yaml"
 
 
 @pytest.mark.parametrize("form", ["mat", "folder"])

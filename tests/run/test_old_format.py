@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from rsvision.analysis.evaluate import evaluate_artifact
 from rsvision.run.folder import load_artifact
 
-OLD = Path(__file__).with_name("fixtures") / "old_format"
+OLD = Path(__file__).parents[1] / "fixtures" / "old_format"
 EXPECTED = json.loads((OLD / "expected.json").read_text())
 PROBE = load_file(str(OLD / "probe.safetensors"))
 
