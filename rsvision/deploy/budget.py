@@ -60,13 +60,6 @@ class Budget:
     def ms(cls, text: str, option: str = "--budget-ms") -> "Budget":
         return cls("ms", parse_ms(text, option))
 
-    @classmethod
-    def parse(cls, madds: str | None, ms: str | None) -> "Budget":
-        """Exactly one of a MAdds and a milliseconds limit."""
-        if (madds is None) == (ms is None):
-            raise UserError("give exactly one of --budget-madds (e.g. 600M) or --budget-ms (e.g. 5)")
-        return cls.madds(madds) if madds is not None else cls.ms(ms)
-
     @property
     def field(self) -> str:
         """The row field the limit applies to."""
