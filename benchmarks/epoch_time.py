@@ -1,6 +1,6 @@
-"""One training epoch plus one evaluation, end to end: `rsvision train` against a plain loop.
+"""Training end to end: `rsvision train` against a plain loop, in process and as a user runs it.
 
-    python benchmarks/epoch_time.py [--settings fashion synthetic] [--repeats 2]
+    python benchmarks/epoch_time.py [--settings fashion synthetic imagefolder] [--repeats 2]
         [--fashion-root /usr/share/datasets/fashion-mnist]
 
 Same model, same images, same resolutions, same loss (MRED, Eq. 9), same optimiser and
@@ -20,7 +20,17 @@ schedule; both timed in this process after imports (wall clock), repeats interle
 Settings: ``fashion``: Fashion-MNIST (the IDX files of Debian's dataset-fashion-mnist),
 4,000 training and 2,000 validation images, one channel, a CIFAR-style ResNet-20 of width
 16, S = 5 at 28..12 px, batch 128. ``synthetic``: the built-in synthetic data, 2,000 + 500
-images, the quickstart's network at 128..64 px, batch 32.
+images, the quickstart's network at 128..64 px, batch 32. Both time one epoch plus one
+evaluation inside this process, after imports.
+
+``imagefolder``: the user's path, timed as two commands from the shell (wall clock and CPU
+time of the child process, imports included). An image folder of 28-px grey PNGs (4,000
+training and 2,000 validation Fashion-MNIST images), a CIFAR-style ResNet-14 of width 16
+written as user code in a plugin file (``plugins:``), S = 5 at 28..12, batch 128,
+``data.workers: 1``, 2 epochs with evaluation after each, every other setting at rsvision's
+default; ``rsvision train RECIPE`` against ``python benchmarks/plain_rsnet.py`` (a plain
+PyTorch script that trains the same RS-Net on the same images: decoded once, batched tensor
+augmentation, the faster memory layout, the same evaluation after each epoch).
 """
 
 from __future__ import annotations
@@ -28,7 +38,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +60,55 @@ from rsvision.registry import DATASETS
 from rsvision.training.loss import MREDLoss
 
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
+
+#: The user's backbone of the ``imagefolder`` setting, as a plugin file.
+USER_BACKBONE = """\
+import torch.nn.functional as F
+from torch import nn
+
+from rsvision import register_backbone
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.down is None else self.down(x)))
+
+
+class UserResNet(nn.Module):
+    out_channels, output_stride = [16, 32, 64], 4
+
+    def __init__(self, in_channels=1, width=16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        stages, cin = [], width
+        for i, cout in enumerate([width, 2 * width, 4 * width]):
+            stages.append(nn.Sequential(Block(cin, cout, 1 if i == 0 else 2), Block(cout, cout, 1)))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x):
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+register_backbone("user_resnet14")(UserResNet)
+"""
 
 
 def recipe_for(setting: str, output_dir: str, fashion_root: str) -> dict:
@@ -156,9 +219,72 @@ def faster_layout(recipe, images: torch.Tensor) -> torch.memory_format:
     return min(times, key=times.get)
 
 
+def prepare_imagefolder(work: Path, fashion_root: str) -> Path:
+    """Write the ``imagefolder`` setting's PNGs, plugin and recipe under ``work``; return the recipe."""
+    for split, size in (("train", 4000), ("val", 2000)):
+        data = DATASETS.build("mnist", root=fashion_root, split=split, train_size=4000, val_size=2000, names="fashion")
+        for i in range(size):
+            image, label = data[i]
+            folder = work / "images" / split / data.classes[label].replace("/", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(folder / f"{i:05d}.png")
+    (work / "user_resnet.py").write_text(USER_BACKBONE)
+    recipe = {
+        "task": "cls",
+        "resolutions": [28, 24, 20, 16, 12],
+        "plugins": [str(work / "user_resnet.py")],
+        "model": {"backbone": "user_resnet14", "num_classes": 10, "in_channels": 1},
+        "data": {
+            "dataset": "imagefolder", "root": str(work / "images"), "mean": [0.286], "std": [0.353],
+            "batch_size": 128, "workers": 1, "crop_scale": [0.25, 1.0],
+        },
+        "train": {"epochs": 2, "lr": 0.1, "weight_decay": 5e-4, "seed": 0},
+        "output_dir": str(work / "runs"),
+    }  # fmt: skip
+    (work / "recipe.yaml").write_text(json.dumps(recipe))
+    return work / "recipe.yaml"
+
+
+def timed(command: list[str]) -> tuple[float, float, str]:
+    """Wall and CPU seconds (user + system of the child and its workers) of ``command``, and its stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), done.stdout
+
+
+def user_path(repeats: int, fashion_root: str) -> None:
+    """The ``imagefolder`` setting: both sides as commands, repeats interleaved."""
+    plain_script = Path(__file__).with_name("plain_rsnet.py")
+    with tempfile.TemporaryDirectory() as out:
+        recipe = prepare_imagefolder(Path(out), fashion_root)
+        commands = {
+            "rsvision": [str(Path(sys.executable).with_name("rsvision")), "train", str(recipe)],
+            "plain": [sys.executable, str(plain_script), str(Path(out) / "images"), str(Path(out) / "user_resnet.py")],
+        }
+        times = {name: [] for name in commands}
+        for _ in range(repeats):
+            for name, command in commands.items():
+                wall, cpu, stdout = timed(command)
+                times[name].append((wall, cpu))
+        plain_top1 = json.loads(stdout.strip().splitlines()[-1])["top1"]
+        run = sorted((Path(out) / "runs").iterdir())[-1]
+        meta = json.loads((run / "rsvision.json").read_text())
+        rows = {row["resolution"]: row["top1"] for row in meta["metrics"] if "resolution" in row}
+    rs_wall, rs_cpu = (statistics.median(t[i] for t in times["rsvision"]) for i in (0, 1))
+    pl_wall, pl_cpu = (statistics.median(t[i] for t in times["plain"]) for i in (0, 1))
+    print(
+        f"| imagefolder (4000 PNGs + plugin, workers 1, 2 epochs; as commands) | {rs_wall:.1f} (CPU {rs_cpu:.0f}) | "
+        f"{pl_wall:.1f} (CPU {pl_cpu:.0f}) | {rs_wall / pl_wall:.2f} (CPU {rs_cpu / pl_cpu:.2f}) | "
+        f"{rows[28]:.1f} / {rows[12]:.1f} | {plain_top1['28']:.1f} / {plain_top1['12']:.1f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", nargs="+", default=["fashion", "synthetic"], choices=["fashion", "synthetic"])
+    parser.add_argument("--settings", nargs="+", default=["fashion", "synthetic", "imagefolder"], choices=["fashion", "synthetic", "imagefolder"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--fashion-root", default=FASHION_ROOT)
     args = parser.parse_args()
@@ -166,6 +292,9 @@ def main() -> None:
     print("| setting | rsvision train (s) | plain loop (s) | ratio | rsvision top-1 @max/@min | plain top-1 @max/@min |")
     print("|---|---:|---:|---:|---|---|")
     for setting in args.settings:
+        if setting == "imagefolder":
+            user_path(args.repeats, args.fashion_root)
+            continue
         with tempfile.TemporaryDirectory() as out:
             data = recipe_for(setting, out, args.fashion_root)
             recipe = validate_recipe(data, f"epoch_time:{setting}")

@@ -8,36 +8,29 @@ from typing import Any
 
 from rsvision.constants import VERSION
 from rsvision.errors import RegistryError, UserError
-from rsvision.nn.switchable import (
-    RSNet,
-    SwitchableBatchNorm,
-    at_resolution,
-    at_subnet,
-    make_switchable,
-    materialize,
-    set_resolution,
-    trained_resolutions,
-)
-from rsvision.recipe import Recipe, load_recipe
-from rsvision.registry import (
-    list_backbones,
-    list_datasets,
-    list_heads,
-    list_quantizers,
-    list_tasks,
-    load_plugins,
-    register_backbone,
-    register_dataset,
-    register_head,
-    register_method,
-    register_quantizer,
-    register_task,
-)
-from rsvision.subnet import SubNet
-from rsvision.training.loss import MREDLoss, MREDOutput
 
-#: Public functions imported on first use (they pull in torchvision, timm, smp).
-_LAZY = {"create_model": "rsvision.models", "load": "rsvision.deploy.load", "Task": "rsvision.tasks", "Metrics": "rsvision.tasks"}
+#: Public names and the module each comes from, imported on first use: ``import rsvision``
+#: (and a plugin's ``from rsvision import register_backbone``) loads no model, task or
+#: training code until it is asked for.
+_LAZY = {
+    **dict.fromkeys(
+        ["RSNet", "SwitchableBatchNorm", "at_resolution", "at_subnet", "make_switchable", "materialize", "set_resolution", "trained_resolutions"],
+        "rsvision.nn.switchable",
+    ),
+    **dict.fromkeys(["Recipe", "load_recipe"], "rsvision.recipe"),
+    **dict.fromkeys(
+        [
+            "list_backbones", "list_datasets", "list_heads", "list_quantizers", "list_tasks", "load_plugins",
+            "register_backbone", "register_dataset", "register_head", "register_method", "register_quantizer", "register_task",
+        ],
+        "rsvision.registry",
+    ),  # fmt: skip
+    "SubNet": "rsvision.subnet",
+    **dict.fromkeys(["MREDLoss", "MREDOutput"], "rsvision.training.loss"),
+    "create_model": "rsvision.models",
+    "load": "rsvision.deploy.load",
+    **dict.fromkeys(["Task", "Metrics"], "rsvision.tasks"),
+}
 
 
 def __getattr__(name: str) -> Any:

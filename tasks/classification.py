@@ -8,7 +8,6 @@ import torch
 from pydantic import field_validator
 from rsvision.tasks.base import Metrics, Task
 from torch.utils.data import Dataset
-from torchmetrics.classification import MulticlassAccuracy
 
 from rsvision.data.mapped import MappedDataset
 from rsvision.data.transforms import EvalTransform, MultiResolutionTransform
@@ -23,6 +22,8 @@ class ClassificationMetrics(Metrics):
     names = ("top1", "top5")
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
+        from torchmetrics.classification import MulticlassAccuracy  # imported on first use: it loads scipy
+
         self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device)
         self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro").to(device)
 

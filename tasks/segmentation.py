@@ -16,11 +16,9 @@ import torch.nn.functional as F
 from pydantic import field_validator
 from rsvision.tasks.base import Metrics, Task
 from torch.utils.data import Dataset
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from rsvision.constants import VOID
 from rsvision.data.mapped import MappedDataset
-from rsvision.data.seg_transforms import JointEvalTransform, JointTrainTransform
 from rsvision.errors import UserError
 from rsvision.recipe import TaskFields, ordered_pair
 from rsvision.registry import register_task
@@ -51,6 +49,8 @@ class SegmentationMetrics(Metrics):
     names = ("pixel_acc", "mean_acc", "miou")
 
     def __init__(self, num_classes: int, ignore_index: int = VOID) -> None:
+        from torchmetrics.classification import MulticlassConfusionMatrix  # imported on first use: it loads scipy
+
         self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
 
     def update(self, logits: torch.Tensor, batch: dict[str, Any]) -> None:
@@ -92,11 +92,15 @@ class SegmentationTask(Task):
             )
 
     def train_dataset(self) -> Dataset:
+        from rsvision.data.seg_transforms import JointTrainTransform  # albumentations, for seg runs only
+
         d = self.recipe.data
         transform = JointTrainTransform(self.resolutions, d.scale_range, self.input_format, per_sample=d.resize == "sample")
         return MappedDataset(self.dataset("train"), transform)
 
     def eval_dataset(self, resolutions: Sequence[int], split: str = "val") -> Dataset:
+        from rsvision.data.seg_transforms import JointEvalTransform
+
         return MappedDataset(self.dataset(split), JointEvalTransform(resolutions, self.input_format))
 
     def eval_collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -227,3 +227,28 @@ def test_the_cycle_finder_sees_cycles():
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
     tree = ast.parse("from . import x\nfrom ..y import z\nif TYPE_CHECKING:\n    import hidden\ndef f():\n    import lazy\n")
     assert _module_level_imports(tree, "p.q.m", is_package=False) == {"p.q", "p.q.x", "p.y", "p.y.z", "lazy"}
+
+
+def _loaded_after(statement: str) -> set[str]:
+    code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(json.loads(done.stdout))
+
+
+def test_a_plugin_import_loads_no_torch():
+    loaded = _loaded_after("from rsvision import register_backbone, UserError")
+    assert "torch" not in loaded
+    assert "rsvision.training" not in loaded
+
+
+def test_the_tasks_leave_optional_libraries_to_first_use():
+    loaded = _loaded_after("import rsvision.tasks, rsvision.training")
+    assert {"rsvision.tasks.classification", "rsvision.tasks.segmentation"} <= loaded
+    assert not {"torchmetrics", "albumentations", "scipy", "matplotlib"} & loaded
+
+
+def test_lazy_public_names_resolve():
+    import rsvision
+
+    for name in rsvision.__all__:
+        assert getattr(rsvision, name) is not None, name
