@@ -62,6 +62,9 @@ class DataConfig(_Section):
     batch_size: int = Field(256, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)
     workers: int = Field(4, ge=0)
+    #: On a CPU the loader processes run only where the compute threads leave cores free
+    #: (:func:`rsvision.data.workers.loader_workers`); true starts ``workers`` of them anyway.
+    oversubscribe: bool = False
     #: ``(x - mean) / std`` of [0, 1] inputs (ImageNet's statistics by default); false: [0, 1] inputs.
     normalize: bool = True
     mean: tuple[float, ...] = IMAGENET_MEAN

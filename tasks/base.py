@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from rsvision.data.cache import InMemory
+from rsvision.data.workers import loader_workers
 from rsvision.data.sampling import mix_seed
 from rsvision.data.transforms import InputFormat
 from rsvision.errors import UserError
@@ -98,9 +99,12 @@ class Task:
         """Samples ``{"images": [one per resolution], "target": ...}`` of ``split``, decoded once each."""
         raise NotImplementedError
 
-    def calibration_loader(self, resolutions: Sequence[int], images: int, batch_size: int | None = None, seed: int = 0) -> DataLoader:
+    def calibration_loader(
+        self, resolutions: Sequence[int], images: int, batch_size: int | None = None, seed: int = 0, device: torch.device | str = "cpu"
+    ) -> DataLoader:
         """The first ``images`` of a seeded shuffle of the training split in the evaluation view
-        (what post-hoc BN statistics are measured on, :func:`rsvision.nn.bn_stats.calibrate`)."""
+        (what post-hoc BN statistics are measured on, :func:`rsvision.nn.bn_stats.calibrate`),
+        loaded by the processes :func:`~rsvision.data.workers.loader_workers` allows on ``device``."""
         data = self.eval_dataset(resolutions, split="train")
         if len(data) == 0:
             raise UserError(f"{self.recipe.source}: the training split of '{self.recipe.data.dataset}' is empty; nothing to calibrate on")
@@ -109,7 +113,7 @@ class Task:
         return DataLoader(
             Subset(data, order[: min(images, len(data))].tolist()),
             batch_size=batch_size or d.eval_batch_size or d.batch_size,
-            num_workers=d.workers,
+            num_workers=loader_workers(d.workers, device, d.oversubscribe)[0],
             collate_fn=self.eval_collate,
         )
 

@@ -15,6 +15,7 @@ import torch
 from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 
+from rsvision.data.workers import loader_workers
 from rsvision.nn.surgery import eval_mode
 from rsvision.nn.switchable import at_subnet, subnet_status
 from rsvision.subnet import SubNet, SubNetLike
@@ -51,8 +52,8 @@ def evaluate(
     combiners = combiners or {}
     data = task.recipe.data
     batch_size = batch_size or data.eval_batch_size or data.batch_size
-    workers = data.workers if workers is None else workers
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    workers = loader_workers(data.workers, device, data.oversubscribe)[0] if workers is None else workers
     resolutions = sorted({s.resolution for s in subnets}, reverse=True)
     loader = DataLoader(task.eval_dataset(resolutions), batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=task.eval_collate)
     if accelerator is not None:

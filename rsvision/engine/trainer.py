@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from rsvision.data.sampling import EpochSampler, EpochSeeded
+from rsvision.data.workers import loader_workers
 from rsvision.engine.evaluate import evaluate
 from rsvision.engine.layout import LayoutChoice, to_layout
 from rsvision.engine.schedule import learning_rate
@@ -137,6 +138,7 @@ class Loop:
     steps_per_epoch: int
     updates_per_epoch: int
     quiet: bool
+    workers: tuple[int, str]
 
 
 def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: bool = False) -> Path:
@@ -172,9 +174,10 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     method = method_cls(synchronized_bn(model) if t.sync_bn else model, task, recipe)
     train_set = EpochSeeded(task.train_dataset(), t.seed)
     sampler = EpochSampler(len(train_set), t.seed)
+    workers = loader_workers(recipe.data.workers, accelerator.device, recipe.data.oversubscribe)
     loader = DataLoader(
         train_set, batch_size=recipe.data.batch_size, sampler=sampler, drop_last=True,
-        num_workers=recipe.data.workers, collate_fn=task.collate, persistent_workers=recipe.data.workers > 0,
+        num_workers=workers[0], collate_fn=task.collate, persistent_workers=workers[0] > 0,
     )
     if len(loader) == 0:
         raise UserError(f"{recipe.source}: data.batch_size {recipe.data.batch_size} is larger than the training set ({len(train_set)} samples); no full batch")
@@ -191,7 +194,7 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     steps = min(len(loader), t.max_steps_per_epoch or len(loader))  # per process, once sharded
     loop = Loop(
         recipe, task, accelerator.unwrap_model(prepared), prepared, optimizer, loader, sampler, accelerator,
-        layouts, state, run_dir, steps, math.ceil(steps / t.grad_accum), quiet,
+        layouts, state, run_dir, steps, math.ceil(steps / t.grad_accum), quiet, workers,
     )
     if resume:
         accelerator.load_state(str(run_dir / STATE))
@@ -200,6 +203,8 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / RECIPE, recipe.model_dump(mode="json"))
+    if accelerator.is_main_process and not quiet and workers[0] != recipe.data.workers:
+        console.print(workers[1])
     _note_layout(loop)
     return loop
 
@@ -350,6 +355,7 @@ def _save_epoch(loop: Loop, rows: list[dict]) -> None:
         replace_dir(tmp, run_dir / STATE)
         meta = run_metadata(loop.task, method, loop.recipe, rows, madds, state.epoch)
         meta["memory_layout"] = {"layout": state.layout, "reason": state.layout_reason}
+        meta["data_workers"] = {"workers": loop.workers[0], "reason": loop.workers[1]}
         save_run(run_dir, method.model, method.artifact_tensors(), meta)
         with (run_dir / LOG).open("a") as f:
             f.write(json.dumps(state.history[-1], default=str) + "\n")

@@ -66,7 +66,7 @@ def calibrate(
     for subnet in subnets:
         check_servable(model, subnet)
     resolutions = sorted({s.resolution for s in subnets}, reverse=True)
-    loader = task.calibration_loader(resolutions, images, batch_size, seed)
+    loader = task.calibration_loader(resolutions, images, batch_size, seed, device=next(model.parameters()).device)
     with eval_mode(model):  # the calibrated groups alone in training mode
         previous = [(bn, dict(bn.calibrated)) for bn in bns]
         for bn in bns:  # a sub-network calibrated again starts from the trained groups, not its old statistics

@@ -21,7 +21,7 @@ RSVISION = [sys.executable, "-m", "rsvision.cli"]
 def _recipe(tmp_path: Path) -> Path:
     data = tiny_recipe_dict(tmp_path, train={"epochs": 3})
     del data["train"]["channels_last"]  # the default layout, as a user runs it
-    data["data"].update(workers=2, crop_scale=[0.3, 1.0])
+    data["data"].update(workers=2, oversubscribe=True, crop_scale=[0.3, 1.0])  # workers even on a 2-core machine
     data["data"]["args"].update(train_size=400)  # 50 steps an epoch: time to be killed in the middle
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
