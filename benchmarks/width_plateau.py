@@ -1,12 +1,14 @@
 """A proxy for the width plateau: MutualNet's full width after a short training, per option.
 
     python benchmarks/width_plateau.py [--recipe recipes/quickstart_mutualnet.yaml] [--steps 600]
-        [--options baseline,warmup,low-lr,ramp,labels] [--seeds 0,1] [--set KEY=VALUE ...]
+        [--options baseline,paper,warmup,low-lr,ramp,labels] [--seeds 0,1] [--set KEY=VALUE ...]
 
 From one width recipe it trains, for ``--steps`` optimiser steps (epochs of at most the
 training set's batches, cosine schedule over them), each option:
 
-- ``baseline``: the recipe as it is (the paper: distillation from the first step, weight 1);
+- ``baseline``: the recipe as it is;
+- ``paper``: distillation from the first step at weight 1 (``widths.students: distill``,
+  ``widths.student_ramp_epochs: 0``);
 - ``warmup``: ``train.warmup_epochs`` of ``--warmup-epochs``;
 - ``low-lr``: ``train.lr`` times ``--lr-factor``;
 - ``ramp``: ``widths.student_ramp_epochs`` of ``--ramp-epochs`` (the students' loss weight
@@ -35,7 +37,7 @@ from rsvision.recipe import apply_overrides, validate_recipe
 from rsvision.registry import TASKS
 from rsvision.subnet import SubNet
 
-OPTIONS = ("baseline", "warmup", "low-lr", "ramp", "labels")
+OPTIONS = ("baseline", "paper", "warmup", "low-lr", "ramp", "labels")
 
 
 def arguments() -> argparse.Namespace:
@@ -58,6 +60,8 @@ def arguments() -> argparse.Namespace:
 
 def changes(option: str, base: dict, args: argparse.Namespace) -> dict[str, object]:
     """The recipe fields ``option`` sets (dotted keys)."""
+    if option == "paper":
+        return {"widths.students": "distill", "widths.student_ramp_epochs": 0}
     if option == "warmup":
         return {"train.warmup_epochs": args.warmup_epochs}
     if option == "low-lr":
