@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from rsvision.data.cache import InMemory
-from rsvision.data.workers import loader_workers
 from rsvision.data.sampling import mix_seed
 from rsvision.data.transforms import InputFormat
+from rsvision.data.workers import loader_workers
 from rsvision.errors import UserError
 from rsvision.models import build_model
 from rsvision.nn.switchable import RSNet

@@ -3,8 +3,8 @@
 On a CPU the loader's processes share the cores with the network's compute threads. When
 they do not fit beside them, each burst of a worker preempts one compute thread and every
 parallel kernel waits at its barrier for that thread: on 2 cores with 2 threads, one worker
-made a Fashion-MNIST RS-Net's training 1.7x slower and its evaluation 3-7x slower
-(docs/benchmarks.md, "Epoch time"), although the worker was busy a tenth of the time. Such
+made a Fashion-MNIST RS-Net's run 1.7x slower and its evaluations 4-7x slower
+(docs/benchmarks.md, "Epoch time"), although the worker was busy about a tenth of the time. Such
 a run loads its samples in the main process instead, between the steps; each sample is
 seeded by (seed, epoch, index), so the batches are the same either way.
 """
