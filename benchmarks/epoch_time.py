@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from plain_rsnet import crop_boxes
 from rsvision.tasks.base import input_format_of
 from torchvision.ops import roi_align
 
@@ -146,18 +146,6 @@ def decode(dataset, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([fmt.image(im) for im in images]), torch.tensor(labels)
 
 
-def crop_boxes(n: int, h: int, w: int, scale: tuple[float, float], g: torch.Generator) -> torch.Tensor:
-    """Random-resized-crop boxes ``[n, 4]`` (x1, y1, x2, y2): area in ``scale``, aspect 3/4..4/3, clipped."""
-    area = torch.empty(n).uniform_(*scale, generator=g) * h * w
-    log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g)
-    ratio = torch.exp(log_ratio)
-    cw = torch.sqrt(area * ratio).clamp(max=w)
-    ch = torch.sqrt(area / ratio).clamp(max=h)
-    x1 = torch.rand(n, generator=g) * (w - cw)
-    y1 = torch.rand(n, generator=g) * (h - ch)
-    return torch.stack([x1, y1, x1 + cw, y1 + ch], 1)
-
-
 def plain_loop(recipe, train_images, train_labels, val_images, val_labels, layout) -> dict:
     """The hand-written loop (see the module docstring); returns its top-1 per resolution."""
     torch.manual_seed(recipe.train.seed)
@@ -249,7 +237,7 @@ def timed(command: list[str]) -> tuple[float, float, str]:
     """Wall and CPU seconds (user + system of the child and its workers) of ``command``, and its stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), done.stdout
@@ -264,12 +252,12 @@ def user_path(repeats: int, fashion_root: str) -> None:
             "rsvision": [str(Path(sys.executable).with_name("rsvision")), "train", str(recipe)],
             "plain": [sys.executable, str(plain_script), str(Path(out) / "images"), str(Path(out) / "user_resnet.py")],
         }
-        times = {name: [] for name in commands}
+        times, output = {name: [] for name in commands}, {}
         for _ in range(repeats):
             for name, command in commands.items():
-                wall, cpu, stdout = timed(command)
+                wall, cpu, output[name] = timed(command)
                 times[name].append((wall, cpu))
-        plain_top1 = json.loads(stdout.strip().splitlines()[-1])["top1"]
+        plain_top1 = json.loads(output["plain"].strip().splitlines()[-1])["top1"]
         run = sorted((Path(out) / "runs").iterdir())[-1]
         meta = json.loads((run / "rsvision.json").read_text())
         rows = {row["resolution"]: row["top1"] for row in meta["metrics"] if "resolution" in row}

@@ -109,9 +109,9 @@ def mred_loss(logits: list[torch.Tensor], alpha: torch.Tensor, target: torch.Ten
     return cls + ens + (2 / (S + 1)) * sum(kl)
 
 
-def crop_boxes(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
-    """Random-resized-crop boxes (x1, y1, x2, y2): area 25-100 %, aspect 3/4..4/3."""
-    area = torch.empty(n).uniform_(0.25, 1.0, generator=g) * h * w
+def crop_boxes(n: int, h: int, w: int, scale: tuple[float, float], g: torch.Generator) -> torch.Tensor:
+    """Random-resized-crop boxes ``[n, 4]`` (x1, y1, x2, y2): area in ``scale``, aspect 3/4..4/3, clipped."""
+    area = torch.empty(n).uniform_(*scale, generator=g) * h * w
     ratio = torch.exp(torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g))
     cw, ch = torch.sqrt(area * ratio).clamp(max=w), torch.sqrt(area / ratio).clamp(max=h)
     x1, y1 = torch.rand(n, generator=g) * (w - cw), torch.rand(n, generator=g) * (h - ch)
@@ -121,7 +121,7 @@ def crop_boxes(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
 def batch_inputs(images: torch.Tensor, res: list[int], g: torch.Generator, layout) -> list[torch.Tensor]:
     x = (images.float() / 255 - 0.286) / 0.353
     n = len(x)
-    boxes = torch.cat([torch.arange(n)[:, None].float(), crop_boxes(n, x.shape[-2], x.shape[-1], g)], 1)
+    boxes = torch.cat([torch.arange(n)[:, None].float(), crop_boxes(n, x.shape[-2], x.shape[-1], (0.25, 1.0), g)], 1)
     crops = roi_align(x, boxes, output_size=res[0], aligned=True)
     flip = torch.rand(n, generator=g) < 0.5
     crops[flip] = crops[flip].flip(-1)

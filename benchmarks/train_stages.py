@@ -85,15 +85,12 @@ def main() -> None:
     print("| stage | seconds | share of training |")
     print("|---|---:|---:|")
     print(f"| imports (fresh interpreter, not profiled) | {imports:.1f} | |")
-    seen = 0.0
-    save = cumulative(stats, *STAGES["run folder (state, weights, metadata)"])
-    for stage, key in STAGES.items():
-        seconds = cumulative(stats, *key)
-        if stage.startswith("run folder"):
-            seconds = save - cumulative(stats, *STAGES["multiply-adds"])
-        seen += seconds
-        print(f"| {stage} | {seconds:.1f} | {100 * seconds / total:.0f} % |")
-    print(f"| the rest (progress, logging, set-up) | {total - seen:.1f} | {100 * (total - seen) / total:.0f} % |")
+    seconds = {stage: cumulative(stats, *key) for stage, key in STAGES.items()}
+    seconds["run folder (state, weights, metadata)"] -= seconds["multiply-adds"]  # the count runs inside the save
+    for stage, s in seconds.items():
+        print(f"| {stage} | {s:.1f} | {100 * s / total:.0f} % |")
+    rest = total - sum(seconds.values())
+    print(f"| the rest (progress, logging, set-up) | {rest:.1f} | {100 * rest / total:.0f} % |")
     print(f"| **training, profiled** | **{total:.1f}** | 100 % |")
     if args.top:
         stats.sort_stats("tottime").print_stats(args.top)
