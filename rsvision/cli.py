@@ -225,7 +225,7 @@ def _query_after_training(run_dir: Path, quiet: bool) -> None:
 
 @cli.command("eval", epilog=RUN_HELP)
 @click.argument("args", nargs=-1, metavar="[RUN] [SIZE]...")
-@click.option("--task", "task_name", default=None, help="Task of the run (cls, seg): picks the latest such run, and is checked against RUN.")
+@click.option("--task", "task_name", default=None, help="Task of the run (cls, seg, det): picks the latest such run, and is checked against RUN.")
 @click.option("--res", multiple=True, help="Sizes, ranges START:STOP:STEP (64:256:16) or sub-network ids (160w70) to evaluate; default: the trained ones and the ensemble.")
 @click.option("--width", "widths", multiple=True, type=float, help="Width(s) of a width-switchable run, e.g. --width 0.5 (default: its trained ones).")
 @checkpoint_option("Same as RUN. Default: the latest finished run under ./runs; a packed file (.lq) works too.")
@@ -498,9 +498,9 @@ def list_registered(as_json: bool, plugins: tuple[str, ...]) -> None:
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("predictions"), show_default=True)
 @click.option("--compare", is_flag=True, help="Also write IMAGE_compare.png: the image and its masks side by side.")
 def predict(args, checkpoint, res, out_dir, compare) -> None:
-    """Write colour-coded segmentation masks of IMAGEs at each resolution.
+    """Draw predictions of IMAGEs at each resolution: segmentation masks, or detections.
 
-    RUN, a segmentation run folder, comes first: a first argument that is a folder is RUN,
+    RUN, a segmentation or detection run folder, comes first: a first argument that is a folder is RUN,
     the others are images (--checkpoint RUN is the same).
     """
     from rsvision.deploy.masks import predict_files

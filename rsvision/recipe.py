@@ -275,8 +275,11 @@ class Recipe(_Section):
 
     @property
     def method(self) -> str:
-        """The registered training method: ``mutualnet`` with a ``widths`` section, else ``rsnets``."""
-        return "mutualnet" if self.widths is not None else "rsnets"
+        """The registered training method: the task's own when it names one (its
+        ``training_method``, e.g. detection's ``parallel``), else ``mutualnet`` with a ``widths``
+        section, else ``rsnets``."""
+        own = getattr(TASKS.get(self.task), "training_method", None) if self.task in TASKS.list() else None
+        return own or ("mutualnet" if self.widths is not None else "rsnets")
 
     @property
     def subnets(self) -> list[SubNet]:

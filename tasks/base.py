@@ -55,6 +55,10 @@ class Task:
     data_fields: type[TaskFields] = TaskFields
     #: The optional recipe fields this task reads: ``data.<name>`` of each of ``data_fields``.
     recipe_fields: frozenset[str] = frozenset()
+    #: The registered training method every recipe of this task uses (None: the recipe's
+    #: choice, :attr:`rsvision.recipe.Recipe.method`); tasks whose losses the task computes
+    #: itself name ``parallel`` and implement :meth:`subnet_losses`.
+    training_method: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -129,6 +133,11 @@ class Task:
         Treat each logit on its own: training methods may call this with one at a time.
         """
         return list(logits)
+
+    def subnet_losses(self, model: RSNet, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The named loss terms of the pinned sub-network on ``batch`` (tasks whose model computes
+        its own losses, e.g. a detector; see ``training_method``)."""
+        raise NotImplementedError(f"task {type(self).__name__} trains through logits (loss_logits), not subnet_losses")
 
     def eval_logits(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """Bring one sub-network's logits to what the metrics compare with the target."""

@@ -54,11 +54,14 @@ from rsvision.deploy.manifest import (
 )
 from rsvision.deploy.network import plain_subnet
 from rsvision.deploy.onnx import (
+    DETECTION_OUTPUTS,
     OPSET,
+    export_detector,
     export_network,
     has_onnxruntime,
     onnx_ms,
     require,
+    run_detector_session,
     run_session,
     session,
 )
@@ -192,15 +195,22 @@ def _export_subnet(model: nn.Module, task, subnet: SubNet, out_dir: Path, opset:
     (:class:`rsvision.nn.fold.PlainSubnet`, with what de-quantization did)."""
 
     example = task.example_input(subnet.resolution)
+    detector = isinstance(example, list)  # a list of images of any size: a detector
     try:
         madds = subnet_madds(model, subnet, example)
         with torch.no_grad(), at_subnet(model, subnet):
-            output_shape = list(model(example).shape)
+            output = model(example)
     except (RuntimeError, ValueError) as exc:
         raise UserError(f"{source}: the network cannot run at {subnet.resolution}x{subnet.resolution} ({str(exc).splitlines()[0]})") from None
     plain = plain_subnet(model, subnet)
     path = out_dir / f"model_{subnet.id}.onnx"
-    export_network(plain.network, torch.cat([example, example]), path, opset)
+    if detector:
+        masks = "masks" in output[0]
+        export_detector(plain.network, example[0], path, masks, opset)
+        output_shape = {name: ["D", 4] if name == "boxes" else ["D", 1, "H", "W"] if name == "masks" else ["D"] for name in [*DETECTION_OUTPUTS, *(["masks"] if masks else [])]}
+    else:
+        export_network(plain.network, torch.cat([example, example]), path, opset)
+        output_shape = ["N", *list(output.shape)[1:]]
     entry: dict[str, Any] = {"id": subnet.id, "resolution": subnet.resolution}
     if subnet.width is not None:
         entry["width"] = subnet.width
@@ -212,7 +222,7 @@ def _export_subnet(model: nn.Module, task, subnet: SubNet, out_dir: Path, opset:
         parameters=plain.parameters,
         bn_status=subnet_status(model, subnet),
         **plain.fold.as_dict(),
-        output_shape=["N", *output_shape[1:]],
+        output_shape=output_shape,
     )
     return entry, plain
 
@@ -227,6 +237,8 @@ def check_subnet(model: nn.Module, subnet: SubNet, plain, path: Path, x: torch.T
     """
     sess = session(path)
     result: dict[str, Any] = {}
+    if isinstance(x, list):
+        return {"check_max_abs_diff": check_detector(model, subnet, sess, x)}
     if plain.quantization is not None:
         compared = compare_quantized(plain.network, lambda z: run_session(sess, z), x)
         diff, scale = compared["max_abs_diff"], compared["max_abs_output"]
@@ -241,6 +253,24 @@ def check_subnet(model: nn.Module, subnet: SubNet, plain, path: Path, x: torch.T
             f"(tolerance {TOLERANCE} x max(1, |output|)); nothing was written"
         )
     return {"check_max_abs_diff": diff, **result}
+
+
+def check_detector(model: nn.Module, subnet: SubNet, sess, images: Sequence[torch.Tensor]) -> float:
+    """Largest |onnxruntime - PyTorch| over the detections of ``images``; raises when the two
+    keep different detections or differ by more than the tolerance."""
+    worst = 0.0
+    for image in images:
+        with torch.no_grad(), at_subnet(model, subnet):
+            reference = model([image])[0]
+        exported = run_detector_session(sess, image)
+        for name, value in exported.items():
+            if value.shape != reference[name].shape:
+                raise RuntimeError(f"sub-network {subnet.id}: onnxruntime keeps {len(exported['boxes'])} detections, PyTorch {len(reference['boxes'])}; nothing was written")
+            diff, scale = max_difference(value, reference[name]) if value.numel() else 0.0, float(reference[name].float().abs().max()) if value.numel() else 0.0
+            if not within_tolerance(diff, scale):
+                raise RuntimeError(f"sub-network {subnet.id}: onnxruntime's {name} differ from PyTorch's by {diff:.3g}; nothing was written")
+            worst = max(worst, diff)
+    return worst
 
 
 def check_output_dir(out_dir: Path, overwrite: bool) -> None:
@@ -314,7 +344,7 @@ def profile_export(export_dir: str | Path, threads: int | None = None, repeats: 
     for entry in manifest["subnets"]:
         r = int(entry["resolution"])
         path = subnet_file(export_dir, entry)
-        example = torch.zeros(1, channels, r, r)
+        example = torch.zeros(channels, r, r) if manifest.get("task") == "det" else torch.zeros(1, channels, r, r)
         rows.append({**{k: entry[k] for k in ("id", "resolution", "madds") if k in entry}, "latency_ms": onnx_ms(path, example, threads, repeats, warmup)})
     largest = max(rows, key=lambda row: row["resolution"])
     for row in rows:

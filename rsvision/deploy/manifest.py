@@ -28,6 +28,12 @@ def rsvision_version() -> str:
 
 
 def output_description(kind: str, num_classes: int) -> dict[str, Any]:
+    if kind == "detection":
+        return {
+            "names": ["boxes", "labels", "scores", "masks (Mask R-CNN)"],
+            "meaning": "one row per detection: boxes [D, 4] as x1, y1, x2, y2 in the input image's pixels, labels [D] "
+            "(1..K: class_names[label - 1]), scores [D]; masks [D, 1, H, W] probabilities at the image's size (> 0.5: the mask)",
+        }
     if kind == "classification":
         return {"name": OUTPUT, "shape": ["N", num_classes], "meaning": "class scores (logits); softmax gives probabilities"}
     return {
@@ -38,7 +44,15 @@ def output_description(kind: str, num_classes: int) -> dict[str, Any]:
     }
 
 
+def _input_description(kind: str, input_format) -> dict[str, Any]:
+    if kind == "detection":  # the graph normalises: feed x / 255
+        return {"name": "image", "layout": "CHW", "dtype": "float32", "batch": "one image", "channels": input_format.channels, "mean": None, "std": None}
+    return {"name": INPUT, "layout": "NCHW", "dtype": "float32", "batch": "dynamic", **input_format.as_dict()}
+
+
 def view_description(kind: str) -> dict[str, str]:
+    if kind == "detection":
+        return {"name": "detector", "text": "one [C, H, W] image in [0, 1], any size: the graph resizes its shorter side to r, normalises and batches it"}
     if kind == "classification":
         return {"name": "center_crop", "text": "shorter side resized to int(r / 0.875) (bilinear, antialiased), centre crop r x r"}
     return {"name": "resize", "text": "whole image resized to r x r (bilinear, antialiased), normalised first"}
@@ -80,7 +94,8 @@ def build_manifest(artifact, entries: list[dict[str, Any]], quantization: dict |
     the graphs (input format and the evaluation view), what they output, and one entry per
     sub-network (``entries``)."""
     task = artifact.task
-    kind = "classification" if len(entries[0]["output_shape"]) == 2 else "dense"
+    shape = entries[0]["output_shape"]
+    kind = "detection" if isinstance(shape, dict) else "classification" if len(shape) == 2 else "dense"
     num_classes = task.recipe.model.num_classes
     return {
         "format": FORMAT,
@@ -90,7 +105,7 @@ def build_manifest(artifact, entries: list[dict[str, Any]], quantization: dict |
         "source": str(artifact.path),
         "task": artifact.meta.get("task", task.recipe.task),
         "class_names": list(artifact.meta.get("class_names") or [str(i) for i in range(num_classes)]),
-        "input": {"name": INPUT, "layout": "NCHW", "dtype": "float32", "batch": "dynamic", **task.input_format.as_dict()},
+        "input": _input_description(kind, task.input_format),
         "view": view_description(kind),
         "output": output_description(kind, num_classes),
         "quantization": quantization,

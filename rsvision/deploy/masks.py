@@ -1,9 +1,10 @@
-"""Colour-coded segmentation masks from a trained run, at one or several resolutions.
+"""Predictions drawn from a trained run, at one or several resolutions: colour-coded
+segmentation masks, or a detection run's boxes and masks (:mod:`rsvision.deploy.boxes`).
 
 ``predict_mask`` is the inference step of App. B: the image resized to r x r, the
 logits resized back to the image's size, the arg-max per pixel. ``predict_files``
 writes ``<stem>_r<res>.png`` per image and resolution, and with ``compare`` one
-``<stem>_compare.png``: the image and its masks side by side, largest resolution first.
+``<stem>_compare.png``: the image and its predictions side by side, largest resolution first.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image
 from rsvision.constants import VOID
 from rsvision.data.datasets import read_rgb
 from rsvision.data.transforms import InputFormat, resize
+from rsvision.deploy.boxes import draw_detections, predict_detections
 from rsvision.errors import UserError
 from rsvision.nn.switchable import RSNet
 from rsvision.run.folder import load_artifact
@@ -71,19 +73,29 @@ def predict_files(
     """Write colour masks of ``images`` at each resolution (see the module docstring); returns the files."""
     artifact = load_artifact(run_dir)
     task, model = artifact.task, artifact.model
-    if task.recipe.task != "seg":
-        raise UserError(f"{run_dir}: a '{task.recipe.task}' run; predict writes masks of segmentation ('seg') runs")
+    if task.recipe.task not in ("seg", "det"):
+        raise UserError(f"{run_dir}: a '{task.recipe.task}' run; predict draws segmentation ('seg') and detection ('det') runs")
     if not resolutions:
         resolutions = model.resolutions
     check_scale(resolutions, model.resolutions, str(run_dir))
     resolutions = sorted(resolutions, reverse=True)
     colours = palette(task.recipe.model.num_classes)
+    if task.recipe.task == "det":
+        names, channels = task.class_names(), task.input_format.channels
+
+        def drawn(image: np.ndarray, r: int) -> np.ndarray:
+            return draw_detections(image, predict_detections(model, image, r, channels), names, colours)
+    else:
+
+        def drawn(image: np.ndarray, r: int) -> np.ndarray:
+            return colourize(predict_mask(model, image, r, task.input_format), colours)
+
     decoded = [(path, np.array(read_rgb(path))) for path in map(Path, images)]  # a bad image stops before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path, image in decoded:
-        masks = [colourize(predict_mask(model, image, r, task.input_format), colours) for r in resolutions]
+        masks = [drawn(image, r) for r in resolutions]
         for r, mask in zip(resolutions, masks):
             written.append(out / f"{path.stem}_r{r}.png")
             Image.fromarray(mask).save(written[-1])

@@ -19,7 +19,8 @@ def onnx_ms(path: str | Path, example: torch.Tensor, threads: int | None = None,
     """An ONNX file in an onnxruntime CPU session with ``threads`` intra-op threads (default every core)."""
     check_threads(threads)
     sess = session(path, threads)
-    feed = {sess.get_inputs()[0].name: example.detach().cpu().numpy()}
+    image = example[0] if isinstance(example, list) else example  # a detector's graph takes one [C, H, W] image
+    feed = {sess.get_inputs()[0].name: image.detach().cpu().numpy()}
     return median_ms(lambda: sess.run(None, feed), repeats, warmup)
 
 
@@ -59,6 +60,39 @@ def export_network(network: nn.Module, example: torch.Tensor, path: str | Path, 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RuntimeError(f"{path}: the ONNX exporter failed ({type(exc).__name__}: {first})") from exc
     program.save(str(path), external_data=False)
+
+
+#: Outputs of an exported detector (Mask R-CNN adds ``masks``), one row per detection.
+DETECTION_OUTPUTS = ("boxes", "labels", "scores")
+
+
+def export_detector(network: nn.Module, image: torch.Tensor, path: str | Path, masks: bool, opset: int = OPSET) -> None:
+    """Write a torchvision detector (eval mode) to ``path``: input one ``[C, H, W]`` image in
+    [0, 1] of any size, outputs :data:`DETECTION_OUTPUTS` (and ``masks``) in the image's pixels.
+
+    torchvision's detectors export through the TorchScript-based exporter only (their
+    resizing and NMS are data-dependent), so this one uses it.
+    """
+    import warnings
+
+    outputs = [*DETECTION_OUTPUTS, *(["masks"] if masks else [])]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                network, ([image],), str(path), dynamo=False, opset_version=opset, input_names=["image"], output_names=outputs,
+                dynamic_axes={"image": {1: "height", 2: "width"}, **{name: {0: "detections"} for name in outputs}},
+            )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(f"{path}: the ONNX exporter failed ({type(exc).__name__}: {first})") from exc
+
+
+def run_detector_session(sess, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One image's detections from an exported detector."""
+    names = [o.name for o in sess.get_outputs()]
+    values = sess.run(None, {sess.get_inputs()[0].name: image.detach().cpu().numpy().astype(np.float32)})
+    return {name: torch.from_numpy(v) for name, v in zip(names, values)}
 
 
 def session(path: str | Path, threads: int | None = None):

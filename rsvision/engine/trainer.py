@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -364,7 +364,7 @@ def _save_epoch(loop: Loop, rows: list[dict]) -> None:
 
 def _madds(model: nn.Module, task: Task) -> dict[str, int]:
     device = next(model.parameters()).device
-    return {s.id: subnet_madds(model, s, task.example_input(s.resolution).to(device)) for s in model.subnets}
+    return {s.id: subnet_madds(model, s, send_to_device(task.example_input(s.resolution), device)) for s in model.subnets}
 
 
 def _with_costs(rows: list[dict], madds: dict[str, int]) -> list[dict]:

@@ -80,7 +80,7 @@ def calibrate(
         try:
             for batch in loader:
                 for subnet in subnets:
-                    x = batch["images"][resolutions.index(subnet.resolution)].to(device)
+                    x = _to_device(batch["images"][resolutions.index(subnet.resolution)], device)
                     with at_subnet(model, subnet):
                         model(x)
                 if progress:
@@ -96,6 +96,11 @@ def calibrate(
             if progress:
                 progress.remove_task(task_id)
     return len(loader.dataset)
+
+
+def _to_device(x: torch.Tensor | Sequence[torch.Tensor], device: torch.device) -> torch.Tensor | list[torch.Tensor]:
+    """A batch tensor, or a list of images of different sizes (detection), on ``device``."""
+    return x.to(device) if isinstance(x, torch.Tensor) else [t.to(device) for t in x]
 
 
 def unservable(model: nn.Module, subnet: SubNet) -> str | None:

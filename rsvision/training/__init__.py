@@ -3,7 +3,8 @@
 Methods are registered by name (``@register_method``): ``rsnets`` (``MREDTraining``)
 trains every resolution of each batch with multi-resolution ensemble distillation;
 ``mutualnet`` (``MutualTraining``) trains widths and resolutions with the sandwich rule and
-in-place distillation. :func:`method_for` looks up the method a recipe names
+in-place distillation; ``parallel`` (``ParallelTraining``) sums each sub-network's own task
+loss, for tasks that name it (detection). :func:`method_for` looks up the method a recipe names
 (:attr:`rsvision.recipe.Recipe.method`).
 """
 
@@ -11,6 +12,7 @@ from rsvision.recipe import Recipe
 from rsvision.registry import METHODS
 from rsvision.training.base import StepContext, StepOutput, TrainingMethod
 from rsvision.training.mutual import MutualTraining
+from rsvision.training.parallel import ParallelTraining
 from rsvision.training.rsnets import MREDTraining
 
 
@@ -19,4 +21,4 @@ def method_for(recipe: Recipe) -> type[TrainingMethod]:
     return METHODS.get(recipe.method)
 
 
-__all__ = ["MREDTraining", "MutualTraining", "StepContext", "StepOutput", "TrainingMethod", "method_for"]
+__all__ = ["MREDTraining", "MutualTraining", "ParallelTraining", "StepContext", "StepOutput", "TrainingMethod", "method_for"]

@@ -1,0 +1,152 @@
+"""Detectors with a switchable backbone (MutualNet §4.3): torchvision's Faster R-CNN and Mask
+R-CNN with FPN on any registered backbone (the built-in ResNets, ``timm/<name>``, a user's).
+
+A sub-network is a shorter-side size: torchvision's own transform resizes every image so its
+shorter side is the sub-network's resolution (the longer side capped at ``max_size``), and
+every BatchNorm of the backbone keeps a private group per size. The FPN neck, the RPN and the
+box (and mask) heads hold one parameter set, shared by all sizes. The sub-network is always
+the one pinned with :func:`~rsvision.nn.switchable.at_subnet`, never guessed from the padded
+batch, whose size says nothing about it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import torch
+import torchvision.models.detection as tvd
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops.feature_pyramid_network import (
+    FeaturePyramidNetwork,
+    LastLevelMaxPool,
+)
+
+from rsvision.errors import UserError
+from rsvision.models.factory import adapt_input_channels, check_backbone
+from rsvision.models.pretrained import load_pretrained
+from rsvision.nn.switchable import RSNet, Switchable, at_subnet
+from rsvision.registry import BACKBONES
+from rsvision.subnet import SubNet, SubNetLike, subnets_of
+
+#: ``model.head`` of a detection recipe → torchvision's detector class name.
+DETECTORS = {"fasterrcnn": "FasterRCNN", "maskrcnn": "MaskRCNN"}
+#: Longer-side cap over shorter side (the paper's 1000 x 600).
+MAX_SIZE_RATIO = 1000 / 600
+
+
+class FPNBackbone(nn.Module):
+    """A backbone's stage features through torchvision's FPN (plus a max-pooled level):
+    what torchvision's detectors take as ``backbone``."""
+
+    def __init__(self, body: nn.Module, fpn_channels: int = 256) -> None:
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(list(body.out_channels), fpn_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = fpn_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
+
+
+class SubNetTransform(GeneralizedRCNNTransform, Switchable):
+    """torchvision's resize, normalise and batch step at the active sub-network's size:
+    shorter side = its resolution, longer side at most ``max_size``."""
+
+    def forward(self, images, targets=None):
+        if self.subnet is None:
+            raise RuntimeError("the detector's transform has no sub-network: run it under at_subnet(model, size)")
+        self.min_size = (self.subnet.resolution,)
+        return super().forward(images, targets)
+
+    def materialize(self, subnet: SubNet, channels: int | None = None) -> GeneralizedRCNNTransform:
+        """torchvision's plain transform at ``subnet``'s size (for export)."""
+        return GeneralizedRCNNTransform(subnet.resolution, self.max_size, self.image_mean, self.image_std, self.size_divisible, self.fixed_size)
+
+
+class SwitchableDetector(RSNet):
+    """An :class:`RSNet` whose body is a torchvision detector: ``forward(images, targets=None)``
+    takes a list of ``[C, H, W]`` images (any sizes) and runs as the pinned sub-network."""
+
+    def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict] | None = None):
+        if self.pinned is None:
+            raise ValueError(
+                "a detector runs as the sub-network pinned with at_subnet(model, size); its BN group "
+                "cannot be read from a padded batch"
+            )
+        with at_subnet(self.body, self.pinned):
+            return self.body(list(images), None if targets is None else list(targets))
+
+
+def _detector_kwargs(cls: type, given: dict[str, Any]) -> dict[str, Any]:
+    taken = {"self", "backbone", "num_classes", "min_size", "max_size", "image_mean", "image_std", "rpn_anchor_generator"}
+    allowed = {p for p in inspect.signature(cls.__init__).parameters if p not in taken and not p.endswith(("_head", "_predictor"))}
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise UserError(f"model.head_args: {cls.__name__} does not take {', '.join(unknown)} (it takes e.g. rpn_batch_size_per_image, box_batch_size_per_image, box_detections_per_img)")
+    return given
+
+
+def create_detector(
+    *,
+    backbone: str,
+    head: str = "fasterrcnn",
+    num_classes: int,
+    subnets: Sequence[SubNetLike],
+    in_channels: int = 3,
+    mean: Sequence[float] = (0.0,) * 3,
+    std: Sequence[float] = (1.0,) * 3,
+    max_size: int | None = None,
+    fpn_channels: int = 256,
+    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+    box_representation: int = 1024,
+    mask_channels: int = 256,
+    pretrained: str | None = None,
+    backbone_args: dict[str, Any] | None = None,
+    head_args: dict[str, Any] | None = None,
+) -> SwitchableDetector:
+    """A switchable detector: ``head`` (``fasterrcnn`` or ``maskrcnn``) on the registered
+    ``backbone`` with an FPN; ``num_classes`` object classes (torchvision adds the background).
+
+    ``anchor_sizes`` gives one anchor size per pyramid level (the backbone's stages plus the
+    pooled level; three aspect ratios each). ``max_size`` caps the longer side (default: 1000/600
+    of the largest size, the paper's ratio). ``box_representation`` is the width of the box
+    head's two fully connected layers, ``mask_channels`` that of the mask head's four
+    convolutions (torchvision's 1024 and 256). ``head_args`` go to torchvision's detector.
+    """
+    if head not in DETECTORS:
+        raise UserError(f"model.head: '{head}' is not a detector; choose one of {', '.join(DETECTORS)}")
+    subnets = subnets_of(subnets)
+    if any(s.width is not None for s in subnets):
+        raise UserError("widths: the detection task switches the backbone's resolution only; remove the widths section")
+    body = BACKBONES.build(backbone, field="model.backbone_args", **(backbone_args or {}))
+    check_backbone(body, backbone)
+    if pretrained:
+        load_pretrained(body, pretrained, backbone)
+    if in_channels != 3:
+        adapt_input_channels(body, in_channels)
+    levels = len(body.out_channels) + 1
+    if len(anchor_sizes) != levels:
+        raise UserError(f"model.head_args.anchor_sizes: expected {levels} sizes (the {levels - 1} stages of '{backbone}' plus the pooled level), got {list(anchor_sizes)}")
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) != in_channels:
+            raise UserError(f"data.{name}: expected {in_channels} values (model.in_channels), got {list(values)}")
+    largest = max(s.resolution for s in subnets)
+    cls = getattr(tvd, DETECTORS[head])
+    anchors = AnchorGenerator(tuple((int(a),) for a in anchor_sizes), ((0.5, 1.0, 2.0),) * levels)
+    classes = num_classes + 1
+    heads = {
+        "box_head": TwoMLPHead(fpn_channels * 7 * 7, box_representation),
+        "box_predictor": FastRCNNPredictor(box_representation, classes),
+    }
+    if head == "maskrcnn":
+        heads["mask_head"] = MaskRCNNHeads(fpn_channels, (mask_channels,) * 4, 1)
+        heads["mask_predictor"] = MaskRCNNPredictor(mask_channels, mask_channels, classes)
+    detector = cls(FPNBackbone(body, fpn_channels), rpn_anchor_generator=anchors, **heads, **_detector_kwargs(cls, dict(head_args or {})))
+    detector.transform = SubNetTransform(largest, max_size or round(largest * MAX_SIZE_RATIO), list(mean), list(std))
+    return SwitchableDetector(detector, subnets)

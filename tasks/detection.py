@@ -1,0 +1,146 @@
+"""Object detection and instance segmentation with a switchable backbone (MutualNet §4.3).
+
+A sub-network is a shorter-side size: torchvision's detector transform resizes each image
+so its shorter side is the sub-network's resolution (:mod:`rsvision.models.detection`).
+Training sums every size's detector losses on the ground truth (``parallel``: no
+distillation, as §4.3). Evaluation runs every size on each validation image, maps its
+boxes (and masks) back to the image's own size, and scores COCO's AP (AP at IoU
+0.50:0.95, AP50, AP75, AP for small / medium / large objects; mask AP for Mask R-CNN) with
+torchmetrics' ``MeanAveragePrecision`` (pycocotools), in percent; -1 where COCO has no
+object of that size to score.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+from pydantic import Field
+from rsvision.tasks.base import Metrics, Task
+from torch.utils.data import Dataset
+
+from rsvision.data.detection import DetectionEvalTransform, DetectionTrainTransform
+from rsvision.data.mapped import MappedDataset
+from rsvision.nn.switchable import RSNet
+from rsvision.recipe import TaskFields
+from rsvision.registry import register_task
+
+#: COCO's summary numbers: metric key → torchmetrics key (without its bbox_ / segm_ prefix).
+AP_KEYS = {"ap": "map", "ap50": "map_50", "ap75": "map_75", "ap_s": "map_small", "ap_m": "map_medium", "ap_l": "map_large"}
+#: Mask R-CNN's mask probabilities above this are the predicted mask.
+MASK_THRESHOLD = 0.5
+
+
+def _percent(value: torch.Tensor) -> float:
+    v = float(value)
+    return v if v < 0 else 100 * v
+
+
+class DetectionMetrics(Metrics):
+    """COCO AP of one sub-network's detections (box AP; mask AP too with ``masks``)."""
+
+    def __init__(self, masks: bool = False) -> None:
+        from torchmetrics.detection import MeanAveragePrecision  # on first use: it loads pycocotools
+
+        self.masks = masks
+        self.names = tuple(AP_KEYS) + (("mask_ap", "mask_ap50", "mask_ap75") if masks else ())
+        self.map = MeanAveragePrecision(box_format="xyxy", iou_type=("bbox", "segm") if masks else "bbox", backend="pycocotools")
+
+    def update(self, logits: list[dict[str, torch.Tensor]], batch: dict[str, Any]) -> None:
+        preds, targets = [], []
+        for p, t in zip(logits, batch["target"]):
+            pred = {"boxes": p["boxes"].detach().cpu(), "scores": p["scores"].detach().cpu(), "labels": p["labels"].cpu()}
+            target = {"boxes": t["boxes"].cpu(), "labels": t["labels"].cpu(), "iscrowd": t["iscrowd"].cpu()}
+            if self.masks:
+                pred["masks"] = (p["masks"][:, 0] > MASK_THRESHOLD).cpu()
+                target["masks"] = t["masks"].bool().cpu()
+            preds.append(pred)
+            targets.append(target)
+        self.map.update(preds, targets)
+
+    def compute(self) -> dict[str, float]:
+        result = self.map.compute()
+        box = "bbox_" if self.masks else ""
+        out = {name: _percent(result[box + key]) for name, key in AP_KEYS.items()}
+        if self.masks:
+            out |= {"mask_ap": _percent(result["segm_map"]), "mask_ap50": _percent(result["segm_map_50"]), "mask_ap75": _percent(result["segm_map_75"])}
+        return out
+
+
+class DetectionFields(TaskFields):
+    """The detection task's ``data`` fields."""
+
+    #: Probability of a horizontal flip of a training image (with its boxes and masks).
+    flip: float = Field(0.5, ge=0, le=1)
+
+
+@register_task("det")
+class DetectionTask(Task):
+    primary_metric = "ap"
+    data_fields = DetectionFields
+    training_method = "parallel"
+
+    @property
+    def masks(self) -> bool:
+        return self.recipe.model.head == "maskrcnn"
+
+    def build_model(self) -> RSNet:
+        """The switchable detector (``model.head``: fasterrcnn or maskrcnn; ``model.head_args``:
+        :func:`~rsvision.models.detection.create_detector`'s own arguments, the rest to torchvision)."""
+        from rsvision.models.detection import create_detector
+
+        m, d = self.recipe.model, self.recipe.data
+        own = set(inspect.signature(create_detector).parameters)
+        head_args = {k: v for k, v in m.head_args.items() if k not in own}
+        return create_detector(
+            backbone=m.backbone,
+            head=m.head,
+            num_classes=m.num_classes,
+            subnets=self.recipe.subnets,
+            in_channels=m.in_channels,
+            mean=tuple(d.mean) if d.normalize else (0.0,) * m.in_channels,
+            std=tuple(d.std) if d.normalize else (1.0,) * m.in_channels,
+            pretrained=m.pretrained,
+            backbone_args=m.backbone_args,
+            head_args=head_args,
+            **{k: v for k, v in m.head_args.items() if k in own},
+        )
+
+    def train_dataset(self) -> Dataset:
+        return MappedDataset(self.dataset("train"), DetectionTrainTransform(self.input_format.channels, self.fields.flip, self.masks))
+
+    def eval_dataset(self, resolutions: Sequence[int], split: str = "val") -> Dataset:
+        return MappedDataset(self.dataset(split), DetectionEvalTransform(self.input_format.channels, len(resolutions)))
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Images of any sizes stay a list (the detector batches them at each size)."""
+        return {"image": [s["image"] for s in samples], "target": [s["target"] for s in samples]}
+
+    def eval_collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        images = [s["images"][0] for s in samples]
+        return {"images": [images] * len(samples[0]["images"]), "target": [s["target"] for s in samples]}
+
+    def subnet_losses(self, model: RSNet, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """torchvision's detector losses (RPN objectness and box, box classifier and regression,
+        masks) of the pinned size."""
+        return model(batch["image"], batch["target"])
+
+    def eval_logits(self, logits: list[dict[str, torch.Tensor]], batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        return logits
+
+    def batch_accuracy(self, logits, batch: dict[str, Any]) -> float:
+        raise NotImplementedError("detection has no per-batch accuracy; its training logs the losses")
+
+    def metrics(self) -> Metrics:
+        return DetectionMetrics(self.masks)
+
+    def example_input(self, resolution: int) -> list[torch.Tensor]:
+        """One square image at the size: what MAdds per sub-network are counted on."""
+        return [torch.zeros(self.input_format.channels, resolution, resolution)]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "eval": "shorter side resized to the sub-network's size (longer side capped); boxes mapped back to the image",
+            "metric": "COCO AP (pycocotools through torchmetrics), percent",
+        }
