@@ -10,8 +10,9 @@ wrapper; ``at(r).predict(images)`` is ``predict(images, r)``) and
 16-bit) arrays or tensors, decodes every image to 8 bits
 (:func:`rsvision.data.transforms.eight_bit`), applies the stored input format and the evaluation view
 (classification: shorter side to int(r / 0.875), centre crop r; segmentation: the image
-resized to r x r, logits upsampled back to the image's size) and returns, per image,
-the top class (index, name, probability) or a class map of the image's size.
+resized to r x r, logits upsampled back to the image's size; detection: the image as it
+is, resized inside the detector) and returns, per image, the top class (index, name,
+probability), a class map of the image's size, or the detections (:class:`Detections`).
 Without ``resolution`` it predicts at the largest one. No model's mode is changed.
 """
 
@@ -32,7 +33,8 @@ from rsvision.data.transforms import EvalTransform, InputFormat, resize
 from rsvision.deploy.export import resolve_subnets
 from rsvision.deploy.manifest import MANIFEST, read_manifest, subnet_file
 from rsvision.deploy.network import plain_subnet
-from rsvision.deploy.onnx import require, session
+from rsvision.deploy.boxes import MASK_THRESHOLD
+from rsvision.deploy.onnx import require, run_detector_session, session
 from rsvision.errors import UserError
 from rsvision.nn.bn_stats import calibrated_subnets
 from rsvision.nn.surgery import eval_mode
@@ -49,6 +51,19 @@ class Prediction:
     index: int
     name: str
     probability: float
+
+
+@dataclass(frozen=True)
+class Detections:
+    """The detections of one image, most confident first: ``boxes`` ``[D, 4]`` (x1, y1, x2, y2
+    in the image's pixels), ``labels`` (1..K), their ``names``, ``scores``, and ``masks``
+    (``[D, H, W]`` bool, Mask R-CNN) or None."""
+
+    boxes: torch.Tensor
+    labels: list[int]
+    names: list[str]
+    scores: torch.Tensor
+    masks: torch.Tensor | None = None
 
 
 def _is_batch(images: Any) -> bool:
@@ -68,7 +83,7 @@ class LoadedModel:
 
     source: str
     task: str
-    kind: str  # "classification" or "dense"
+    kind: str  # "classification", "dense" or "detection"
     class_names: list[str]
     input_format: InputFormat
     subnets: list[SubNet]
@@ -99,6 +114,8 @@ class LoadedModel:
     def preprocess(self, image: Any, resolution: int) -> torch.Tensor:
         """One image as the ``[C, r, r]`` float tensor evaluation feeds the network."""
         image = _read(image)
+        if self.kind == "detection":  # the detector resizes and normalises
+            return InputFormat(self.input_format.channels, None, None).tensor(image)
         if self.kind == "classification":
             return EvalTransform([resolution], self.input_format).one(self.input_format.image(image), resolution)
         return resize(self.input_format.tensor(image), resolution)
@@ -116,6 +133,9 @@ class LoadedModel:
         if not batch:
             return []
         decoded = [_read(image) for image in batch]
+        if self.kind == "detection":
+            out = [self._detections(network, self.preprocess(image, subnet.resolution)) for image in decoded]
+            return out if _is_batch(images) else out[0]
         x = torch.stack([self.preprocess(image, subnet.resolution) for image in decoded])
         logits = torch.as_tensor(network(x)).float()
         if self.kind == "classification":
@@ -129,6 +149,13 @@ class LoadedModel:
                 up = F.interpolate(z[None], size=(h, w), mode="bilinear", align_corners=False)[0]
                 out.append(up.argmax(0).numpy().astype(np.uint8 if z.shape[0] <= 255 else np.int64))
         return out if _is_batch(images) else out[0]
+
+    def _detections(self, network, x: torch.Tensor) -> Detections:
+        out = network.detect(x) if isinstance(network, OnnxSubnet) else network([x])[0]
+        labels = [int(v) for v in out["labels"]]
+        masks = out["masks"][:, 0] > MASK_THRESHOLD if "masks" in out else None
+        names = [self.class_names[v - 1] if 0 < v <= len(self.class_names) else str(v) for v in labels]
+        return Detections(torch.as_tensor(out["boxes"]), labels, names, torch.as_tensor(out["scores"]), None if masks is None else torch.as_tensor(masks))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source!r}, task={self.task!r}, subnets={[s.id for s in self.subnets]})"
@@ -153,8 +180,8 @@ class TorchModel(LoadedModel):
         smallest = min(self.subnets, key=lambda s: s.resolution)
         with eval_mode(self.model):
             with torch.no_grad(), at_subnet(self.model, smallest):
-                dims = self.model(artifact.task.example_input(smallest.resolution)).dim()
-        self.kind = "classification" if dims == 2 else "dense"
+                output = self.model(artifact.task.example_input(smallest.resolution))
+        self.kind = "detection" if isinstance(output, list) else "classification" if output.dim() == 2 else "dense"
         self._networks: dict[SubNet, nn.Module] = {}
 
     def at(self, subnet: SubNetLike) -> nn.Module:
@@ -191,6 +218,10 @@ class OnnxSubnet:
         out = self.session.run(None, {self.input_name: array.astype(np.float32, copy=False)})[0]
         return torch.from_numpy(out) if isinstance(x, torch.Tensor) else out
 
+    def detect(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """An exported detector's outputs for one ``[C, H, W]`` image."""
+        return run_detector_session(self.session, image)
+
     def __repr__(self) -> str:
         return f"OnnxSubnet({self.subnet.id}, {self.path})"
 
@@ -204,7 +235,8 @@ class OnnxModel(LoadedModel):
         self.source = str(export_dir)
         self.manifest = read_manifest(self.dir)
         self.task = str(self.manifest.get("task"))
-        self.kind = "classification" if self.manifest.get("view", {}).get("name") == "center_crop" else "dense"
+        view = self.manifest.get("view", {}).get("name")
+        self.kind = "classification" if view == "center_crop" else "detection" if view == "detector" else "dense"
         self.class_names = [str(c) for c in self.manifest.get("class_names", [])]
         self.input_format = InputFormat.from_dict(self.manifest.get("input"))
         self._entries = {SubNet.parse(e["id"]): e for e in self.manifest["subnets"]}

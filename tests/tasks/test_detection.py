@@ -24,7 +24,8 @@ from rsvision.run.folder import find_latest_run
 
 SMALL = {"fpn_channels": 16, "anchor_sizes": [8, 16, 32, 64], "box_representation": 32, "mask_channels": 8,
          "rpn_pre_nms_top_n_train": 50, "rpn_post_nms_top_n_train": 20, "rpn_pre_nms_top_n_test": 50,
-         "rpn_post_nms_top_n_test": 20, "box_batch_size_per_image": 16}  # fmt: skip
+         "rpn_post_nms_top_n_test": 20, "box_batch_size_per_image": 16,
+         "box_score_thresh": 0.0}  # fmt: skip  (every proposal kept: an untrained detector still detects)
 
 
 def tiny_detector(head="fasterrcnn", subnets=(64, 48)):
@@ -152,7 +153,14 @@ def test_eval_calibrate_predict_plot_on_a_detection_run(tmp_path, capsys):
     assert report["chosen"]["subnet"] in {"64", "48", "32"} and manifest["view"]["name"] == "detector"
     entry = manifest["subnets"][0]
     assert entry["bn_left"] == 0 and set(entry["output_shape"]) == {"boxes", "labels", "scores", "masks"}
-    assert entry["check_max_abs_diff"] < 1e-3
+    assert entry["check_max_abs_diff"] < 1e-3 and manifest["check"]["inputs"] == "2 validation images"
+    import rsvision
+
+    size = int(report["chosen"]["subnet"])
+    torch_dets = rsvision.load(run).predict(str(image), resolution=size)
+    onnx_dets = rsvision.load(tmp_path / "deployed").predict(str(image), resolution=size)
+    assert len(torch_dets.boxes) > 0 and torch_dets.names == onnx_dets.names and torch_dets.masks.shape[1:] == (48, 64)
+    assert torch.allclose(torch_dets.boxes, onnx_dets.boxes, atol=1e-3)
 
 
 def test_coco_recipe_trains_on_coco_files(tmp_path, capsys):
@@ -172,3 +180,12 @@ def test_coco_recipe_trains_on_coco_files(tmp_path, capsys):
     main(["train", str(recipe), "--quiet", *[a for s in sets for a in ("--set", s)]])
     meta = json.loads((find_latest_run(tmp_path / "runs", "det") / "rsvision.json").read_text())
     assert meta["class_names"] == ["ant", "cat"] and {row["subnet"] for row in meta["metrics"]} == {"64", "32"}
+
+
+def test_timm_backbone_detector_trains_in_bf16_with_accumulation(tmp_path):
+    data = det_recipe(tmp_path, "fasterrcnn", max_steps_per_epoch=2, mixed_precision="bf16", grad_accum=2)
+    data["model"].update(backbone="timm/resnet18", backbone_args={})
+    data["model"]["head_args"] = {**SMALL, "anchor_sizes": [8, 16, 32, 64, 128]}  # four stages and the pooled level
+    run = train(validate_recipe(data), name="timm", quiet=True)
+    rows = json.loads((run / "rsvision.json").read_text())["metrics"]
+    assert {row["subnet"] for row in rows} == {"64", "32"}
