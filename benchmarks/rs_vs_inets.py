@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import yaml
-from variants import scores, train_variant
+from variants import scores, train_variant, validation_overrides
 
 from rsvision.recipe import apply_overrides
 
@@ -58,14 +58,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every run's scores here as they finish")
     parser.add_argument("--combine", type=Path, nargs="+", help="print the tables of earlier --json files; train nothing")
     return parser.parse_args()
-
-
-def validation_overrides(base: dict, given: list[str] | None) -> list[str]:
-    if given is not None:
-        return given
-    if base.get("data", {}).get("dataset") == "mnist":
-        return ["data.args.val_from=train", "data.args.val_size=5000"]
-    return []
 
 
 def run_scores(run_dir: Path, resolutions: list[int], val_overrides: list[str]) -> dict[str, dict[int, float]]:

@@ -38,6 +38,16 @@ def scores(run_dir: Path, resolutions: list[int], data_overrides: list[str] | No
     return {row["resolution"]: row for row in rows}
 
 
+def validation_overrides(base: dict, given: list[str] | None) -> list[str]:
+    """Recipe overrides that make the val split a validation split carved from the training set:
+    ``given``, or for the ``mnist`` dataset 5,000 held-out images of the training file."""
+    if given is not None:
+        return given
+    if base.get("data", {}).get("dataset") == "mnist":
+        return ["data.args.val_from=train", "data.args.val_size=5000"]
+    return []
+
+
 def base_recipe(description: str, default: str, seeds: bool = False) -> tuple[str, list[str], dict] | tuple[str, list[str], dict, list[int]]:
     """``--recipe`` and ``--set`` from the command line: (path, overrides, recipe dict), and
     the ``--seeds`` list when ``seeds`` is true."""
