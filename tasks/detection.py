@@ -7,7 +7,8 @@ distillation, as §4.3). Evaluation runs every size on each validation image, ma
 boxes (and masks) back to the image's own size, and scores COCO's AP (AP at IoU
 0.50:0.95, AP50, AP75, AP for small / medium / large objects; mask AP for Mask R-CNN) with
 torchmetrics' ``MeanAveragePrecision`` (pycocotools), in percent; -1 where COCO has no
-object of that size to score.
+object of that size to score; at most the 100 most confident detections of an image count
+(COCO's maxDets).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from rsvision.registry import register_task
 
 #: COCO's summary numbers: metric key → torchmetrics key (without its bbox_ / segm_ prefix).
 AP_KEYS = {"ap": "map", "ap50": "map_50", "ap75": "map_75", "ap_s": "map_small", "ap_m": "map_medium", "ap_l": "map_large"}
+#: COCO scores at most this many detections per image, the most confident.
+MAX_DETECTIONS = 100
 #: Mask R-CNN's mask probabilities above this are the predicted mask.
 MASK_THRESHOLD = 0.5
 
@@ -50,6 +53,8 @@ class DetectionMetrics(Metrics):
     def update(self, logits: list[dict[str, torch.Tensor]], batch: dict[str, Any]) -> None:
         preds, targets = [], []
         for p, t in zip(logits, batch["target"]):
+            top = p["scores"].argsort(descending=True)[:MAX_DETECTIONS]
+            p = {k: v[top] for k, v in p.items()}
             pred = {"boxes": p["boxes"].detach().cpu(), "scores": p["scores"].detach().cpu(), "labels": p["labels"].cpu()}
             target = {"boxes": t["boxes"].cpu(), "labels": t["labels"].cpu(), "iscrowd": t["iscrowd"].cpu()}
             if self.masks:

@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import (
     FeaturePyramidNetwork,
@@ -35,7 +36,7 @@ from rsvision.registry import BACKBONES
 from rsvision.subnet import SubNet, SubNetLike, subnets_of
 
 #: ``model.head`` of a detection recipe → torchvision's detector class name.
-DETECTORS = {"fasterrcnn": "FasterRCNN", "maskrcnn": "MaskRCNN"}
+DETECTORS = {"fasterrcnn": "FasterRCNN", "maskrcnn": "MaskRCNN", "retinanet": "RetinaNet"}
 #: Longer-side cap over shorter side (the paper's 1000 x 600).
 MAX_SIZE_RATIO = 1000 / 600
 
@@ -84,7 +85,7 @@ class SwitchableDetector(RSNet):
 
 
 def _detector_kwargs(cls: type, given: dict[str, Any]) -> dict[str, Any]:
-    taken = {"self", "backbone", "num_classes", "min_size", "max_size", "image_mean", "image_std", "rpn_anchor_generator"}
+    taken = {"self", "backbone", "num_classes", "min_size", "max_size", "image_mean", "image_std", "rpn_anchor_generator", "anchor_generator", "head"}
     allowed = {p for p in inspect.signature(cls.__init__).parameters if p not in taken and not p.endswith(("_head", "_predictor"))}
     unknown = sorted(set(given) - allowed)
     if unknown:
@@ -110,11 +111,11 @@ def create_detector(
     backbone_args: dict[str, Any] | None = None,
     head_args: dict[str, Any] | None = None,
 ) -> SwitchableDetector:
-    """A switchable detector: ``head`` (``fasterrcnn`` or ``maskrcnn``) on the registered
-    ``backbone`` with an FPN; ``num_classes`` object classes (torchvision adds the background).
+    """A switchable detector: ``head`` (``fasterrcnn``, ``maskrcnn`` or ``retinanet``) on the
+    registered ``backbone`` with an FPN; ``num_classes`` object classes (label 0 is torchvision's background).
 
     ``anchor_sizes`` gives one anchor size per pyramid level (the backbone's stages plus the
-    pooled level; three aspect ratios each). ``max_size`` caps the longer side (default: 1000/600
+    pooled level; three aspect ratios each, and for RetinaNet three scales 2^0, 2^(1/3), 2^(2/3)). ``max_size`` caps the longer side (default: 1000/600
     of the largest size, the paper's ratio). ``box_representation`` is the width of the box
     head's two fully connected layers, ``mask_channels`` that of the mask head's four
     convolutions (torchvision's 1024 and 256). ``head_args`` go to torchvision's detector.
@@ -138,15 +139,22 @@ def create_detector(
             raise UserError(f"data.{name}: expected {in_channels} values (model.in_channels), got {list(values)}")
     largest = max(s.resolution for s in subnets)
     cls = getattr(tvd, DETECTORS[head])
-    anchors = AnchorGenerator(tuple((int(a),) for a in anchor_sizes), ((0.5, 1.0, 2.0),) * levels)
     classes = num_classes + 1
-    heads = {
-        "box_head": TwoMLPHead(fpn_channels * 7 * 7, box_representation),
-        "box_predictor": FastRCNNPredictor(box_representation, classes),
-    }
-    if head == "maskrcnn":
-        heads["mask_head"] = MaskRCNNHeads(fpn_channels, (mask_channels,) * 4, 1)
-        heads["mask_predictor"] = MaskRCNNPredictor(mask_channels, mask_channels, classes)
-    detector = cls(FPNBackbone(body, fpn_channels), rpn_anchor_generator=anchors, **heads, **_detector_kwargs(cls, dict(head_args or {})))
+    extra = _detector_kwargs(cls, dict(head_args or {}))
+    if head == "retinanet":
+        scales = tuple(tuple(round(a * 2 ** (k / 3)) for k in range(3)) for a in anchor_sizes)
+        anchors = AnchorGenerator(scales, ((0.5, 1.0, 2.0),) * levels)
+        retina_head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], classes)
+        detector = cls(FPNBackbone(body, fpn_channels), classes, anchor_generator=anchors, head=retina_head, **extra)
+    else:
+        anchors = AnchorGenerator(tuple((int(a),) for a in anchor_sizes), ((0.5, 1.0, 2.0),) * levels)
+        heads = {
+            "box_head": TwoMLPHead(fpn_channels * 7 * 7, box_representation),
+            "box_predictor": FastRCNNPredictor(box_representation, classes),
+        }
+        if head == "maskrcnn":
+            heads["mask_head"] = MaskRCNNHeads(fpn_channels, (mask_channels,) * 4, 1)
+            heads["mask_predictor"] = MaskRCNNPredictor(mask_channels, mask_channels, classes)
+        detector = cls(FPNBackbone(body, fpn_channels), rpn_anchor_generator=anchors, **heads, **extra)
     detector.transform = SubNetTransform(largest, max_size or round(largest * MAX_SIZE_RATIO), list(mean), list(std))
     return SwitchableDetector(detector, subnets)

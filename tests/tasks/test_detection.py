@@ -91,9 +91,12 @@ def test_perfect_prediction_scores_ap_100():
     assert shifted.compute()["ap50"] < 50
 
 
-@pytest.mark.parametrize("head", ["fasterrcnn", "maskrcnn"])
+@pytest.mark.parametrize("head", ["fasterrcnn", "maskrcnn", "retinanet"])
 def test_two_training_steps_of_each_detector(tmp_path, head):
-    recipe = validate_recipe(det_recipe(tmp_path, head, max_steps_per_epoch=2))
+    data = det_recipe(tmp_path, head, max_steps_per_epoch=2)
+    if head == "retinanet":  # no RPN, no RoI heads
+        data["model"]["head_args"] = {k: SMALL[k] for k in ("fpn_channels", "anchor_sizes")} | {"score_thresh": 0.0}
+    recipe = validate_recipe(data)
     assert recipe.method == "parallel"
     task = TASKS.get("det")(recipe)
     before = {k: v.clone() for k, v in task.build_model().state_dict().items()}
