@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
-from variants import scores, train_variant
+from variants import cell, load_combined, scores, train_variant
 
 from rsvision.recipe import apply_overrides
 from rsvision.report import human
@@ -74,13 +74,6 @@ def columns(records: list[dict], sizes: list[int], metric: str) -> dict[str, dic
     return out
 
 
-def cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = f"{statistics.fmean(values):.1f}"
-    return mean if len(values) == 1 else f"{mean} ({' / '.join(f'{v:.1f}' for v in values)})"
-
-
 def report(records: list[dict], sizes: list[int]) -> None:
     madds = next(rec["madds"] for rec in records if rec["variant"] == "switchable")
     for metric in METRICS:
@@ -103,9 +96,7 @@ def report(records: list[dict], sizes: list[int]) -> None:
 def main() -> None:
     args = parse_args()
     if args.combine:
-        saved = [json.loads(p.read_text()) for p in args.combine]
-        records = [rec for s in saved for rec in s["records"]]
-        args.recipe, args.overrides = saved[0]["recipe"], saved[0]["overrides"]
+        records, args.recipe, args.overrides = load_combined(args.combine)
     with open(args.recipe) as f:
         base = apply_overrides(yaml.safe_load(f), args.overrides)
     sizes = sorted(base["resolutions"], reverse=True)

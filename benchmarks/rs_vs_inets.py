@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import yaml
-from variants import scores, train_variant, validation_overrides
+from variants import cell, load_combined, scores, train_variant, validation_overrides
 
 from rsvision.recipe import apply_overrides
 
@@ -104,13 +104,6 @@ def per_variant(records: list[dict], resolutions: list[int], split: str) -> dict
     return table
 
 
-def cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = f"{statistics.fmean(values):.1f}"
-    return mean if len(values) == 1 else f"{mean} ({' / '.join(f'{v:.1f}' for v in values)})"
-
-
 def spread(values: list[float]) -> str:
     return f"{statistics.stdev(values):.2f}" if len(values) > 1 else "-"
 
@@ -174,9 +167,7 @@ def report(records: list[dict], resolutions: list[int]) -> None:
 def main() -> None:
     args = parse_args()
     if args.combine:
-        saved = [json.loads(p.read_text()) for p in args.combine]
-        records = [rec for s in saved for rec in s["records"]]
-        args.recipe, args.overrides = saved[0]["recipe"], saved[0]["overrides"]
+        records, args.recipe, args.overrides = load_combined(args.combine)
     with open(args.recipe) as f:
         base = apply_overrides(yaml.safe_load(f), args.overrides)
     resolutions = sorted(base["resolutions"], reverse=True)

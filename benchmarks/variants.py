@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import warnings
 from pathlib import Path
 
@@ -36,6 +38,20 @@ def scores(run_dir: Path, resolutions: list[int], data_overrides: list[str] | No
         warnings.simplefilter("ignore")
         rows = evaluate(artifact.model, task, resolutions)
     return {row["resolution"]: row for row in rows}
+
+
+def cell(values: list[float]) -> str:
+    """A table cell: the mean of the seeds' values, then each seed's (``87.6 (87.5 / 87.7)``)."""
+    if not values:
+        return "-"
+    mean = f"{statistics.fmean(values):.1f}"
+    return mean if len(values) == 1 else f"{mean} ({' / '.join(f'{v:.1f}' for v in values)})"
+
+
+def load_combined(paths: list[Path]) -> tuple[list[dict], str, list[str]]:
+    """The records of earlier ``--json`` files (one per seed, say), and the recipe and overrides they ran."""
+    saved = [json.loads(Path(p).read_text()) for p in paths]
+    return [rec for s in saved for rec in s["records"]], saved[0]["recipe"], saved[0]["overrides"]
 
 
 def validation_overrides(base: dict, given: list[str] | None) -> list[str]:

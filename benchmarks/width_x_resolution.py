@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import yaml
-from variants import validation_overrides
+from variants import load_combined, validation_overrides
 
 from rsvision.analysis.calibrate import calibrate_missing
 from rsvision.analysis.query import GRID_STEP, width_grid
@@ -264,9 +264,7 @@ def plot(path: str, tables: dict) -> None:
 def main() -> None:
     args = arguments()
     if args.combine:
-        saved = [json.loads(p.read_text()) for p in args.combine]
-        records = [rec for s in saved for rec in s["records"]]
-        args.recipe, args.overrides = saved[0]["recipe"], saved[0]["overrides"]
+        records, args.recipe, args.overrides = load_combined(args.combine)
     else:
         with open(args.recipe) as f:
             base = apply_overrides(yaml.safe_load(f), args.overrides)

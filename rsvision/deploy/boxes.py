@@ -16,11 +16,10 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from rsvision.data.transforms import InputFormat
 from rsvision.nn.switchable import RSNet, at_resolution
+from rsvision.tasks.detection import MASK_THRESHOLD
 
 #: Detections drawn: those scoring at least this.
 SCORE_THRESHOLD = 0.5
-#: Mask R-CNN's mask probabilities above this are the drawn mask.
-MASK_THRESHOLD = 0.5
 
 
 @torch.no_grad()

@@ -33,7 +33,6 @@ from rsvision.data.transforms import EvalTransform, InputFormat, resize
 from rsvision.deploy.export import resolve_subnets
 from rsvision.deploy.manifest import MANIFEST, read_manifest, subnet_file
 from rsvision.deploy.network import plain_subnet
-from rsvision.deploy.boxes import MASK_THRESHOLD
 from rsvision.deploy.onnx import require, run_detector_session, session
 from rsvision.errors import UserError
 from rsvision.nn.bn_stats import calibrated_subnets
@@ -42,6 +41,7 @@ from rsvision.nn.switchable import SHARED, at_subnet, subnet_status, trained_sub
 from rsvision.run.files import META
 from rsvision.run.folder import load_artifact
 from rsvision.subnet import SubNet, SubNetLike, subnets_of
+from rsvision.tasks.detection import MASK_THRESHOLD
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,8 @@ from torchvision.ops.feature_pyramid_network import (
 )
 
 from rsvision.errors import UserError
-from rsvision.models.factory import adapt_input_channels, check_backbone
-from rsvision.models.pretrained import load_pretrained
+from rsvision.models.factory import build_backbone
 from rsvision.nn.switchable import RSNet, Switchable, at_subnet
-from rsvision.registry import BACKBONES
 from rsvision.subnet import SubNet, SubNetLike, subnets_of
 
 #: ``model.head`` of a detection recipe → torchvision's detector class name.
@@ -125,12 +123,7 @@ def create_detector(
     subnets = subnets_of(subnets)
     if any(s.width is not None for s in subnets):
         raise UserError("widths: the detection task switches the backbone's resolution only; remove the widths section")
-    body = BACKBONES.build(backbone, field="model.backbone_args", **(backbone_args or {}))
-    check_backbone(body, backbone)
-    if pretrained:
-        load_pretrained(body, pretrained, backbone)
-    if in_channels != 3:
-        adapt_input_channels(body, in_channels)
+    body = build_backbone(backbone, backbone_args, pretrained, in_channels)
     levels = len(body.out_channels) + 1
     if len(anchor_sizes) != levels:
         raise UserError(f"model.head_args.anchor_sizes: expected {levels} sizes (the {levels - 1} stages of '{backbone}' plus the pooled level), got {list(anchor_sizes)}")

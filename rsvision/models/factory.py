@@ -67,6 +67,18 @@ def adapt_input_channels(backbone: nn.Module, channels: int) -> None:
     first.weight = nn.Parameter(weight)
 
 
+def build_backbone(name: str, backbone_args: dict[str, Any] | None = None, pretrained: str | None = None, in_channels: int = 3) -> nn.Module:
+    """The registered backbone ``name``, checked against the backbone contract, with its
+    pretrained weights loaded and its first convolution taking ``in_channels``."""
+    net = BACKBONES.build(name, field="model.backbone_args", **(backbone_args or {}))
+    check_backbone(net, name)
+    if pretrained:
+        load_pretrained(net, pretrained, name)
+    if in_channels != 3:
+        adapt_input_channels(net, in_channels)
+    return net
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
 
@@ -110,12 +122,7 @@ def create_model(
     (:func:`rsvision.nn.slimmable.make_slimmable`, channels rounded to ``width_divisor``).
     """
     check_arguments(resolutions, subnets, num_classes, in_channels)
-    net = BACKBONES.build(backbone, field="model.backbone_args", **(backbone_args or {}))
-    check_backbone(net, backbone)
-    if pretrained:
-        load_pretrained(net, pretrained, backbone)
-    if in_channels != 3:
-        adapt_input_channels(net, in_channels)
+    net = build_backbone(backbone, backbone_args, pretrained, in_channels)
     head_module = HEADS.build(head, field="model.head_args", backbone=net, num_classes=num_classes, **(head_args or {}))
     body = EncoderDecoder(net, head_module)
     if widths:
