@@ -275,11 +275,13 @@ class Recipe(_Section):
 
     @property
     def method(self) -> str:
-        """The registered training method: the task's own when it names one (its
-        ``training_method``, e.g. detection's ``parallel``), else ``mutualnet`` with a ``widths``
-        section, else ``rsnets``."""
+        """The registered training method: ``mutualnet`` with a ``widths`` section, else the
+        task's own when it names one (its ``training_method``, e.g. detection's ``parallel``),
+        else ``rsnets``."""
+        if self.widths is not None:
+            return "mutualnet"
         own = getattr(TASKS.get(self.task), "training_method", None) if self.task in TASKS.list() else None
-        return own or ("mutualnet" if self.widths is not None else "rsnets")
+        return own or "rsnets"
 
     @property
     def subnets(self) -> list[SubNet]:

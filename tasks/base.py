@@ -55,9 +55,11 @@ class Task:
     data_fields: type[TaskFields] = TaskFields
     #: The optional recipe fields this task reads: ``data.<name>`` of each of ``data_fields``.
     recipe_fields: frozenset[str] = frozenset()
-    #: The registered training method every recipe of this task uses (None: the recipe's
-    #: choice, :attr:`rsvision.recipe.Recipe.method`); tasks whose losses the task computes
-    #: itself name ``parallel`` and implement :meth:`subnet_losses`.
+    #: Whether the model computes its own losses (:meth:`subnet_losses`, e.g. a detector's):
+    #: no logits to distil, so every sub-network learns from the ground truth.
+    own_losses: bool = False
+    #: The registered training method of this task's recipes without a width axis (None:
+    #: :attr:`rsvision.recipe.Recipe.method`'s choice); tasks with ``own_losses`` name ``parallel``.
     training_method: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -136,7 +138,7 @@ class Task:
 
     def subnet_losses(self, model: RSNet, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The named loss terms of the pinned sub-network on ``batch`` (tasks whose model computes
-        its own losses, e.g. a detector; see ``training_method``)."""
+        its own losses, e.g. a detector; see ``own_losses``)."""
         raise NotImplementedError(f"task {type(self).__name__} trains through logits (loss_logits), not subnet_losses")
 
     def eval_logits(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:

@@ -84,6 +84,7 @@ class DetectionFields(TaskFields):
 class DetectionTask(Task):
     primary_metric = "ap"
     data_fields = DetectionFields
+    own_losses = True
     training_method = "parallel"
 
     @property
@@ -109,6 +110,9 @@ class DetectionTask(Task):
             pretrained=m.pretrained,
             backbone_args=m.backbone_args,
             head_args=head_args,
+            widths=self.recipe.widths.trained if self.recipe.widths is not None else None,
+            width_divisor=self.recipe.widths.divisor if self.recipe.widths is not None else 8,
+            shared_bn=self.recipe.widths.bn == "posthoc" if self.recipe.widths is not None else m.shared_bn,
             **{k: v for k, v in m.head_args.items() if k in own},
         )
 

@@ -30,6 +30,7 @@ from torchvision.ops.feature_pyramid_network import (
 
 from rsvision.errors import UserError
 from rsvision.models.factory import build_backbone
+from rsvision.nn.slimmable import keep_full_outputs, make_slimmable
 from rsvision.nn.switchable import RSNet, Switchable, at_subnet
 from rsvision.subnet import SubNet, SubNetLike, subnets_of
 
@@ -108,6 +109,9 @@ def create_detector(
     pretrained: str | None = None,
     backbone_args: dict[str, Any] | None = None,
     head_args: dict[str, Any] | None = None,
+    widths: Sequence[float] | None = None,
+    width_divisor: int = 8,
+    shared_bn: bool = False,
 ) -> SwitchableDetector:
     """A switchable detector: ``head`` (``fasterrcnn``, ``maskrcnn`` or ``retinanet``) on the
     registered ``backbone`` with an FPN; ``num_classes`` object classes (label 0 is torchvision's background).
@@ -117,12 +121,16 @@ def create_detector(
     of the largest size, the paper's ratio). ``box_representation`` is the width of the box
     head's two fully connected layers, ``mask_channels`` that of the mask head's four
     convolutions (torchvision's 1024 and 256). ``head_args`` go to torchvision's detector.
+
+    ``widths`` (a range's ends or a list) makes the backbone width-switchable
+    (:func:`~rsvision.nn.slimmable.make_slimmable`, channels rounded to ``width_divisor``):
+    the FPN's convolutions take the first channels of each stage and keep all their outputs,
+    so the RPN and the heads see the same channels at every width. ``shared_bn``: one BN
+    group in training (post-hoc BN statistics, MutualNet).
     """
     if head not in DETECTORS:
         raise UserError(f"model.head: '{head}' is not a detector; choose one of {', '.join(DETECTORS)}")
     subnets = subnets_of(subnets)
-    if any(s.width is not None for s in subnets):
-        raise UserError("widths: the detection task switches the backbone's resolution only; remove the widths section")
     body = build_backbone(backbone, backbone_args, pretrained, in_channels)
     levels = len(body.out_channels) + 1
     if len(anchor_sizes) != levels:
@@ -134,11 +142,22 @@ def create_detector(
     cls = getattr(tvd, DETECTORS[head])
     classes = num_classes + 1
     extra = _detector_kwargs(cls, dict(head_args or {}))
+    neck = FPNBackbone(body, fpn_channels)
+    if widths:
+        for layer in neck.fpn.modules():
+            if isinstance(layer, nn.Conv2d):
+                keep_full_outputs(layer)
+        smallest = min(s.resolution for s in subnets)
+        example = torch.zeros(2, in_channels, smallest, smallest)
+        try:
+            make_slimmable(neck, (min(widths), max(widths)), width_divisor, example_input=example)
+        except UserError as exc:
+            raise UserError(f"widths: {backbone} cannot be made width-switchable: {exc}") from None
     if head == "retinanet":
         scales = tuple(tuple(round(a * 2 ** (k / 3)) for k in range(3)) for a in anchor_sizes)
         anchors = AnchorGenerator(scales, ((0.5, 1.0, 2.0),) * levels)
         retina_head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], classes)
-        detector = cls(FPNBackbone(body, fpn_channels), classes, anchor_generator=anchors, head=retina_head, **extra)
+        detector = cls(neck, classes, anchor_generator=anchors, head=retina_head, **extra)
     else:
         anchors = AnchorGenerator(tuple((int(a),) for a in anchor_sizes), ((0.5, 1.0, 2.0),) * levels)
         heads = {
@@ -148,6 +167,6 @@ def create_detector(
         if head == "maskrcnn":
             heads["mask_head"] = MaskRCNNHeads(fpn_channels, (mask_channels,) * 4, 1)
             heads["mask_predictor"] = MaskRCNNPredictor(mask_channels, mask_channels, classes)
-        detector = cls(FPNBackbone(body, fpn_channels), rpn_anchor_generator=anchors, **heads, **extra)
+        detector = cls(neck, rpn_anchor_generator=anchors, **heads, **extra)
     detector.transform = SubNetTransform(largest, max_size or round(largest * MAX_SIZE_RATIO), list(mean), list(std))
-    return SwitchableDetector(detector, subnets)
+    return SwitchableDetector(detector, subnets, shared_bn=shared_bn)

@@ -15,6 +15,11 @@ weighs their sum by ``lambda`` rising linearly from 0 to 1, ``loss = loss_full +
 sum_i loss_sub_i``. ``lambda`` is a function of the draw counter below, so a resumed run
 weighs every step as an uninterrupted one.
 
+A task whose model computes its own losses (``Task.own_losses``: detection) trains every
+sub-network of the sandwich on the ground truth, as MutualNet §4.3 trains its detectors:
+``loss = sum(L_full) + lambda * sum_i sum(L_i)``, the task's loss terms of each
+(``widths.students: labels``; there are no logits to distil).
+
 ``widths.teacher: ensemble`` combines it with RS-Nets: the full width runs every resolution
 with MRED (L_cls + L_ens + L_dis, ``mred.mode``) and the sub-networks distil from the
 alpha-ensemble z_0 instead.
@@ -47,6 +52,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from rsvision.data.sampling import EpochSeeded, mix_seed
+from rsvision.errors import UserError
 from rsvision.data.transforms import batch_resolutions
 from rsvision.nn.bn_stats import calibrated_for
 from rsvision.nn.slimmable import slimmable_layers
@@ -111,6 +117,11 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
         if self.widths.teacher == "ensemble":
             self.criterion = MREDLoss(len(self.resolutions), mode=recipe.mred.mode, ignore_index=task.ignore_index)
         self.register_buffer("draws", torch.zeros((), dtype=torch.long))
+        if task.own_losses and (self.widths.students != "labels" or self.widths.teacher != "largest"):
+            raise UserError(
+                f"{recipe.source}: widths: the '{recipe.task}' task trains every sub-network on the ground truth "
+                "(MutualNet §4.3); set students: labels and teacher: largest"
+            )
 
     def next_draw(self) -> list[SubNet]:
         """This step's sub-networks; advances the draw counter."""
@@ -147,6 +158,8 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
         """One step; with ``ctx`` each term is backwarded as soon as it is known (low memory)."""
         weight = self.student_weight(int(self.draws))
         draw = self.next_draw()
+        if self.task.own_losses:
+            return self._ground_truth_sandwich(batch, ctx, draw, weight)
         target = batch["target"]
         autocast: Callable[[], ContextManager] = ctx.autocast if ctx is not None else nullcontext
         inputs: dict[int, torch.Tensor] = {}
@@ -194,6 +207,24 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
         log["students/weight"] = weight
         total = loss_full + weight * loss_sub
         log["loss"] = float(total.detach())
+        return StepOutput(total, log)
+
+    def _ground_truth_sandwich(self, batch: dict[str, Any], ctx: StepContext | None, draw: list[SubNet], weight: float) -> StepOutput:
+        """Every drawn sub-network on the task's own losses (module docstring); with ``ctx``
+        each is backwarded as soon as it is known."""
+        autocast: Callable[[], ContextManager] = ctx.autocast if ctx is not None else nullcontext
+        terms = []
+        for i, subnet in enumerate(draw):
+            with autocast(), at_subnet(self.model, subnet):
+                term = sum(self.task.subnet_losses(self.model, batch).values())
+            if ctx is not None:
+                ctx.backward(term if i == 0 else weight * term)
+                term = term.detach()
+            terms.append(term)
+        loss_sub = torch.stack(terms[1:]).sum()
+        total = terms[0] + weight * loss_sub
+        log = {"full": float(terms[0].detach()), "students": float(loss_sub.detach()), "students/smallest": float(terms[1].detach()),
+               "students/weight": weight, "loss": float(total.detach())}  # fmt: skip
         return StepOutput(total, log)
 
     def _logits(self, subnet: SubNet, x: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
@@ -280,10 +311,11 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
 
     def progress_text(self, averages: dict[str, float]) -> str:
         """'loss 1.92 | full: ce 1.41 48% | students: kd 0.51 (smallest 0.22) x 1.00'."""
-        full = averages.get("ce", averages.get("cls", float("nan")))
-        kind = "kd" if self.widths.students == "distill" else "ce"
+        full = averages.get("ce", averages.get("cls", averages.get("full", float("nan"))))
+        kind = "kd" if self.widths.students == "distill" else "loss" if self.task.own_losses else "ce"
+        accuracy = "" if self.task.own_losses else f" {averages.get('acc/full', 0):.0f}%"
         return (
-            f"loss {averages.get('loss', float('nan')):.3f} | full: ce {full:.2f} {averages.get('acc/full', 0):.0f}% | "
+            f"loss {averages.get('loss', float('nan')):.3f} | full: {'loss' if self.task.own_losses else 'ce'} {full:.2f}{accuracy} | "
             f"students: {kind} {averages.get('students', 0):.3f} (smallest {averages.get('students/smallest', 0):.3f}) x {averages.get('students/weight', 1):.2f}"
         )
 

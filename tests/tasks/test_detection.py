@@ -15,6 +15,7 @@ from rsvision.tasks.detection import DetectionMetrics
 
 from rsvision.cli import main
 from rsvision.engine import train
+from rsvision.errors import UserError
 from rsvision.models.detection import create_detector
 from rsvision.nn.cost import bn_affine_parameters
 from rsvision.nn.switchable import SwitchableBatchNorm, at_subnet
@@ -192,3 +193,26 @@ def test_timm_backbone_detector_trains_in_bf16_with_accumulation(tmp_path):
     run = train(validate_recipe(data), name="timm", quiet=True)
     rows = json.loads((run / "rsvision.json").read_text())["metrics"]
     assert {row["subnet"] for row in rows} == {"64", "32"}
+
+
+def test_width_x_resolution_detector_trains_every_sub_network_on_the_ground_truth(tmp_path):
+    """MutualNet §4.3: a width-switchable backbone (the FPN keeps its outputs), the sandwich
+    rule, every sub-network on the detector's losses, post-hoc BN; distillation is refused."""
+    data = det_recipe(tmp_path, "fasterrcnn", max_steps_per_epoch=2)
+    data["model"]["backbone_args"] = {"width": 8, "stem_stride": 4}
+    data["widths"] = {"range": [0.5, 1.0], "divisor": 2, "bn": "posthoc", "sample": 3, "students": "labels", "calibration_images": 4}
+    recipe = validate_recipe(data)
+    assert recipe.method == "mutualnet"
+    model = TASKS.get("det")(recipe).build_model()
+    fpn_convs = [m for m in model.body.backbone.fpn.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert fpn_convs and all(m.full_outputs for m in fpn_convs)
+    run = train(recipe, name="mutual", quiet=True)
+    meta = json.loads((run / "rsvision.json").read_text())
+    rows = {row["subnet"]: row for row in meta["metrics"]}
+    assert set(rows) == {"64w100", "32w100", "64w50", "32w50"} and {row["status"] for row in rows.values()} == {"calibrated"}
+    assert meta["madds"]["64w50"] < meta["madds"]["64w100"]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any(entry.get("students", 0) > 0 for entry in log)
+    data["widths"]["students"] = "distill"
+    with pytest.raises(UserError, match="trains every sub-network on the ground truth"):
+        train(validate_recipe(data), name="distill", quiet=True)
