@@ -175,8 +175,8 @@ def test_cli_list_shows_every_kind(capsys):
     kinds = json.loads(capsys.readouterr().out)
     assert {"resnet18", "resnet50", "mobilenet_v2", "resnet8", "preact_resnet18"} <= set(kinds["backbones"])
     assert {"classifier", "refinenet", "unet", "fpn", "deeplabv3plus"} <= set(kinds["heads"])
-    assert kinds["tasks"] == ["cls", "seg"] and "lq" in kinds["quantizers"]
-    assert {"synthetic", "imagefolder", "nyudv2", "segfolder", "synthetic_seg"} <= set(kinds["datasets"])
+    assert kinds["tasks"] == ["cls", "det", "seg"] and "lq" in kinds["quantizers"]
+    assert {"synthetic", "imagefolder", "nyudv2", "segfolder", "synthetic_seg", "coco", "synthetic_det", "fashion_canvas"} <= set(kinds["datasets"])
     main(["list"])
     text = capsys.readouterr().out
     assert "backbones" in text and "resnet18" in text and "refinenet" in text
