@@ -21,10 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from variants import cell, load_combined, scores, train_variant
+from variants import cell, recipe_and_records, scores, train_variant
 
-from rsvision.recipe import apply_overrides
 from rsvision.report import human
 
 METRICS = ("ap", "ap50")
@@ -95,12 +93,9 @@ def report(records: list[dict], sizes: list[int]) -> None:
 
 def main() -> None:
     args = parse_args()
-    if args.combine:
-        records, args.recipe, args.overrides = load_combined(args.combine)
-    with open(args.recipe) as f:
-        base = apply_overrides(yaml.safe_load(f), args.overrides)
+    base, records = recipe_and_records(args)
     sizes = sorted(base["resolutions"], reverse=True)
-    if not args.combine:
+    if records is None:
         records = train_all(args, base, sizes)
     print(f"\nrecipe {args.recipe} {' '.join(args.overrides)}; seeds {' '.join(str(s) for s in sorted({rec['seed'] for rec in records}))}")
     report(records, sizes)

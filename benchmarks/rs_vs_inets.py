@@ -30,10 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from variants import cell, load_combined, scores, train_variant, validation_overrides
+from variants import cell, recipe_and_records, scores, train_variant, validation_overrides
 
-from rsvision.recipe import apply_overrides
 
 #: Variant name -> (recipe overrides, trained per resolution).
 VARIANTS = {
@@ -166,13 +164,10 @@ def report(records: list[dict], resolutions: list[int]) -> None:
 
 def main() -> None:
     args = parse_args()
-    if args.combine:
-        records, args.recipe, args.overrides = load_combined(args.combine)
-    with open(args.recipe) as f:
-        base = apply_overrides(yaml.safe_load(f), args.overrides)
+    base, records = recipe_and_records(args)
     resolutions = sorted(base["resolutions"], reverse=True)
     start = time.time()
-    if not args.combine:
+    if records is None:
         records = train_all(args, base, resolutions, validation_overrides(base, args.val_set))
     print(f"\nrecipe {args.recipe} {' '.join(args.overrides)}; seeds {' '.join(map(str, sorted({r['seed'] for r in records})))}")
     report(records, resolutions)

@@ -54,6 +54,16 @@ def load_combined(paths: list[Path]) -> tuple[list[dict], str, list[str]]:
     return [rec for s in saved for rec in s["records"]], saved[0]["recipe"], saved[0]["overrides"]
 
 
+def recipe_and_records(args: argparse.Namespace) -> tuple[dict, list[dict] | None]:
+    """The recipe dict of ``--recipe`` with ``--set`` applied (those of the files with
+    ``--combine``), and the combined files' records (None: train them)."""
+    records = None
+    if args.combine:
+        records, args.recipe, args.overrides = load_combined(args.combine)
+    with open(args.recipe) as f:
+        return apply_overrides(yaml.safe_load(f), args.overrides), records
+
+
 def validation_overrides(base: dict, given: list[str] | None) -> list[str]:
     """Recipe overrides that make the val split a validation split carved from the training set:
     ``given``, or for the ``mnist`` dataset 5,000 held-out images of the training file."""
