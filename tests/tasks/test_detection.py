@@ -23,10 +23,11 @@ from rsvision.recipe import validate_recipe
 from rsvision.registry import TASKS
 from rsvision.run.folder import find_latest_run
 
+#: A detector small enough for tests; box_score_thresh 0 keeps every detection, so an untrained detector still detects.
 SMALL = {"fpn_channels": 16, "anchor_sizes": [8, 16, 32, 64], "box_representation": 32, "mask_channels": 8,
          "rpn_pre_nms_top_n_train": 50, "rpn_post_nms_top_n_train": 20, "rpn_pre_nms_top_n_test": 50,
          "rpn_post_nms_top_n_test": 20, "box_batch_size_per_image": 16,
-         "box_score_thresh": 0.0}  # fmt: skip  (every proposal kept: an untrained detector still detects)
+         "box_score_thresh": 0.0}  # fmt: skip
 
 
 def tiny_detector(head="fasterrcnn", subnets=(64, 48)):
