@@ -47,7 +47,7 @@ from rsvision.analysis.query import GRID_STEP, width_grid
 from rsvision.engine import evaluate, train
 from rsvision.nn.cost import subnet_madds
 from rsvision.nn.slimmable import channels_at
-from rsvision.recipe import WidthsConfig, apply_overrides, validate_recipe
+from rsvision.recipe import apply_overrides, validate_recipe
 from rsvision.registry import TASKS
 from rsvision.report import human
 from rsvision.run.folder import load_artifact
@@ -104,7 +104,7 @@ def scored_rows(run_dir: Path, step: float, images: int, val_overrides: list[str
     task, model = artifact.task, artifact.model
     recipe = task.recipe
     if recipe.widths is not None:
-        grid = width_grid(WidthsConfig.model_validate(recipe.widths.model_dump()), step)
+        grid = width_grid(recipe.widths, step)
         subnets = [SubNet(r, w) for w in grid for r in recipe.resolutions]
         calibrate_missing(artifact, subnets, images)
     else:

@@ -333,7 +333,7 @@ class DetectionTrainTransform:
             if "masks" not in target:
                 raise UserError(f"image id {target['image_id']}: Mask R-CNN needs masks, and this dataset gives none")
             out["masks"] = target["masks"][keep]
-        return {"image": _float_image(image, self.channels), "target": out}
+        return {"image": float_image(image, self.channels), "target": out}
 
 
 class DetectionEvalTransform:
@@ -344,9 +344,10 @@ class DetectionEvalTransform:
         self.channels, self.sizes = channels, sizes
 
     def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> dict[str, Any]:
-        x = _float_image(image, self.channels)
+        x = float_image(image, self.channels)
         return {"images": [x] * self.sizes, "target": target}
 
 
-def _float_image(image: torch.Tensor, channels: int) -> torch.Tensor:
+def float_image(image, channels: int) -> torch.Tensor:
+    """Any image as the ``[C, H, W]`` float tensor in [0, 1] a detector takes (it resizes and normalises itself)."""
     return InputFormat(channels, None, None).tensor(image)

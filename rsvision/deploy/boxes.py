@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from rsvision.data.transforms import InputFormat
+from rsvision.data.detection import float_image
 from rsvision.nn.switchable import RSNet, at_resolution
 from rsvision.tasks.detection import MASK_THRESHOLD
 
@@ -25,7 +25,7 @@ SCORE_THRESHOLD = 0.5
 @torch.no_grad()
 def predict_detections(model: RSNet, image: np.ndarray, resolution: int, channels: int = 3) -> dict[str, torch.Tensor]:
     """The detections of ``image`` (``HxWx3`` uint8) at ``resolution``, in the image's pixels."""
-    x = InputFormat(channels, None, None).tensor(image).to(next(model.parameters()).device)
+    x = float_image(image, channels).to(next(model.parameters()).device)
     with at_resolution(model, resolution):
         return {k: v.cpu() for k, v in model([x])[0].items()}
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsvision.data.datasets import read_rgb
+from rsvision.data.detection import float_image
 from rsvision.data.transforms import EvalTransform, InputFormat, resize
 from rsvision.deploy.export import resolve_subnets
 from rsvision.deploy.manifest import MANIFEST, read_manifest, subnet_file
@@ -114,8 +115,8 @@ class LoadedModel:
     def preprocess(self, image: Any, resolution: int) -> torch.Tensor:
         """One image as the ``[C, r, r]`` float tensor evaluation feeds the network."""
         image = _read(image)
-        if self.kind == "detection":  # the detector resizes and normalises
-            return InputFormat(self.input_format.channels, None, None).tensor(image)
+        if self.kind == "detection":
+            return float_image(image, self.input_format.channels)
         if self.kind == "classification":
             return EvalTransform([resolution], self.input_format).one(self.input_format.image(image), resolution)
         return resize(self.input_format.tensor(image), resolution)

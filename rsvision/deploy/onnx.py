@@ -62,8 +62,13 @@ def export_network(network: nn.Module, example: torch.Tensor, path: str | Path, 
     program.save(str(path), external_data=False)
 
 
-#: Outputs of an exported detector (Mask R-CNN adds ``masks``), one row per detection.
-DETECTION_OUTPUTS = ("boxes", "labels", "scores")
+#: Outputs of an exported detector and their shapes, one row per detection (D).
+DETECTION_OUTPUTS = {"boxes": ["D", 4], "labels": ["D"], "scores": ["D"]}
+
+
+def detection_outputs(masks: bool) -> dict[str, list]:
+    """An exported detector's output names and shapes (Mask R-CNN adds ``masks``)."""
+    return DETECTION_OUTPUTS | ({"masks": ["D", 1, "H", "W"]} if masks else {})
 
 
 def export_detector(network: nn.Module, image: torch.Tensor, path: str | Path, masks: bool, opset: int = OPSET) -> None:
@@ -75,7 +80,7 @@ def export_detector(network: nn.Module, image: torch.Tensor, path: str | Path, m
     """
     import warnings
 
-    outputs = [*DETECTION_OUTPUTS, *(["masks"] if masks else [])]
+    outputs = list(detection_outputs(masks))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
