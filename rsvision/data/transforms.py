@@ -51,6 +51,19 @@ def eight_bit(image: Any) -> Any:
     return Image.fromarray(out) if isinstance(image, Image.Image) else out
 
 
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """One channel from a ``3xHxW`` RGB tensor: ITU-R 601-2 luma, L = 0.299 R + 0.587 G + 0.114 B.
+
+    uint8 images use Pillow's integer form, ``(19595 R + 38470 G + 7471 B + 32768) >> 16``, whose
+    weights sum to 2^16, so a grey image stored as RGB (R = G = B) keeps its values exactly
+    (torchvision's float weights sum to 0.9999 and truncate, turning every grey value v > 0 into v - 1).
+    """
+    if x.dtype != torch.uint8:
+        return TF.rgb_to_grayscale(x)
+    r, g, b = x.to(torch.int32).unbind(-3)
+    return ((19595 * r + 38470 * g + 7471 * b + 32768) >> 16).to(torch.uint8).unsqueeze(-3)
+
+
 @dataclass(frozen=True)
 class InputFormat:
     """What a network takes: ``channels`` and the normalisation ``(x - mean) / std`` of [0, 1] inputs.
@@ -85,7 +98,7 @@ class InputFormat:
         if x.shape[0] == 1:
             return x.expand(self.channels, -1, -1)
         if x.shape[0] == 3 and self.channels == 1:
-            return TF.rgb_to_grayscale(x)
+            return luma(x)
         raise ValueError(f"cannot turn a {x.shape[0]}-channel image into {self.channels} channels")
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -67,3 +67,17 @@ def test_predict_normalises_with_the_stored_mean_and_std(grey_run):
     assert torch.allclose(x, torch.full_like(x, (200 / 255 - MEAN) / STD), atol=1e-5)
     logits = model.at(16)(x[None])
     assert model.predict(image, 16).index == int(logits.argmax())
+
+
+def test_a_grey_file_read_as_rgb_keeps_its_values_in_one_channel(tmp_path):
+    from rsvision.data.datasets import read_rgb
+    from rsvision.data.transforms import InputFormat, luma
+
+    grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    x = InputFormat(channels=1, mean=None, std=None).image(read_rgb(tmp_path / "grey.png"))
+    assert x.shape == (1, 16, 16) and torch.equal(x[0], torch.from_numpy(grey))
+    # colour: Pillow's luma, e.g. pure red 255 -> (255 * 19595 + 32768) >> 16 = 76
+    rgb = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], dtype=torch.uint8).T.reshape(3, 1, 4)
+    assert luma(rgb).flatten().tolist() == [76, 150, 29, 18]
+    assert luma(rgb).flatten().tolist() == list(Image.fromarray(rgb.permute(1, 2, 0).numpy()).convert("L").getdata())
