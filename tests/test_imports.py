@@ -96,6 +96,7 @@ STAGES = [
     "rsvision.engine",
     "rsvision.analysis",
     "rsvision.deploy",
+    "rsvision.serve",
     "rsvision.interop",
     "rsvision.cli",
 ]
