@@ -186,6 +186,8 @@ def make_schedule(shape: str, rates: Sequence[float] = (), duration: float | Non
     if shape == "trace":
         if trace is None:
             raise UserError("--shape trace: give the arrival times with --trace FILE")
+        if rates:
+            raise UserError("--rates: a trace replays its own arrival times; drop --rates")
         times = read_trace(trace)
         end = float(duration) if duration is not None else float(times[-1]) + 1e-9
         times = times[times < end]
@@ -196,6 +198,16 @@ def make_schedule(shape: str, rates: Sequence[float] = (), duration: float | Non
         raise UserError(f"--shape {shape}: give --duration SECONDS")
     phases = load_phases(shape, rates, duration, spike_s, spikes)
     return Schedule(poisson_arrivals(phases, seed), tuple(phases))
+
+
+def parse_rates(text: str | None, option: str = "--rates") -> list[float]:
+    """``"10,40,10"`` -> ``[10.0, 40.0, 10.0]`` (requests per second)."""
+    if text is None:
+        return []
+    try:
+        return [float(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text}: expected rates in requests per second separated by commas, such as 10,40,10") from None
 
 
 def image_order(requests: int, images: int, seed: int) -> np.ndarray:
@@ -313,6 +325,29 @@ def report(outcomes: Sequence[Outcome], schedule: Schedule, slo_ms: float, windo
     }
 
 
+#: The columns of :func:`table_rows`.
+COLUMNS = ("phase", "offered/s", "requests", "attainment %", "eff. acc. %", "p50 ms", "p95 ms", "p99 ms", "goodput/s", "dropped", "mix")
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def mix_text(mix: Mapping[str, float], top: int = 3) -> str:
+    """``"28 62%, 8 38%"``: the most used sub-networks and their share of the answers."""
+    return ", ".join(f"{s} {100 * share:.0f}%" for s, share in list(mix.items())[:top]) or "-"
+
+
+def table_rows(result: dict) -> list[list[str]]:
+    """One row per phase, then the whole run (``COLUMNS``), as text."""
+    parts = [(p["name"], p) for p in result["phases"]] + [("overall", result["overall"])]
+    return [
+        [name, _num(r["offered_rate"]), str(r["requests"]), _num(r["attainment"]), _num(r["effective_accuracy"]),
+         _num(r["p50_ms"]), _num(r["p95_ms"]), _num(r["p99_ms"]), _num(r["goodput"]), str(r["dropped"]), mix_text(r["mix"])]
+        for name, r in parts
+    ]
+
+
 # --- the requests -------------------------------------------------------------------------------
 
 
@@ -426,6 +461,17 @@ async def _drive(url: str, schedule: Schedule, images: ImageSet, order: np.ndarr
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
     return [o or Outcome(time=float(schedule.times[i]), status=0, error="no answer before the time-out") for i, o in enumerate(outcomes)]
+
+
+def loadgen(url: str, images: str | Path, slo_ms: float, shape: str = "constant", rates: Sequence[float] = (),
+            duration: float | None = None, seed: int = 0, trace: str | Path | None = None, spike_s: float | None = None,
+            spikes: int = 1, max_images: int = MAX_IMAGES, **limits) -> dict:
+    """``rsvision loadgen``: the schedule (:func:`make_schedule`), the images
+    (:func:`read_images`), then :func:`run_load` with ``limits`` (its keyword arguments)."""
+    check_url(url, limits.get("allow_remote", False))  # before reading any image
+    schedule = make_schedule(shape, rates, duration, seed, trace, spike_s, spikes)
+    result = run_load(url, schedule, read_images(images, max_images, seed), slo_ms, seed, **limits)
+    return {"shape": shape, "images": str(images), **result}
 
 
 def run_load(url: str, schedule: Schedule, images: ImageSet, slo_ms: float, seed: int = 0, max_requests: int = 100_000,

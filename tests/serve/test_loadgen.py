@@ -14,11 +14,14 @@ from rsvision.serve.loadgen import (
     image_order,
     load_phases,
     make_schedule,
+    mix_text,
+    parse_rates,
     percentile,
     read_images,
     read_trace,
     split_phases,
     summarize,
+    table_rows,
     timeline,
 )
 
@@ -198,3 +201,33 @@ def test_images_and_labels_from_class_folders(tmp_path):
     assert len(sample.bodies) == 4 and sample.bodies == read_images(tmp_path, limit=4, seed=0).bodies
     with pytest.raises(UserError, match="not a folder"):
         read_images(tmp_path / "missing")
+
+
+def test_rates_from_the_command_line():
+    assert parse_rates("10,40.5, 10") == [10.0, 40.5, 10.0]
+    assert parse_rates(None) == []
+    with pytest.raises(UserError, match="--rates 10,fast"):
+        parse_rates("10,fast")
+
+
+def test_a_trace_takes_no_rates(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("0\n1\n")
+    with pytest.raises(UserError, match="drop --rates"):
+        make_schedule("trace", [5], trace=path)
+    with pytest.raises(UserError, match="--trace applies to --shape trace"):
+        make_schedule("step", [5], 10, trace=path)
+
+
+def test_table_rows_per_phase_then_overall():
+    phases = load_phases("step", [1, 2], 5)
+    parts = split_phases(_outcomes(), phases)
+    result = {
+        "phases": [{"name": p.name, **summarize(parts[p.name], 100, p.seconds)} for p in phases],
+        "overall": summarize(_outcomes(), 100, 5),
+    }
+    rows = table_rows(result)
+    assert [r[0] for r in rows] == ["step1", "step2", "overall"]
+    assert rows[-1][1:5] == ["2.0", "10", "50.0", "40.0"]  # offered/s, requests, attainment, effective accuracy
+    assert rows[-1][-2:] == ["2", "128 71%, 64 29%"]  # dropped, mix
+    assert mix_text({}) == "-"
