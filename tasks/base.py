@@ -32,9 +32,21 @@ from rsvision.registry import DATASETS
 
 
 class Metrics:
-    """Accumulates predictions of one sub-network; ``compute`` reduces across processes."""
+    """Accumulates predictions of one sub-network; ``compute`` reduces across processes.
+
+    The states live where the evaluation runs (:meth:`to`): the collectives of an NCCL
+    process group reduce tensors on the GPU only, and every process, with or without an
+    evaluated batch, takes part in them.
+    """
 
     names: tuple[str, ...] = ()
+
+    def to(self, device: torch.device | str) -> "Metrics":
+        """Keep the states on ``device``: every torchmetrics metric (any ``nn.Module``) held as an attribute moves there."""
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module):
+                value.to(device)
+        return self
 
     def update(self, logits: torch.Tensor, batch: dict[str, Any]) -> None:
         raise NotImplementedError

@@ -28,8 +28,10 @@ class ClassificationMetrics(Metrics):
         self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro").to(device)
 
     def update(self, logits: torch.Tensor, batch: dict[str, Any]) -> None:
-        self.top1.to(logits.device).update(logits, batch["target"])
-        self.top5.to(logits.device).update(logits, batch["target"])
+        # The states stay where they were put (:meth:`Metrics.to`), batch or no batch.
+        logits, target = logits.to(self.top1.device), batch["target"].to(self.top1.device)
+        self.top1.update(logits, target)
+        self.top5.update(logits, target)
 
     def compute(self) -> dict[str, float]:
         return {"top1": 100 * float(self.top1.compute()), "top5": 100 * float(self.top5.compute())}

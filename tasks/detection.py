@@ -14,9 +14,11 @@ object of that size to score; at most the 100 most confident detections of an im
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, Sequence
 
 import torch
+import torch.distributed as dist
 from pydantic import Field
 from rsvision.tasks.base import Metrics, Task
 from torch.utils.data import Dataset
@@ -41,36 +43,64 @@ def _percent(value: torch.Tensor) -> float:
 
 
 class DetectionMetrics(Metrics):
-    """COCO AP of one sub-network's detections (box AP; mask AP too with ``masks``)."""
+    """COCO AP of one sub-network's detections (box AP; mask AP too with ``masks``).
 
-    def __init__(self, masks: bool = False) -> None:
-        from torchmetrics.detection import MeanAveragePrecision  # on first use: it loads pycocotools
+    Each process keeps torchmetrics' per-image states of its own images (boxes on the
+    evaluation's device, masks as COCO RLE). ``compute`` gathers every process's images,
+    process by process, and scores them all on each process. torchmetrics' own reduction
+    gathers these lists one image at a time, so it needs as many images on every process
+    (else the processes wait on each other for ever); a shard of the validation set may be
+    one image shorter, or empty.
+    """
 
+    def __init__(self, masks: bool = False, device: torch.device | str = "cpu") -> None:
         self.masks = masks
         self.names = tuple(AP_KEYS) + (("mask_ap", "mask_ap50", "mask_ap75") if masks else ())
-        self.map = MeanAveragePrecision(box_format="xyxy", iou_type=("bbox", "segm") if masks else "bbox", backend="pycocotools")
+        self.map = self._average_precision().to(device)
+
+    def _average_precision(self):
+        from torchmetrics.detection import MeanAveragePrecision  # on first use: it loads pycocotools
+
+        iou_type = ("bbox", "segm") if self.masks else "bbox"
+        return MeanAveragePrecision(box_format="xyxy", iou_type=iou_type, backend="pycocotools", sync_on_compute=False)
 
     def update(self, logits: list[dict[str, torch.Tensor]], batch: dict[str, Any]) -> None:
+        device = self.map.device
         preds, targets = [], []
         for p, t in zip(logits, batch["target"]):
             top = p["scores"].argsort(descending=True)[:MAX_DETECTIONS]
-            p = {k: v[top] for k, v in p.items()}
-            pred = {"boxes": p["boxes"].detach().cpu(), "scores": p["scores"].detach().cpu(), "labels": p["labels"].cpu()}
-            target = {"boxes": t["boxes"].cpu(), "labels": t["labels"].cpu(), "iscrowd": t["iscrowd"].cpu()}
+            p = {k: v[top].detach().to(device) for k, v in p.items()}
+            pred = {"boxes": p["boxes"], "scores": p["scores"], "labels": p["labels"]}
+            target = {"boxes": t["boxes"].to(device), "labels": t["labels"].to(device), "iscrowd": t["iscrowd"].to(device)}
             if self.masks:
-                pred["masks"] = (p["masks"][:, 0] > MASK_THRESHOLD).cpu()
-                target["masks"] = t["masks"].bool().cpu()
+                pred["masks"] = p["masks"][:, 0] > MASK_THRESHOLD
+                target["masks"] = t["masks"].to(device).bool()
             preds.append(pred)
             targets.append(target)
         self.map.update(preds, targets)
 
     def compute(self) -> dict[str, float]:
-        result = self.map.compute()
+        with warnings.catch_warnings():
+            # Gathered states are loaded, not updated (and a process may have had no image):
+            # torchmetrics would warn that compute comes before update.
+            warnings.filterwarnings("ignore", message="The ``compute`` method of metric MeanAveragePrecision was called before")
+            result = self._every_process().compute()
         box = "bbox_" if self.masks else ""
         out = {name: _percent(result[box + key]) for name, key in AP_KEYS.items()}
         if self.masks:
             out |= {"mask_ap": _percent(result["segm_map"]), "mask_ap50": _percent(result["segm_map_50"]), "mask_ap75": _percent(result["segm_map_75"])}
         return out
+
+    def _every_process(self):
+        """The metric holding every process's images in process order (this one's alone without a process group)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.map
+        local = {name: [v.cpu() if isinstance(v, torch.Tensor) else v for v in state] for name, state in self.map.metric_state.items()}
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, local)  # any number of images per process; a pickle, so any backend
+        merged = self._average_precision()
+        merged.load_state_dict({name: [v for part in gathered for v in part[name]] for name in local})
+        return merged
 
 
 class DetectionFields(TaskFields):

@@ -54,7 +54,9 @@ class SegmentationMetrics(Metrics):
         self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
 
     def update(self, logits: torch.Tensor, batch: dict[str, Any]) -> None:
-        self.confusion.to(logits.device).update(logits.argmax(1), batch["target"])
+        # The states stay where they were put (:meth:`Metrics.to`), batch or no batch.
+        device = self.confusion.device
+        self.confusion.update(logits.argmax(1).to(device), batch["target"].to(device))
 
     def compute(self) -> dict[str, float]:
         return scores_from_confusion(self.confusion.compute())

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from accelerate.utils import send_to_device
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from rsvision.data.workers import loader_workers
 from rsvision.nn.surgery import eval_mode
@@ -55,11 +56,10 @@ def evaluate(
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     workers = loader_workers(data.workers, device, data.oversubscribe)[0] if workers is None else workers
     resolutions = sorted({s.resolution for s in subnets}, reverse=True)
-    loader = DataLoader(task.eval_dataset(resolutions), batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=task.eval_collate)
-    if accelerator is not None:
-        loader = accelerator.prepare_data_loader(loader)
-    metrics = {s: task.metrics() for s in subnets}
-    combined = {name: task.metrics() for name in combiners}
+    images = process_shard(task.eval_dataset(resolutions, split))
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=task.eval_collate)
+    metrics = {s: task.metrics().to(device) for s in subnets}
+    combined = {name: task.metrics().to(device) for name in combiners}
     with eval_mode(model):
         for batch in _track(loader, progress, "eval " + "/".join(s.id for s in subnets)):
             batch = send_to_device(batch, device)
@@ -73,6 +73,20 @@ def evaluate(
                 combined[name].update(combine(logits), batch)
     rows = [{**subnet_row(s), "status": subnet_status(model, s), **metrics[s].compute()} for s in subnets]
     return rows + [{"subnet": name, **m.compute()} for name, m in combined.items()]
+
+
+def process_shard(data: Dataset) -> Dataset:
+    """This process's contiguous share of ``data`` when a process group is running (the
+    metrics reduce over it), else all of it.
+
+    Shares differ by one image at most and are not padded, so no image counts twice; with
+    fewer images than processes some shares are empty. Process order is data order, which
+    the gathered detections keep (COCO AP breaks score ties by image order).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return data
+    rank, world, n = dist.get_rank(), dist.get_world_size(), len(data)
+    return Subset(data, range(n * rank // world, n * (rank + 1) // world))
 
 
 def _track(loader, progress, description: str):
