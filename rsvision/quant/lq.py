@@ -80,17 +80,21 @@ def quantize_with_stats(x: torch.Tensor, levels: torch.Tensor, stats: bool) -> t
     One pass per threshold (2^K - 1 of them): the values above threshold ``i`` take sorted
     level ``i + 1``; their count and sum, differenced, give each level's count and sum,
     which is all QEM needs (``BᵀB = Σ_l n_l b_l b_lᵀ``, ``Bᵀx = Σ_l s_l b_l``).
+
+    The sums accumulate in float64 whatever the precision of ``x`` (half under autocast):
+    in fp16 the sum of a large activation overflows, and in bf16 a level's sum, the
+    difference of two rounded tail sums, can be far off.
     """
     sorted_levels, order, thresholds = _sorted_thresholds(levels)
     q = sorted_levels[:, :1].expand_as(x).clone()
     tail_count = [torch.full((x.shape[0],), x.shape[1], dtype=torch.float64, device=x.device)]
-    tail_sum = [x.sum(1).double()]
+    tail_sum = [x.sum(1, dtype=torch.float64)]
     for i in range(thresholds.shape[1]):
         above = x > thresholds[:, i : i + 1]
         q = torch.where(above, sorted_levels[:, i + 1 : i + 2], q)
         if stats:
-            tail_count.append(above.sum(1).double())
-            tail_sum.append(torch.where(above, x, 0).sum(1).double())
+            tail_count.append(above.sum(1, dtype=torch.float64))
+            tail_sum.append(torch.where(above, x, 0).sum(1, dtype=torch.float64))
     if not stats:
         return q, None, None
     zero = torch.zeros_like(tail_count[0])

@@ -171,3 +171,29 @@ def test_levels_stay_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert q.levels().dtype == a.levels().dtype == torch.float32
         assert torch.equal(q.levels(), LQWeightQuantizer(2, 4, 72).levels())
+
+
+@pytest.mark.parametrize("dtype, n", [(torch.bfloat16, 257), (torch.float16, 70_000)])
+def test_activation_qem_sums_in_float64_under_autocast(dtype, n):
+    # 1 bit, levels {0, 1.5}: n values of 1.0 all take code 1, so v* = n / n = 1 and the basis
+    # moves to 0.9 * 1.5 + 0.1 * 1 = 1.45. Summed in the input's precision, 257 ones make 256
+    # in bf16 (v* = 256 / 257) and 70,000 overflow fp16 (inf: the update was skipped).
+    q = LQActQuantizer(1).train()
+    q.basis.fill_(1.5)
+    with torch.autocast("cpu", dtype=dtype):
+        assert q(torch.ones(n, dtype=dtype)).unique().tolist() == [1.5]
+    assert q.basis.item() == pytest.approx(1.45, abs=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_activation_basis_fitted_under_autocast_equals_the_float32_fit(dtype):
+    """2M ReLU outputs in half precision: the basis fitted under autocast is the one fitted
+    to the same values in float32 (the statistics do not depend on the input's precision)."""
+    torch.manual_seed(0)
+    x = (2 * torch.randn(2_000_000)).relu().to(dtype)
+    half, full = LQActQuantizer(2).train(), LQActQuantizer(2).train()
+    with torch.autocast("cpu", dtype=dtype):
+        half(x)
+    full(x.float())
+    assert not torch.equal(full.basis, LQActQuantizer(2).basis)
+    torch.testing.assert_close(half.basis, full.basis, rtol=1e-6, atol=0)
