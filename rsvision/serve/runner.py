@@ -1,0 +1,189 @@
+"""The network side of the server: a loaded model's sub-networks, one batch at a time.
+
+A :class:`Runner` wraps what :func:`rsvision.load` returns (a run folder: one PyTorch model
+whose sub-networks share their weights; an ONNX export: one onnxruntime session per
+sub-network) and owns three jobs:
+
+- **Preparing** a request (in the request handler, off the worker): decode the body
+  (:mod:`rsvision.serve.decode`) and bring the image to the model's channels as a uint8
+  tensor. For a classifier, an image larger than the largest sub-network's view needs is
+  resized down to that view's shorter side, ``int(r_max / 0.875)`` (a JPEG is drafted there
+  as it is decoded), so the queue holds small images and the worker's time per image does
+  not depend on the size of the file sent. At ``r_max`` the answer is then exactly
+  ``rsvision.load(...).predict``'s; at a smaller ``r`` the view resizes from that image
+  instead of the original, a second antialiased resize. Segmentation and detection keep the
+  image at its own size: their answers are in its pixels.
+- **Running** a batch: ``model.predict(images, subnet)``, the path :func:`rsvision.load`
+  serves (the evaluation view, the network, the top class / class map / detections).
+- **Measuring** the latency table ``lat[s][b]``: that same call on ``b`` copies of a probe
+  image, timed by :func:`rsvision.analysis.latency.median_ms` (median of 20 after 3): the
+  worker's whole path for one batch (view, network, answer), decoding excluded, since it
+  runs in the request handler before the request is queued and is paid out of the
+  request's slack there.
+
+Sub-networks are ranked by accuracy: the task's primary metric from the run's kept
+evaluations (``rsvision eval``) or the metrics its training ended with, and for an export
+the rows ``rsvision deploy`` wrote into its manifest or the metrics of the run it came
+from. Ties go to the cheaper one (the choice rule of :mod:`rsvision.deploy.budget`). When
+a sub-network has no score, all are ranked by resolution, then width, largest first.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from rsvision.analysis.latency import REPEATS, WARMUP, median_ms
+from rsvision.constants import val_resize
+from rsvision.data.transforms import BILINEAR
+from rsvision.deploy.load import Detections, LoadedModel, OnnxModel, Prediction, TorchModel
+from rsvision.run.evaluations import EvaluationStore, data_key
+from rsvision.run.files import META
+from rsvision.run.folder import read_meta
+from rsvision.serve.decode import decode_image
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded request image, ready to queue: ``image`` (uint8 ``[C, H, W]``) and the size
+    of the file's image (``height``, ``width``)."""
+
+    image: torch.Tensor
+    height: int
+    width: int
+
+
+def _png_base64(array: np.ndarray) -> str:
+    """A 2-D integer array as a base64 PNG (8-bit when it fits, else 16-bit)."""
+    image = Image.fromarray(array.astype(np.uint8)) if array.max(initial=0) <= 255 else Image.fromarray(array.astype(np.uint16))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+class Runner:
+    """A loaded model's sub-networks, prepared requests and batches (module docstring)."""
+
+    def __init__(self, model: LoadedModel, name: str | None = None) -> None:
+        self.model = model
+        self.name = name or Path(model.source).name
+        self.kind = model.kind
+        self.subnets = {s.id: s for s in model.subnets}
+        largest = max(s.resolution for s in model.subnets)
+        #: The shorter side a classifier's images are brought down to before they are queued.
+        self.shorter_side = val_resize(largest) if self.kind == "classification" else None
+        #: The primary metric of each sub-network where the run or export records one.
+        self.accuracy = self._accuracy()
+
+    @property
+    def backend(self) -> str:
+        return "onnxruntime" if isinstance(self.model, OnnxModel) else "pytorch"
+
+    def set_threads(self, threads: int | None) -> None:
+        """onnxruntime sessions opened from now on use ``threads`` intra-op threads (PyTorch's
+        are set by the thread that runs the batches)."""
+        if isinstance(self.model, OnnxModel):
+            self.model.threads = threads
+
+    def prepare(self, body: bytes, max_pixels: int) -> Prepared:
+        """A request body as the image the worker takes (module docstring)."""
+        return self.prepare_image(decode_image(body, max_pixels, self.shorter_side))
+
+    def prepare_pixels(self, pixels: np.ndarray) -> Prepared:
+        """A uint8 ``[H, W, C]`` array (C: 1 grey, 3 RGB, 4 RGBA) as the image the worker takes."""
+        image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        return self.prepare_image(image.convert("RGB"))
+
+    def prepare_image(self, decoded: Image.Image) -> Prepared:
+        """An 8-bit RGB image in the model's channels, a classifier's brought down to its view."""
+        x = self.model.input_format.image(decoded)
+        height, width = x.shape[-2:]
+        if self.shorter_side is not None and min(height, width) > self.shorter_side:
+            x = TF.resize(x, self.shorter_side, interpolation=BILINEAR, antialias=True)
+        return Prepared(x, int(height), int(width))
+
+    def run(self, subnet: str, images: Sequence[torch.Tensor]) -> list[Any]:
+        """The predictions of one batch on ``subnet``, one per image."""
+        return self.model.predict(list(images), self.subnets[subnet])
+
+    def probe(self) -> torch.Tensor:
+        """An image the size the worker sees: a classifier's prepared view (4:3 at the view's
+        shorter side), else 640 x 480."""
+        height, width = (self.shorter_side, round(self.shorter_side * 4 / 3)) if self.shorter_side else (480, 640)
+        generator = torch.Generator().manual_seed(0)
+        return torch.randint(0, 256, (self.model.input_format.channels, height, width), dtype=torch.uint8, generator=generator)
+
+    def measure(self, batch_sizes: Sequence[int], probe: torch.Tensor | None = None, repeats: int = REPEATS, warmup: int = WARMUP) -> dict[str, dict[int, float]]:
+        """``lat[s][b]``: the median time of :meth:`run` on ``b`` copies of ``probe`` (ms)."""
+        image = self.probe() if probe is None else probe
+        return {s: {b: median_ms(lambda s=s, b=b: self.run(s, [image] * b), repeats, warmup) for b in batch_sizes} for s in self.subnets}
+
+    def _accuracy(self) -> dict[str, float | None]:
+        rows: dict[str, dict[str, Any]] = {}
+        metric = None
+        if isinstance(self.model, TorchModel):
+            artifact = self.model.artifact
+            metric = artifact.meta.get("primary_metric") or artifact.task.primary_metric
+            rows = {str(r.get("subnet")): r for r in artifact.meta.get("metrics", [])}
+            if Path(artifact.path).is_dir():
+                rows.update(EvaluationStore.open(Path(artifact.path)).rows(data_key(artifact)))
+        elif isinstance(self.model, OnnxModel):
+            manifest = self.model.manifest
+            source = Path(str(manifest.get("source", "")))
+            if (source / META).is_file():
+                meta = read_meta(source)
+                metric = meta.get("primary_metric")
+                rows = {str(r.get("subnet")): r for r in meta.get("metrics", [])}
+            deploy = manifest.get("deploy") or {}
+            metric = deploy.get("metric", metric)
+            rows.update({str(r.get("subnet")): r for r in deploy.get("candidates", [])})
+        out = {}
+        for s in self.subnets:
+            value = rows.get(s, {}).get(metric) if metric else None
+            out[s] = float(value) if isinstance(value, (int, float)) else None
+        return out
+
+    def ranked(self, table: dict[str, dict[int, float]]) -> list[str]:
+        """Sub-network ids, most accurate first (module docstring); ``table`` breaks ties."""
+        accuracy = self.accuracy
+        if all(v is not None for v in accuracy.values()):
+            return sorted(self.subnets, key=lambda s: (-accuracy[s], min(table[s].values())))
+        return sorted(self.subnets, key=lambda s: (-self.subnets[s].resolution, -(self.subnets[s].width or 1.0)))
+
+    def answer(self, result: Any) -> dict[str, Any]:
+        """One prediction as JSON fields: a classifier's ``index``, ``name``, ``probability``; a
+        class map as a base64 PNG with its ``height`` and ``width``; detections as lists."""
+        if isinstance(result, Prediction):
+            return {"index": result.index, "name": result.name, "probability": result.probability}
+        if isinstance(result, Detections):
+            return {
+                "boxes": [[float(v) for v in box] for box in result.boxes.tolist()],
+                "labels": list(result.labels),
+                "names": list(result.names),
+                "scores": [float(v) for v in result.scores.tolist()],
+                "masks": None if result.masks is None else [_png_base64(m.numpy().astype(np.uint8) * 255) for m in result.masks],
+            }
+        class_map = np.asarray(result)
+        return {"height": int(class_map.shape[0]), "width": int(class_map.shape[1]), "class_map": _png_base64(class_map)}
+
+    def describe(self) -> dict[str, Any]:
+        """What is served, for ``/info`` and the model metadata."""
+        accuracy = self.accuracy
+        return {
+            "name": self.name,
+            "source": self.model.source,
+            "task": self.model.task,
+            "kind": self.kind,
+            "backend": self.backend,
+            "class_names": list(self.model.class_names),
+            "subnets": [{"id": s.id, "resolution": s.resolution, **({"width": s.width} if s.width is not None else {}), "accuracy": accuracy[s.id]}
+                        for s in self.subnets.values()],
+        }
