@@ -4,9 +4,10 @@ Training: ONE augmentation per sample, applied to image and mask together: the i
 first squashed to the largest resolution r_1 (the view evaluation uses), randomly
 rescaled, padded (mask with the void label) and cropped to r_1 x r_1, and flipped. The
 crop is then brought to every training resolution (bilinear): by the whole batch on the
-training device (``resize: batch``, see :func:`rsvision.data.transforms.batch_resolutions`)
-or per sample (``resize: sample``). The label map stays at r_1, where the upsampled
-logits of every resolution meet the loss.
+training device (``resize: batch``, see :func:`rsvision.data.transforms.batch_resolutions`,
+which also normalises the uint8 crop there) or per sample (``resize: sample``: the
+normalised crop resized in the worker, as float tensors). The label map stays at r_1,
+where the upsampled logits of every resolution meet the loss.
 
 Evaluation at r: the whole image resized to r x r, for every resolution from one decode;
 the label map keeps the image's original size, since the logits are resized back to it
@@ -27,7 +28,8 @@ from rsvision.data.transforms import InputFormat, resize
 
 
 class JointTrainTransform:
-    """``(image, mask)`` → ``{"image": r_1 crop}`` or ``{"images": [S crops]}``, and ``"target"`` at r_1."""
+    """``(image, mask)`` → ``{"image": uint8 r_1 crop}`` or ``{"images": [S normalised crops]}``,
+    and ``"target"`` at r_1."""
 
     def __init__(
         self,
@@ -59,10 +61,13 @@ class JointTrainTransform:
         # augmentation a function of the sample's seed (rsvision.data.sampling).
         self.augment.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
         out = self.augment(image=image, mask=mask.astype(np.int32))
-        crop = self.input_format.tensor(out["image"])
+        crop = self.input_format.image(out["image"])
         target = torch.from_numpy(out["mask"].astype(np.int64))
         if not self.per_sample:
             return {"image": crop, "target": target}
+        # Resized from the normalised float crop, as this path always did (resizing the uint8
+        # crop would round each resolution to 8 bits).
+        crop = self.input_format.normalize(crop)
         return {"images": [resize(crop, r) for r in self.resolutions], "target": target}
 
 

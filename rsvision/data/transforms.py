@@ -9,8 +9,16 @@ resolution (the "single crop" of Table 6). Two ways to make the S sizes:
 - ``resize: sample``: each worker resizes the crop to every resolution (S resizes per image).
 
 ``multi_crop=True`` draws a crop and a flip per resolution instead (the Table 6 ablation;
-per-sample only). Validation at r: shorter side to ``int(r / 0.875)``, then a centre crop of
-r, each resolution resized from the decoded image, which is decoded once for all of them.
+per-sample only). Either way the workers hand over uint8 crops and
+:func:`batch_resolutions` normalises them on the training device: normalising to float32
+in a worker took a third of its CPU time per sample and moved 4x the bytes through shared
+memory and to the device (docs/benchmarks.md, "Loader cost"). The values are those of
+normalising in the worker: the same operations on the same uint8 crop, in the same order.
+
+Validation at r: shorter side to ``int(r / 0.875)``, then a centre crop of r, each
+resolution resized from the decoded image, which is decoded once for all of them; the
+evaluation views hand over normalised float tensors (every consumer of evaluation batches,
+calibration and export included, takes them as they are).
 """
 
 from __future__ import annotations
@@ -123,17 +131,35 @@ def resize(x: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
     return TF.resize(x, size, interpolation=BILINEAR, antialias=True)
 
 
-def batch_resolutions(batch: dict[str, Any], resolutions: Sequence[int]) -> list[torch.Tensor]:
-    """The S inputs of a training batch, largest first: ``batch["images"]`` as given, or
-    ``batch["image"]`` (at the largest resolution) resized to every resolution."""
+def batch_resolutions(batch: dict[str, Any], resolutions: Sequence[int], input_format: InputFormat) -> list[torch.Tensor]:
+    """The network inputs of a training batch at ``resolutions``, in that order, on the batch's device.
+
+    ``batch["image"]`` (the crops at the largest resolution) is resized to each resolution;
+    ``batch["images"]`` (one tensor per training resolution, resized in the workers) gives
+    the tensor of each size. uint8 tensors, which the training transforms hand over, are
+    normalised here with ``input_format``; float tensors are taken as network inputs already
+    (a task whose workers normalise). The batch is normalised once at r_1 and then resized:
+    an antialiased bilinear resize takes convex combinations within each channel, so
+    ``resize((x - mean) / std) = (resize(x) - mean) / std`` up to float rounding, and this
+    order normalises r_1^2 pixels per image instead of r_1^2 + ... + r_S^2.
+    """
+
+    def network_input(x: torch.Tensor) -> torch.Tensor:
+        return input_format.normalize(x) if x.dtype == torch.uint8 else x
+
     if "images" in batch:
-        return list(batch["images"])
-    x = batch["image"]
+        by_size = {x.shape[-1]: x for x in batch["images"]}
+        missing = [r for r in resolutions if r not in by_size]
+        if missing:
+            raise ValueError(f"the batch holds images of sizes {sorted(by_size, reverse=True)}, not {missing}")
+        return [network_input(by_size[r]) for r in resolutions]
+    x = network_input(batch["image"])
     return [x if x.shape[-1] == r else F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True) for r in resolutions]
 
 
 class MultiResolutionTransform:
-    """Image → ``{"image": crop at r_1}`` (batch resizing) or ``{"images": [S crops]}``, one crop and flip."""
+    """Image → ``{"image": uint8 crop at r_1}`` (batch resizing) or ``{"images": [S uint8 crops]}``,
+    one crop and flip; :func:`batch_resolutions` makes the network inputs from them."""
 
     def __init__(
         self,
@@ -158,12 +184,12 @@ class MultiResolutionTransform:
         x = self.input_format.image(image)
         crop = self.crop_and_flip(x)
         if not self.per_sample:
-            return {"image": self.input_format.normalize(resize(crop, self.resolutions[0]))}
+            return {"image": resize(crop, self.resolutions[0])}
         out = []
         for r in self.resolutions:
             if self.multi_crop and out:
                 crop = self.crop_and_flip(x)
-            out.append(self.input_format.normalize(resize(crop, r)))
+            out.append(resize(crop, r))
         return {"images": out}
 
 

@@ -53,7 +53,7 @@ from torch.utils.data import Dataset
 
 from rsvision.data.sampling import EpochSeeded, mix_seed
 from rsvision.errors import UserError
-from rsvision.data.transforms import batch_resolutions
+from rsvision.data.transforms import InputFormat, batch_resolutions
 from rsvision.nn.bn_stats import calibrated_for
 from rsvision.nn.slimmable import slimmable_layers
 from rsvision.nn.switchable import RSNet, at_subnet, subnet_status
@@ -166,7 +166,7 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
 
         def at(r: int) -> torch.Tensor:
             if r not in inputs:
-                inputs[r] = batch["images"][self.resolutions.index(r)] if "images" in batch else batch_resolutions(batch, [r])[0]
+                inputs[r] = batch_resolutions(batch, [r], self.task.input_format)[0]
             return inputs[r]
 
         log: dict[str, float] = {}
@@ -337,7 +337,7 @@ class TrainingView:
         if split != "train":
             raise ValueError(f"the training view has the training split only, not '{split}'")
         train = EpochSeeded(self.task.train_dataset(), mix_seed(self.recipe.train.seed, _CALIBRATION_STREAM))
-        return _Resized(train, sorted(resolutions, reverse=True))
+        return _Resized(train, sorted(resolutions, reverse=True), self.task.input_format)
 
     def eval_collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return torch.utils.data.default_collate(samples)
@@ -348,8 +348,8 @@ class TrainingView:
 class _Resized(Dataset):
     """``{"images": [the sample's largest crop at every resolution]}`` of a training dataset."""
 
-    def __init__(self, dataset: Dataset, resolutions: list[int]) -> None:
-        self.dataset, self.resolutions = dataset, resolutions
+    def __init__(self, dataset: Dataset, resolutions: list[int], input_format: InputFormat) -> None:
+        self.dataset, self.resolutions, self.input_format = dataset, resolutions, input_format
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -357,7 +357,7 @@ class _Resized(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.dataset[index]
         crop = sample["image"] if "image" in sample else sample["images"][0]
-        return {"images": [x[0] for x in batch_resolutions({"image": crop[None]}, self.resolutions)]}
+        return {"images": [x[0] for x in batch_resolutions({"image": crop[None]}, self.resolutions, self.input_format)]}
 
 
 def _decayed_layer(m: nn.Module) -> bool:

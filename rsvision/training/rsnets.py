@@ -96,13 +96,13 @@ class MREDTraining(AlphaEnsemble, TrainingMethod):
 
     def forward(self, batch: dict[str, Any]) -> StepOutput:
         """All resolutions forward; the loss of Eq. 9."""
-        out, logits = mred_standard(self.model, self.criterion, self.task, batch_resolutions(batch, self.resolutions), batch)
+        out, logits = mred_standard(self.model, self.criterion, self.task, batch_resolutions(batch, self.resolutions, self.task.input_format), batch)
         return self._output(out, logits, batch)
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> StepOutput:
         if not self.multi_backward:
             return super().step(batch, ctx)
-        images = batch_resolutions(batch, self.resolutions)
+        images = batch_resolutions(batch, self.resolutions, self.task.input_format)
         out, logits = mred_low_memory(self.model, self.criterion, self.task, images, batch, ctx)
         return self._output(out, logits, batch)
 

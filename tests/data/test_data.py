@@ -39,7 +39,7 @@ def test_one_crop_and_one_flip_for_all_resolutions():
     flips = set()
     for seed in range(12):
         torch.manual_seed(seed)
-        big, mid, small = transform(image)["images"]
+        big, mid, small = (RAW.normalize(x) for x in transform(image)["images"])
         assert big.shape == (3, 32, 32) and mid.shape == (3, 24, 24) and small.shape == (3, 16, 16)
         # the same crop: the largest image downsized looks like the smallest one
         assert (_down(big, 16) - small).abs().mean() < 0.03
@@ -56,7 +56,7 @@ def test_multi_crop_draws_independent_crops():
     diffs = []
     for seed in range(8):
         torch.manual_seed(seed)
-        big, small = transform(_image())["images"]
+        big, small = (RAW.normalize(x) for x in transform(_image())["images"])
         diffs.append((_down(big, 16) - small).abs().mean().item())
     assert max(diffs) > 0.1
 
@@ -136,11 +136,11 @@ def test_batched_resize_matches_the_per_sample_path():
     batched = MultiResolutionTransform([32, 24, 16], scale=(0.3, 1.0), input_format=RAW)
     for seed in range(6):
         torch.manual_seed(seed)
-        expected = per_sample(_image())["images"]
+        expected = [RAW.normalize(x) for x in per_sample(_image())["images"]]
         torch.manual_seed(seed)
         sample = batched(_image())
         assert set(sample) == {"image"} and sample["image"].shape == (3, 32, 32)
-        got = batch_resolutions({"image": sample["image"][None]}, [32, 24, 16])
+        got = batch_resolutions({"image": sample["image"][None]}, [32, 24, 16], RAW)
         for e, g in zip(expected, got):
             assert g.shape[1:] == e.shape
             # the per-sample path resizes once from the crop (rounded to uint8); the batched path

@@ -44,7 +44,7 @@ def criterion_for(task):
 def test_loss_logits_are_upsampled_to_the_largest_input():
     task = make_task()
     batch = task.collate([task.train_dataset()[i] for i in range(2)])
-    assert [x.shape[-1] for x in batch_resolutions(batch, task.resolutions)] == [64, 48, 32]
+    assert [x.shape[-1] for x in batch_resolutions(batch, task.resolutions, task.input_format)] == [64, 48, 32]
     assert batch["target"].shape == (2, 64, 64) and batch["target"].dtype == torch.long
     torch.manual_seed(0)
     logits = [torch.randn(2, 6, s, s) for s in (16, 12, 8)]  # stride 4
@@ -62,7 +62,7 @@ def test_model_outputs_stride_4_and_trains_through_mred():
     task = make_task()
     model = task.build_model()
     batch = task.collate([task.train_dataset()[i] for i in range(2)])
-    logits = model(batch_resolutions(batch, task.resolutions))
+    logits = model(batch_resolutions(batch, task.resolutions, task.input_format))
     assert [tuple(z.shape) for z in logits] == [(2, 6, 16, 16), (2, 6, 12, 12), (2, 6, 8, 8)]
     out = criterion_for(task)(task.loss_logits(logits, batch), batch["target"])
     out.total.backward()
