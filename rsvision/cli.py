@@ -730,5 +730,58 @@ def _dispatch(run: Callable[[], object]) -> object:
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("url")
+@click.option("--images", type=click.Path(path_type=Path), required=True, help="Image folder, FOLDER/<class>/<image>: the answers are scored against the class folders (sorted names = class indices).")
+@click.option("--slo-ms", type=float, required=True, help="Latency objective: an answer later than this after its scheduled time is a miss.")
+@click.option("--shape", type=click.Choice(["constant", "step", "spike", "trace"]), default="constant", show_default=True, help="Load shape (docs/serving.md).")
+@click.option("--rates", default=None, metavar="R[,R...]", help="Requests per second: constant R; step R1,R2,...; spike BASE,PEAK.")
+@click.option("--duration", type=float, default=None, help="Seconds of load (default: 30; a trace runs to its last arrival).")
+@click.option("--trace", "trace_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="--shape trace: arrival times in seconds, one per line.")
+@click.option("--spike-s", type=float, default=None, help="--shape spike: seconds of each spike (default: a tenth of the duration).")
+@click.option("--spikes", type=click.IntRange(min=1), default=1, show_default=True, help="--shape spike: number of spikes, evenly spaced.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the arrival times and the image order.")
+@click.option("--max-images", type=click.IntRange(min=1), default=2000, show_default=True, help="Images read from the folder (a seeded sample when there are more).")
+@click.option("--max-requests", type=click.IntRange(min=1), default=100_000, show_default=True, help="Refuse a load that would send more.")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=256, show_default=True, help="Unanswered requests at most; more count as failed, not queued.")
+@click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True, help="Each request's hard limit.")
+@click.option("--window-s", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Width of the time windows of the report and plot.")
+@click.option("--no-deadline-header", is_flag=True, help="Do not send --slo-ms as the request's deadline (X-Deadline-Ms).")
+@click.option("--allow-remote", is_flag=True, help="Allow a URL that is not this machine (loopback only by default).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the whole report here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Offered load, resolution and p99 against time (.png or .svg).")
+def loadgen(url, images, slo_ms, shape, rates, duration, trace_file, spike_s, spikes, seed, max_images, max_requests, max_in_flight,
+            timeout_s, window_s, no_deadline_header, allow_remote, json_path, plot_path) -> None:
+    """Drive the prediction server at URL with an open-loop load; report SLO attainment, effective accuracy, latency and the sub-network mix."""
+    from rsvision.analysis.plot import output_format
+    from rsvision.io import atomic_write
+    from rsvision.serve.loadgen import COLUMNS, draw, loadgen as run_loadgen, mix_lines, parse_rates, table_rows
+
+    for path, option in ((json_path, "--json"), (plot_path, "--plot")):
+        if path is not None:
+            _check_writable(path, option)
+    if plot_path is not None:
+        output_format(plot_path)
+    if duration is None and shape != "trace":
+        duration = 30.0
+    result = run_loadgen(url, images, slo_ms, shape, parse_rates(rates), duration, seed, trace_file, spike_s, spikes, max_images,
+                         max_requests=max_requests, max_in_flight=max_in_flight, timeout_s=timeout_s,
+                         deadline_header=not no_deadline_header, allow_remote=allow_remote, window_s=window_s)
+    if json_path is not None:
+        atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+    if plot_path is not None:
+        draw(result, plot_path)
+    table = Table(title=f"{result['url']}: {shape} load, SLO {slo_ms:g} ms")
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col == "phase" else "right", no_wrap=col == "phase")
+    for row in table_rows(result):
+        table.add_row(*row)
+    out.print(table)
+    out.print("sub-network mix (share of the answers):")
+    for line in mix_lines(result):
+        out.print(f"  {line}", soft_wrap=True)
+    for error in result["errors"]:
+        out.print(f"failed requests: {error}", soft_wrap=True)
+
 if __name__ == "__main__":
     main()

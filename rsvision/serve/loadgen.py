@@ -326,7 +326,7 @@ def report(outcomes: Sequence[Outcome], schedule: Schedule, slo_ms: float, windo
 
 
 #: The columns of :func:`table_rows`.
-COLUMNS = ("phase", "offered/s", "requests", "attainment %", "eff. acc. %", "p50 ms", "p95 ms", "p99 ms", "goodput/s", "dropped", "mix")
+COLUMNS = ("phase", "req/s", "sent", "in SLO %", "eff. acc. %", "p50 ms", "p95 ms", "p99 ms", "goodput/s", "drops")
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -338,14 +338,22 @@ def mix_text(mix: Mapping[str, float], top: int = 3) -> str:
     return ", ".join(f"{s} {100 * share:.0f}%" for s, share in list(mix.items())[:top]) or "-"
 
 
+def _parts(result: dict) -> list[tuple[str, dict]]:
+    return [(p["name"], p) for p in result["phases"]] + [("overall", result["overall"])]
+
+
 def table_rows(result: dict) -> list[list[str]]:
     """One row per phase, then the whole run (``COLUMNS``), as text."""
-    parts = [(p["name"], p) for p in result["phases"]] + [("overall", result["overall"])]
     return [
         [name, _num(r["offered_rate"]), str(r["requests"]), _num(r["attainment"]), _num(r["effective_accuracy"]),
-         _num(r["p50_ms"]), _num(r["p95_ms"]), _num(r["p99_ms"]), _num(r["goodput"]), str(r["dropped"]), mix_text(r["mix"])]
-        for name, r in parts
+         _num(r["p50_ms"]), _num(r["p95_ms"]), _num(r["p99_ms"]), _num(r["goodput"]), str(r["dropped"])]
+        for name, r in _parts(result)
     ]
+
+
+def mix_lines(result: dict) -> list[str]:
+    """The sub-network mix of each phase, then of the whole run: ``"step1: 128 62%, 64 38%"``."""
+    return [f"{name}: {mix_text(r['mix'], top=10)}" for name, r in _parts(result)]
 
 
 # --- the requests -------------------------------------------------------------------------------
@@ -510,6 +518,13 @@ def run_load(url: str, schedule: Schedule, images: ImageSet, slo_ms: float, seed
 # --- the plot -----------------------------------------------------------------------------------
 
 
+def stairs(ax, rows: Sequence[dict], key: str, end: float, **style) -> None:
+    """``rows[i][key]`` drawn as a step over each window ``[t_i, t_{i+1})``, the last up to ``end``
+    (None: a gap)."""
+    edges = [r["t"] for r in rows] + [end]
+    ax.stairs([np.nan if r[key] is None else r[key] for r in rows], edges, baseline=None, **style)
+
+
 def draw(result: dict, path: str | Path, title: str | None = None) -> Path:
     """Offered load and goodput, the answers' mean resolution, and p99 latency against time."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -520,18 +535,17 @@ def draw(result: dict, path: str | Path, title: str | None = None) -> Path:
 
     path = Path(path)
     fmt = output_format(path)
-    rows = result["timeline"]
-    t = [r["t"] for r in rows]
+    rows, end = result["timeline"], result["phases"][-1]["end"]
     fig = Figure(figsize=(9, 7), layout="constrained")
     FigureCanvasAgg(fig)
     load, res, lat = fig.subplots(3, 1, sharex=True)
-    load.plot(t, [r["offered"] for r in rows], drawstyle="steps-post", color="0.3", label="offered")
-    load.plot(t, [r["goodput"] for r in rows], drawstyle="steps-post", color="C2", label="correct and on time")
+    stairs(load, rows, "offered", end, color="0.3", label="offered")
+    stairs(load, rows, "goodput", end, color="C2", label="correct and on time")
     load.set_ylabel("requests / s")
     load.legend(loc="upper left", fontsize=8)
-    res.plot(t, [r["resolution"] if r["resolution"] is not None else np.nan for r in rows], drawstyle="steps-post", color="C0")
+    stairs(res, rows, "resolution", end, color="C0")
     res.set_ylabel("mean resolution (px)")
-    lat.plot(t, [r["p99_ms"] if r["p99_ms"] is not None else np.nan for r in rows], drawstyle="steps-post", color="C3", label="p99")
+    stairs(lat, rows, "p99_ms", end, color="C3", label="p99")
     lat.axhline(result["slo_ms"], color="0.5", ls="--", lw=1, label=f"SLO {result['slo_ms']:g} ms")
     lat.set_yscale("log")
     lat.set_ylabel("latency (ms)")

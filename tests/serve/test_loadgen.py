@@ -14,6 +14,7 @@ from rsvision.serve.loadgen import (
     image_order,
     load_phases,
     make_schedule,
+    mix_lines,
     mix_text,
     parse_rates,
     percentile,
@@ -229,5 +230,6 @@ def test_table_rows_per_phase_then_overall():
     rows = table_rows(result)
     assert [r[0] for r in rows] == ["step1", "step2", "overall"]
     assert rows[-1][1:5] == ["2.0", "10", "50.0", "40.0"]  # offered/s, requests, attainment, effective accuracy
-    assert rows[-1][-2:] == ["2", "128 71%, 64 29%"]  # dropped, mix
+    assert rows[-1][-1] == "2"  # dropped
+    assert mix_lines(result) == ["step1: 128 75%, 64 25%", "step2: 128 67%, 64 33%", "overall: 128 71%, 64 29%"]
     assert mix_text({}) == "-"

@@ -113,3 +113,33 @@ def test_limits_are_checked_before_any_request(images):
         run_load("http://127.0.0.1:9", schedule, images, SLO_MS, max_requests=10)
     with pytest.raises(UserError, match="not this machine"):
         run_load("http://192.0.2.1:8000", schedule, images, SLO_MS)
+
+
+def test_the_command_writes_the_report_and_the_plot(server, images, tmp_path):
+    from click.testing import CliRunner
+
+    from rsvision.cli import cli
+
+    folder = tmp_path / "folder"
+    for label in (0, 3):  # right and on time, right and late
+        (folder / f"class{label}").mkdir(parents=True)
+        (folder / f"class{label}" / "a.png").write_bytes(images.bodies[images.labels.index(label)])
+    out = CliRunner().invoke(cli, ["loadgen", server, "--images", str(folder), "--slo-ms", str(SLO_MS), "--shape", "step",
+                                   "--rates", "10,20", "--duration", "1", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+    assert out.exit_code == 0, out.output
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["shape"] == "step" and [p["name"] for p in result["phases"]] == ["step1", "step2"]
+    # class3 is class index 1 here (the second sorted folder): the late answers (index 3) are wrong as well.
+    assert result["overall"]["effective_accuracy"] == pytest.approx(100 * result["overall"]["on_time"] / result["overall"]["requests"])
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert "overall: 64 100%" in out.output
+
+
+def test_the_command_refuses_a_remote_host_in_one_line(images, tmp_path):
+    from click.testing import CliRunner
+
+    from rsvision.cli import cli
+
+    out = CliRunner().invoke(cli, ["loadgen", "http://192.0.2.1:8000", "--images", str(tmp_path), "--slo-ms", "50", "--rates", "1"])
+    assert out.exit_code == 2
+    assert "192.0.2.1 is not this machine" in out.output
