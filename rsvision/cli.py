@@ -19,6 +19,9 @@ Shared vocabulary:
   (write ``./224`` for a run folder named like a size).
 - ``--budget-madds N`` / ``--budget-ms MS`` in ``query`` and ``deploy`` (``--budget N`` is
   the older spelling of ``--budget-madds``).
+- ``--device`` on every command that runs a trained network: ``auto`` (CUDA when present,
+  else the CPU), ``cpu``, ``cuda``, ``cuda:N`` (:mod:`rsvision.analysis.device`, which also
+  holds the precision rule).
 """
 
 from __future__ import annotations
@@ -165,6 +168,20 @@ def _emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+device_option = click.option(
+    "--device", default="auto", show_default=True, metavar="DEVICE",
+    help="Where the network runs: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N. "
+    "On CUDA a run trained in bf16/fp16 runs in autocast of that dtype; elsewhere float32.",
+)
+
+
+def _device(spec: str):
+    """``--device`` as a ``torch.device``; a bad one is one line (exit 2) before any work."""
+    from rsvision.analysis.device import resolve_device
+
+    return resolve_device(spec)
+
+
 plugin_option = click.option(
     "--plugin", "plugins", multiple=True, metavar="MODULE", help="Import MODULE (or a .py file) to register its backbones, heads, tasks or datasets."
 )
@@ -232,9 +249,11 @@ def _query_after_training(run_dir: Path, quiet: bool) -> None:
 @click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@device_option
 @plugin_option
-def evaluate(args, task_name, res, widths, checkpoint, data_root, batch_size, as_json, plugins) -> None:
+def evaluate(args, task_name, res, widths, checkpoint, data_root, batch_size, as_json, device, plugins) -> None:
     """Evaluate RUN at any resolution (untrained ones through BN interpolation)."""
+    from rsvision.analysis.device import precision_name
     from rsvision.analysis.evaluate import evaluate_and_record
     from rsvision.registry import load_plugins
     from rsvision.report import results_table
@@ -243,26 +262,30 @@ def evaluate(args, task_name, res, widths, checkpoint, data_root, batch_size, as
     from rsvision.training import method_for
 
     load_plugins(plugins)
+    device = _device(device)
     run_dir, sizes = _run_and_sizes(args, checkpoint, "eval", default=lambda: find_latest_run(RUNS_DIR, task_name))
     chosen = parse_subnets(res + tuple(sizes))
-    artifact = _load_for_eval(run_dir, task_name, chosen, data_root)
+    artifact = _load_for_eval(run_dir, task_name, chosen, data_root, device)
     rows = evaluate_and_record(artifact, _eval_subnets(artifact, chosen, widths), batch_size)
+    precision = precision_name(artifact.task.recipe, artifact.model)
     if as_json:
-        _emit_json({"run": str(run_dir), "task": artifact.meta["task"], "results": rows})
+        _emit_json({"run": str(run_dir), "task": artifact.meta["task"], "device": str(device), "precision": precision, "results": rows})
         return
-    out.print(results_table(rows, title=f"{run_dir}", columns=method_for(artifact.task.recipe).columns))
+    where = f" ({device}, {precision})" if device.type != "cpu" else ""
+    out.print(results_table(rows, title=f"{run_dir}{where}", columns=method_for(artifact.task.recipe).columns))
     interpolated = [str(r["resolution"]) for r in rows if r.get("status") == "interpolated"]
     if interpolated:
         out.print(f"BN interpolated between trained resolutions for: {', '.join(interpolated)}")
 
 
-def _load_for_eval(run_dir: Path, task_name: str | None, chosen, data_root: str | None):
-    """The artifact, checked: of ``task_name`` when given, sizes within the scale limit; warns when unfinished."""
+def _load_for_eval(run_dir: Path, task_name: str | None, chosen, data_root: str | None, device):
+    """The artifact on ``device``, checked: of ``task_name`` when given, sizes within the scale limit; warns when unfinished."""
+    from rsvision.analysis.device import to_device
     from rsvision.report import console
     from rsvision.run.folder import load_artifact
     from rsvision.subnet import check_scale
 
-    artifact = load_artifact(run_dir, data_root)
+    artifact = to_device(load_artifact(run_dir, data_root), device)
     meta = artifact.meta
     if task_name is not None and meta.get("task") != task_name:
         raise UserError(f"{run_dir}: a '{meta.get('task')}' run, not '{task_name}' (drop --task or pick a {task_name} run)")
@@ -307,8 +330,9 @@ def _eval_subnets(artifact, chosen, widths):
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the recipe's evaluation batch size.")
 @click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@device_option
 @plugin_option
-def calibrate(args, checkpoint, res, images, batch_size, data_root, as_json, plugins) -> None:
+def calibrate(args, checkpoint, res, images, batch_size, data_root, as_json, device, plugins) -> None:
     """Recompute BatchNorm statistics of RUN at any resolution from training images (kept beside the weights)."""
     from rich.progress import Progress
 
@@ -319,6 +343,7 @@ def calibrate(args, checkpoint, res, images, batch_size, data_root, as_json, plu
     from rsvision.subnet import parse_subnets
 
     load_plugins(plugins)
+    device = _device(device)
     if images < 1:
         raise UserError(f"--images: expected at least 1 image, got {images}")
     run, sizes = _run_and_sizes(args, checkpoint, "calibrate")
@@ -326,7 +351,7 @@ def calibrate(args, checkpoint, res, images, batch_size, data_root, as_json, plu
     if run.is_dir():
         _check_writable(run / CALIBRATION, option=None)
     with Progress(console=console, disable=as_json, transient=True) as bar:
-        report = calibrate_run(run, subnets, images, batch_size, data_root, progress=bar)
+        report = calibrate_run(run, subnets, images, batch_size, data_root, progress=bar, device=device)
     if as_json:
         _emit_json(report)
         return
@@ -343,20 +368,22 @@ def calibrate(args, checkpoint, res, images, batch_size, data_root, as_json, plu
 @click.option("--data", "data_root", default=None, help="Data root, replacing the runs' data.root.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the plotted points as JSON.")
+@device_option
 @plugin_option
-def plot(runs, out_path, res, inets, labels, data_root, batch_size, as_json, plugins) -> None:
+def plot(runs, out_path, res, inets, labels, data_root, batch_size, as_json, device, plugins) -> None:
     """Accuracy vs. MAdds and vs. resolution of RUNs (RS-Nets Fig. 1 and Fig. 4 right)."""
     from rsvision.analysis.plot import draw, output_format, plot_data
     from rsvision.registry import load_plugins
     from rsvision.subnet import parse_resolutions
 
     load_plugins(plugins)
+    device = _device(device)
     output_format(out_path)
     _check_writable(out_path)
     groups = [[p.strip() for p in group.split(",") if p.strip()] for group in inets]
     if any(not g for g in groups):
         raise UserError("--inets: expected run folders separated by commas, got an empty list")
-    data = plot_data(runs, groups, parse_resolutions(res) or None, labels, data_root, batch_size)
+    data = plot_data(runs, groups, parse_resolutions(res) or None, labels, data_root, batch_size, device)
     draw(data, out_path)
     if as_json:
         _emit_json({"figure": str(out_path), **data.as_dict()})
@@ -400,17 +427,20 @@ def convert(checkpoint, source, out_dir, arch, res, extra_res, classes_file, as_
 @click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path), default=None, help="An ONNX export directory: onnxruntime latency per sub-network.")
 @click.option("--res", multiple=True, help="Sizes or ranges, e.g. --res 224 192 160 128 96 or --res 96:224:32 (not with --onnx).")
 @click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--no-latency", is_flag=True, help="Skip the CPU latency measurement.")
+@click.option("--no-latency", is_flag=True, help="Skip the latency measurement.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="--onnx: onnxruntime threads (default: every core).")
 @click.option("--json", "as_json", is_flag=True)
+@device_option
 @plugin_option
-def profile(args, backbone, checkpoint, onnx_dir, res, num_classes, no_latency, threads, as_json, plugins) -> None:
-    """Parameters, multiply-adds and CPU latency per resolution: of a backbone, of RUN, or of an ONNX export."""
+def profile(args, backbone, checkpoint, onnx_dir, res, num_classes, no_latency, threads, as_json, device, plugins) -> None:
+    """Parameters, multiply-adds and latency per resolution: of a backbone or of RUN on --device, or of an ONNX export (CPU)."""
+    from rsvision.analysis.device import is_auto
     from rsvision.analysis.profile import profile_backbone, profile_run
     from rsvision.registry import load_plugins
     from rsvision.subnet import parse_resolutions
 
     load_plugins(plugins)
+    resolved = _device(device)
     run, sizes = _run_and_sizes(args, checkpoint, "profile", required=False)
     if sum(x is not None for x in (backbone, run, onnx_dir)) != 1:
         raise UserError("profile: give exactly one of --backbone NAME, RUN (or --checkpoint RUN) or --onnx EXPORT_DIR")
@@ -418,14 +448,16 @@ def profile(args, backbone, checkpoint, onnx_dir, res, num_classes, no_latency, 
     if onnx_dir is not None:
         if resolutions:
             raise UserError("profile: --onnx measures the exported sub-networks; drop --res")
+        if resolved.type != "cpu" and not is_auto(device):
+            raise UserError(f"profile: --onnx measures onnxruntime's CPU session; drop --device {device}")
         _profile_onnx(onnx_dir, threads, as_json)
         return
     if not resolutions:
         raise UserError("profile: --res is required with --backbone or a run (e.g. --res 224 160 96)")
     if backbone:
-        report = profile_backbone(backbone, resolutions, num_classes, latency=not no_latency)
+        report = profile_backbone(backbone, resolutions, num_classes, latency=not no_latency, device=resolved)
     else:
-        report = profile_run(run, resolutions, latency=not no_latency)
+        report = profile_run(run, resolutions, latency=not no_latency, device=resolved)
     if as_json:
         _emit_json(report)
         return
@@ -441,7 +473,7 @@ def _profile_table(report: dict, title: str) -> Table:
     from rsvision.report import human
 
     table = Table(title=title)
-    for col in ("resolution", "MAdds", "latency (ms, CPU, batch 1)"):
+    for col in ("resolution", "MAdds", f"latency (ms, {'CPU' if report['device'] == 'cpu' else report['device']}, batch 1)"):
         table.add_column(col, justify="right")
     for row in report["rows"]:
         table.add_row(f"{row['resolution']}x{row['resolution']}", human(row["madds"]), f"{row['latency_ms']:.1f}" if "latency_ms" in row else "-")
@@ -497,7 +529,8 @@ def list_registered(as_json: bool, plugins: tuple[str, ...]) -> None:
 @click.option("--res", multiple=True, help="Sizes or ranges (32:64:32) to run at; default: the trained ones.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("predictions"), show_default=True)
 @click.option("--compare", is_flag=True, help="Also write IMAGE_compare.png: the image and its masks side by side.")
-def predict(args, checkpoint, res, out_dir, compare) -> None:
+@device_option
+def predict(args, checkpoint, res, out_dir, compare, device) -> None:
     """Draw predictions of IMAGEs at each resolution: segmentation masks, or detections.
 
     RUN, a segmentation or detection run folder, comes first: a first argument that is a folder is RUN,
@@ -507,6 +540,7 @@ def predict(args, checkpoint, res, out_dir, compare) -> None:
     from rsvision.run.folder import find_latest_run
     from rsvision.subnet import parse_resolutions
 
+    device = _device(device)
     tokens = list(args)
     run = Path(tokens.pop(0)) if Path(tokens[0]).is_dir() else None
     run_dir = _agree(run, checkpoint, "predict") or find_latest_run(RUNS_DIR, "seg")
@@ -518,7 +552,7 @@ def predict(args, checkpoint, res, out_dir, compare) -> None:
             raise UserError(f"{image}: a folder, not an image (RUN comes first, then the images)")
     resolutions = parse_resolutions(res)
     _check_writable(out_dir, inside=True)
-    for path in predict_files(run_dir, images, resolutions, out_dir, compare):
+    for path in predict_files(run_dir, images, resolutions, out_dir, compare, device):
         out.print(str(path))
 
 
@@ -534,14 +568,20 @@ def predict(args, checkpoint, res, out_dir, compare) -> None:
 @click.option("--linear-bits", type=click.IntRange(2, 8), default=None, help="lq: store float linear layers (the classifier) as N-bit integers per row.")
 @click.option("--overwrite", is_flag=True, help="onnx: replace an earlier export in the output directory (otherwise refused).")
 @click.option("--json", "as_json", is_flag=True)
-def export(args, checkpoint, fmt, out_path, res, subnet_ids, fp16, linear_bits, overwrite, as_json) -> None:
-    """Export RUN: a packed file of a quantized run (lq) or ONNX graphs per sub-network (onnx)."""
+@device_option
+def export(args, checkpoint, fmt, out_path, res, subnet_ids, fp16, linear_bits, overwrite, as_json, device) -> None:
+    """Export RUN: a packed file of a quantized run (lq) or ONNX graphs per sub-network (onnx).
+
+    onnx: BN statistics a sub-network lacks are recomputed on --device; the graphs are traced
+    and checked on the CPU.
+    """
     from rsvision.subnet import parse_subnets
 
+    device = _device(device)
     run, sizes = _run_and_sizes(args, checkpoint, "export")
     _check_writable(out_path)
     if fmt == "onnx":
-        _export_onnx(run, out_path, parse_subnets(res + tuple(sizes)), subnet_ids, overwrite, as_json)
+        _export_onnx(run, out_path, parse_subnets(res + tuple(sizes)), subnet_ids, overwrite, as_json, device)
         return
     if sizes or res or subnet_ids:
         raise UserError("export: --res and --subnet apply to --format onnx; --format lq packs every sub-network")
@@ -569,7 +609,7 @@ def _export_lq(run: Path, out_path: Path, fp16: bool, linear_bits: int | None, a
     out.print(table)
 
 
-def _export_onnx(run: Path, out_dir: Path, subnets: list, subnet_ids: tuple[str, ...], overwrite: bool, as_json: bool) -> None:
+def _export_onnx(run: Path, out_dir: Path, subnets: list, subnet_ids: tuple[str, ...], overwrite: bool, as_json: bool, device) -> None:
     from rsvision.deploy.export import export_onnx
     from rsvision.deploy.manifest import MANIFEST
     from rsvision.report import human
@@ -583,7 +623,7 @@ def _export_onnx(run: Path, out_dir: Path, subnets: list, subnet_ids: tuple[str,
                   f"BN folded {e['bn_folded']}, left {e['bn_left']}, {diff}", soft_wrap=True)
 
     requested = [s.id for s in subnets] + list(subnet_ids)
-    manifest = export_onnx(run, out_dir, requested or None, overwrite=overwrite, on_subnet=None if as_json else line)
+    manifest = export_onnx(run, out_dir, requested or None, overwrite=overwrite, on_subnet=None if as_json else line, device=device)
     if as_json:
         _emit_json(manifest)
         return
@@ -606,11 +646,16 @@ def _export_onnx(run: Path, out_dir: Path, subnets: list, subnet_ids: tuple[str,
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the latency measurement (default: every core).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier deployment in the output directory (otherwise refused).")
 @click.option("--json", "as_json", is_flag=True)
-def deploy(args, checkpoint, budget_madds, budget_ms, budget_alias, calibrated, res, out_dir, threads, overwrite, as_json) -> None:
-    """Export the most accurate sub-network of RUN within a MAdds or latency budget."""
+@device_option
+def deploy(args, checkpoint, budget_madds, budget_ms, budget_alias, calibrated, res, out_dir, threads, overwrite, as_json, device) -> None:
+    """Export the most accurate sub-network of RUN within a MAdds or latency budget.
+
+    Candidates are scored on --device; latency is the exported graph's on the CPU (onnxruntime).
+    """
     from rsvision.deploy.select import deploy
     from rsvision.subnet import parse_subnets
 
+    device = _device(device)
     run, sizes = _run_and_sizes(args, checkpoint, "deploy")
     budgets = _budgets(budget_madds, budget_alias, budget_ms)
     if len(budgets) != 1:
@@ -618,7 +663,7 @@ def deploy(args, checkpoint, budget_madds, budget_ms, budget_alias, calibrated, 
     budget = budgets[0][1]
     extra = parse_subnets(res + tuple(sizes))
     _check_writable(out_dir)
-    report = deploy(run, budget, calibrated=calibrated, extra=extra, out_dir=out_dir, threads=threads, overwrite=overwrite)
+    report = deploy(run, budget, calibrated=calibrated, extra=extra, out_dir=out_dir, threads=threads, overwrite=overwrite, device=device)
     if as_json:
         _emit_json({k: v for k, v in report.items() if k != "manifest"})
         return
@@ -649,20 +694,22 @@ def _deploy_table(report: dict, title: str) -> Table:
 @click.option("--refresh", is_flag=True, help="Rebuild the table even if the run folder holds one for these weights.")
 @click.option("--data", "data_root", default=None, help="Data root, replacing the recipe's data.root.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@device_option
 @plugin_option
-def query(run, checkpoint, budget_madds, budget_ms, budget_alias, images, step, refresh, data_root, as_json, plugins) -> None:
-    """Query table of a width RUN: every (width, resolution) with MAdds, latency and accuracy, and the best per budget."""
+def query(run, checkpoint, budget_madds, budget_ms, budget_alias, images, step, refresh, data_root, as_json, device, plugins) -> None:
+    """Query table of a width RUN: every (width, resolution) with MAdds, latency on --device and accuracy, and the best per budget."""
     from rsvision.analysis.query import query_run
     from rsvision.registry import load_plugins
     from rsvision.report import print_query, training_progress
 
     load_plugins(plugins)
+    device = _device(device)
     run = _agree(run, checkpoint, "query")
     if run is None:
         raise UserError("query: give the run folder (RUN or --checkpoint RUN)")
     budgets = _budgets(budget_madds, budget_alias, budget_ms)
     with training_progress(disable=as_json) as bar:
-        report = query_run(run, images, step, data_root, refresh, progress=bar)
+        report = query_run(run, images, step, data_root, refresh, progress=bar, device=device)
     picked = [{"budget": budget, "choice": _fitting(report, budget, option)} for option, budget in budgets]
     if as_json:
         _emit_json({**report, "best": [{"budget": c["budget"].limit, "kind": c["budget"].kind, "choice": c["choice"]} for c in picked]})

@@ -1,10 +1,13 @@
 """The CLI as a thin layer: RUN positional everywhere (``--checkpoint`` an alias), one ``--res``
 parser with ranges, ``--budget-madds``/``--budget-ms`` (``--budget`` the older spelling) and
-the query table after training a width recipe with ``widths.query: true``."""
+the query table after training a width recipe with ``widths.query: true``, and ``--device`` on
+every command that runs a trained network."""
 
 import json
+import shutil
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 from conftest import tiny_recipe_dict
@@ -12,7 +15,7 @@ from deploy_fixtures import cls_run
 
 from rsvision.cli import cli
 from rsvision.report import human
-from rsvision.run.files import QUERY
+from rsvision.run.files import META, QUERY
 
 
 def _invoke(*args):
@@ -140,3 +143,95 @@ def test_predict_takes_run_first_then_images(tmp_path_factory, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["room_r32.png", "room_r64.png"]
     code, _, err = _invoke("predict", run, tmp_path, "-o", tmp_path / "again")
     _one_line_error(code, err, f"{tmp_path}: a folder, not an image")
+
+
+#: Commands that run a trained network, each with arguments that get it past click's parsing.
+AFTER_TRAINING = {
+    "eval": ["nowhere"],
+    "calibrate": ["nowhere", "--res", "12"],
+    "query": ["nowhere"],
+    "plot": ["nowhere", "-o", "fig.png"],
+    "export": ["nowhere", "--format", "onnx", "-o", "onnx"],
+    "deploy": ["nowhere", "--budget-madds", "1G"],
+    "predict": ["nowhere", "image.png"],
+    "profile": ["nowhere", "--res", "16"],
+}
+
+
+def test_every_after_training_command_takes_device():
+    for name in AFTER_TRAINING:
+        (option,) = [p for p in cli.commands[name].params if p.name == "device"]
+        assert option.default == "auto", name
+
+
+@pytest.mark.parametrize("command", sorted(AFTER_TRAINING))
+@pytest.mark.parametrize(
+    "device, start",
+    [
+        ("gpu", "--device gpu: not a device (expected auto, cpu, cuda, cuda:N or mps)"),
+        pytest.param("cuda", "--device cuda: CUDA is not available on this machine",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    ],
+)
+def test_a_bad_device_is_one_line_before_any_work(command, device, start, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written: the device is checked first
+    code, _, err = _invoke(command, *AFTER_TRAINING[command], "--device", device)
+    _one_line_error(code, err, start)
+    assert not list(tmp_path.iterdir())
+
+
+def test_device_cpu_gives_the_numbers_of_the_cpu_evaluation(tmp_path_factory):
+    from rsvision.engine.evaluate import evaluate
+    from rsvision.run.folder import load_artifact
+
+    run = cls_run(tmp_path_factory)
+    code, out, err = _invoke("eval", run, "--res", "16", "12", "--device", "cpu", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["device"], report["precision"]) == ("cpu", "fp32")
+    artifact = load_artifact(run)
+    reference = evaluate(artifact.model, artifact.task, ["16", "12"])
+    assert [{k: row[k] for k in ref} for row, ref in zip(report["results"], reference)] == reference
+    profiles = []
+    for extra in ([], ["--device", "cpu"]):
+        code, out, err = _invoke("profile", run, "--res", "16", "8", "--no-latency", "--json", *extra)
+        assert code == 0, err
+        profiles.append(json.loads(out))
+    assert profiles[0] == profiles[1] and profiles[0]["device"] == "cpu"
+
+
+def _trained_in_bf16(run, tmp_path):
+    """A copy of ``run`` whose recipe says it trained in bf16 (the same weights)."""
+    copy = tmp_path / "bf16"
+    shutil.copytree(run, copy)
+    meta = json.loads((copy / META).read_text())
+    meta["recipe"]["train"]["mixed_precision"] = "bf16"
+    (copy / META).write_text(json.dumps(meta))
+    return copy
+
+
+def test_a_mixed_precision_run_evaluates_in_float32_on_the_cpu(tmp_path_factory, tmp_path):
+    run = cls_run(tmp_path_factory)
+    bf16 = _trained_in_bf16(run, tmp_path)
+    reports = []
+    for folder in (run, bf16):
+        code, out, err = _invoke("eval", folder, "--res", "16", "12", "--device", "cpu", "--json")
+        assert code == 0, err
+        reports.append(json.loads(out))
+    assert reports[1]["precision"] == "fp32" and reports[1]["results"] == reports[0]["results"]
+
+
+@pytest.mark.cuda
+def test_a_mixed_precision_run_evaluates_in_autocast_on_cuda(tmp_path_factory, tmp_path):
+    run = cls_run(tmp_path_factory)
+    bf16 = _trained_in_bf16(run, tmp_path)
+    results = {}
+    for folder, device in ((run, "cpu"), (run, "cuda"), (bf16, "cuda")):
+        code, out, err = _invoke("eval", folder, "--res", "16", "12", "--device", device, "--json")
+        assert code == 0, err
+        report = json.loads(out)
+        results[folder.name, device] = report
+    assert results[bf16.name, "cuda"]["precision"] == "bf16" and results[run.name, "cuda"]["precision"] == "fp32"
+    for report in results.values():  # 16 validation images: the same predictions within one image
+        for row, cpu_row in zip(report["results"], results[run.name, "cpu"]["results"]):
+            assert abs(row["top1"] - cpu_row["top1"]) <= 100 / 16 + 1e-6

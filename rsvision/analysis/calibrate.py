@@ -1,10 +1,17 @@
-"""Calibrating a run folder: recompute BN statistics and keep them in its calibration file."""
+"""Calibrating a run folder: recompute BN statistics and keep them in its calibration file.
+
+Statistics are measured where the model is (``device``), always in float32
+(:mod:`rsvision.analysis.device`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
+from rsvision.analysis.device import AUTO, resolve_device, to_device
 from rsvision.errors import UserError
 from rsvision.nn.bn_stats import (
     DEFAULT_IMAGES,
@@ -19,8 +26,16 @@ from rsvision.subnet import SubNet, SubNetLike, check_scale, subnets_of
 from rsvision.training import method_for
 
 
-def calibrate_run(run_dir: str | Path, subnets: Sequence[SubNetLike], images: int = DEFAULT_IMAGES, batch_size: int | None = None, data_root: str | None = None, progress=None) -> dict:
-    """Calibrate ``subnets`` of a run folder and store them in its ``calibration.safetensors``.
+def calibrate_run(
+    run_dir: str | Path,
+    subnets: Sequence[SubNetLike],
+    images: int = DEFAULT_IMAGES,
+    batch_size: int | None = None,
+    data_root: str | None = None,
+    progress=None,
+    device: str | torch.device | None = AUTO,
+) -> dict:
+    """Calibrate ``subnets`` of a run folder on ``device`` and store them in its ``calibration.safetensors``.
 
     Earlier calibrated groups of other sub-networks are kept; those asked again are redone.
     """
@@ -30,7 +45,8 @@ def calibrate_run(run_dir: str | Path, subnets: Sequence[SubNetLike], images: in
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: calibration writes into a run folder; this is a file")
 
-    artifact = load_artifact(run_dir, data_root)
+    device = resolve_device(device)
+    artifact = to_device(load_artifact(run_dir, data_root), device)
     check_scale(subnets, artifact.model.resolutions, str(run_dir))
     for subnet in subnets_of(subnets):
         check_servable(artifact.model, subnet, str(run_dir))

@@ -1,10 +1,18 @@
-"""Evaluating a trained artifact, with its rows kept in the run folder (:mod:`rsvision.run.evaluations`)."""
+"""Evaluating a trained artifact, with its rows kept in the run folder (:mod:`rsvision.run.evaluations`).
+
+The network runs where the artifact's model is (:func:`rsvision.analysis.device.to_device`),
+in the precision :func:`rsvision.analysis.device.inference_precision` picks there; rows
+measured in autocast are kept apart from float32 ones.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
 
+from accelerate.utils import send_to_device
+
+from rsvision.analysis.device import device_of, inference_precision, precision_name
 from rsvision.engine.evaluate import evaluate
 from rsvision.nn.cost import subnet_madds
 from rsvision.run.evaluations import EvaluationStore, data_key
@@ -17,13 +25,21 @@ def evaluate_artifact(artifact, subnets: Sequence[SubNetLike] | None = None, bat
     """Evaluate a loaded run or packed file (:class:`rsvision.run.folder.Artifact`) at ``subnets``
     (default: its trained sub-networks and the method's combined rows); rows carry ``madds``."""
     task, model = artifact.task, artifact.model
-    method = method_for(task.recipe)(model, task, task.recipe)
+    method = method_for(task.recipe)(model, task, task.recipe).to(device_of(model))
     method.load_artifact_tensors(artifact.tensors)
     wanted = [SubNet.parse(s) for s in subnets] if subnets else method.eval_subnets()
-    rows = evaluate(model, task, wanted, method.combiners() if not subnets else None, batch_size)
+    with inference_precision(task.recipe, model):
+        rows = evaluate(model, task, wanted, method.combiners() if not subnets else None, batch_size)
     for row, s in zip(rows, wanted):
-        row["madds"] = subnet_madds(model, s, task.example_input(s.resolution))
+        row["madds"] = subnet_madds(model, s, send_to_device(task.example_input(s.resolution), device_of(model)))
     return method.annotate(rows)
+
+
+def evaluation_key(artifact: Artifact) -> dict[str, Any]:
+    """What kept rows are filed under: the data (:func:`rsvision.run.evaluations.data_key`), and
+    the precision when it is not float32."""
+    precision = precision_name(artifact.task.recipe, artifact.model)
+    return data_key(artifact) | ({"precision": precision} if precision != "fp32" else {})
 
 
 def store_of(artifact: Artifact) -> EvaluationStore | None:
@@ -36,7 +52,7 @@ def evaluate_and_record(artifact: Artifact, subnets: Sequence[SubNetLike] | None
     store = store_of(artifact)
     rows = evaluate_artifact(artifact, subnets, batch_size)
     if store is not None:
-        store.record(data_key(artifact), rows)
+        store.record(evaluation_key(artifact), rows)
     return rows
 
 
@@ -44,7 +60,7 @@ def cached_evaluation(artifact: Artifact, subnets: Sequence[SubNetLike], batch_s
     """Rows of ``subnets`` (in that order): kept ones reused, the others evaluated in one pass and kept."""
     wanted = [SubNet.parse(s) for s in subnets]
     store = store_of(artifact)
-    data = data_key(artifact)
+    data = evaluation_key(artifact)
     kept = store.rows(data) if store is not None else {}
     missing = [s for s in wanted if s.id not in kept]
     if missing:

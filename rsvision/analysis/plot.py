@@ -6,7 +6,8 @@ I-max. A group of single-resolution runs (I-Nets) makes one curve, each run at i
 resolution. Every point is marked by how its BatchNorm was served: trained, interpolated
 (§4.3), calibrated (``rsvision calibrate``) or nearest (outside the trained range).
 Evaluations come from the run folders' ``evaluations.json`` where ``eval`` or an earlier
-plot measured them (:mod:`rsvision.run.evaluations`); only the others are computed.
+plot measured them (:mod:`rsvision.run.evaluations`); only the others are computed, on
+``device`` (:mod:`rsvision.analysis.device`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
+from rsvision.analysis.device import AUTO, resolve_device, to_device
 from rsvision.analysis.evaluate import cached_evaluation
 from rsvision.errors import UserError
 from rsvision.io import atomic_write
@@ -93,17 +97,19 @@ def plot_data(
     labels: Sequence[str] = (),
     data_root: str | None = None,
     batch_size: int | None = None,
+    device: str | torch.device | None = AUTO,
 ) -> PlotData:
     """The curves of ``runs`` (at ``resolutions``, default their trained and calibrated ones),
     then one per group of single-resolution runs in ``inets``; ``labels`` name them in that order.
-    Every run must measure the same metric on the same classes."""
+    Every run must measure the same metric on the same classes; what is not kept is evaluated on ``device``."""
     if not runs and not inets:
         raise UserError("plot: give at least one run (or --inets RUN,RUN,...)")
     if len(labels) > len(runs) + len(inets):
         raise UserError(f"--label: more labels ({len(labels)}) than curves ({len(runs) + len(inets)})")
     # Everything is loaded and checked before the first evaluation.
-    singles = [load_artifact(path, data_root) for path in runs]
-    groups = [[load_artifact(path, data_root) for path in group] for group in inets]
+    device = resolve_device(device)
+    singles = [to_device(load_artifact(path, data_root), device) for path in runs]
+    groups = [[to_device(load_artifact(path, data_root), device) for path in group] for group in inets]
     first = (singles or groups[0])[0]
     metric = first.task.primary_metric
     for artifact in singles + [a for g in groups for a in g]:

@@ -2,15 +2,16 @@
 
 Every (width, resolution) of a grid (widths every 0.05 over the run's range, as the paper,
 or the run's list of widths; the run's resolutions) gets its multiply-adds, its latency
-(measured on this machine, batch 1, on the plain network :func:`rsvision.nn.switchable.materialize`
-gives) and its validation accuracy, after recomputing the BN statistics of sub-networks
-that have none of their own (post-hoc BN, ``rsvision.nn.bn_stats``; stored in the run's
-calibration file). The best configuration under a budget is the most accurate one that
-fits it.
+(measured on this machine's ``device``, batch 1, on the plain network
+:func:`rsvision.nn.switchable.materialize` gives) and its validation accuracy, after
+recomputing the BN statistics of sub-networks that have none of their own (post-hoc BN,
+``rsvision.nn.bn_stats``; stored in the run's calibration file). Accuracy and latency are
+measured in the precision :mod:`rsvision.analysis.device` picks on that device. The best
+configuration under a budget is the most accurate one that fits it.
 
 The table is cached in the run folder (``query.json``, written atomically) under a key of
-the weights and the grid, so a second query is instant; latencies measured on another
-machine are measured again.
+the weights, the grid and (when not float32) the precision, so a second query is instant;
+latencies measured on another machine or device are measured again.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from accelerate.utils import send_to_device
 
 from rsvision.analysis.calibrate import calibrate_missing
+from rsvision.analysis.device import AUTO, autocast_dtype, device_of, inference_precision, resolve_device, to_device
 from rsvision.analysis.latency import network_ms
 from rsvision.engine.evaluate import evaluate
 from rsvision.errors import UserError
@@ -86,8 +89,14 @@ def width_subnets(artifact, resolutions: Sequence[int] | None, widths: Sequence[
     return [SubNet(r, w) for w in widths for r in resolutions]
 
 
-def _machine() -> dict[str, Any]:
-    return {"host": platform.node(), "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+def _machine(device: torch.device) -> dict[str, Any]:
+    """Where latencies are measured: the host, and the accelerator when not on the CPU."""
+    machine = {"host": platform.node(), "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        machine["device"] = f"{device}: {torch.cuda.get_device_name(device)}"
+    elif device.type != "cpu":
+        machine["device"] = str(device)
+    return machine
 
 
 def _weights_stamp(run_dir: Path) -> str:
@@ -102,8 +111,9 @@ def query_run(
     data_root: str | None = None,
     refresh: bool = False,
     progress=None,
+    device: str | torch.device | None = AUTO,
 ) -> dict[str, Any]:
-    """The query table of a run folder (cached in ``query.json``; see the module docstring).
+    """The query table of a run folder on ``device`` (cached in ``query.json``; see the module docstring).
 
     Returns ``{"run", "metric", "rows", "machine", "cached", "calibrated", "images"}``; each row
     holds ``subnet``, ``width``, ``resolution``, ``madds``, ``latency_ms``, ``status`` and the
@@ -116,17 +126,21 @@ def query_run(
     recipe_widths = (meta.get("recipe") or {}).get("widths")
     if not recipe_widths:
         raise UserError(f"{run_dir}: this run has no width axis (its recipe has no widths section); query needs a width run")
+    device = resolve_device(device)
     widths = WidthsConfig.model_validate(recipe_widths)
     grid_widths = width_grid(widths, step)
     resolutions = sorted(meta["resolutions"], reverse=True)
     images = images or DEFAULT_IMAGES
     key = {"weights": _weights_stamp(run_dir), "widths": grid_widths, "resolutions": resolutions, "images": images, "data_root": data_root}
+    mixed = autocast_dtype((meta["recipe"].get("train") or {}).get("mixed_precision"), device)
+    if mixed is not None:  # float32 tables keep the key they always had
+        key["precision"] = meta["recipe"]["train"]["mixed_precision"]
     cache_path = run_dir / QUERY
     cached = _read_cache(cache_path)
-    machine = _machine()
+    machine = _machine(device)
     if not refresh and cached is not None and cached.get("key") == key:
-        return _from_cache(cached, run_dir, data_root)
-    artifact = load_artifact(run_dir, data_root)
+        return _from_cache(cached, run_dir, data_root, device)
+    artifact = to_device(load_artifact(run_dir, data_root), device)
     subnets = [SubNet(r, w) for w in grid_widths for r in resolutions]
     for bn in switchable_bns(artifact.model):  # a new table recalibrates its whole grid
         for s in subnets:
@@ -149,12 +163,12 @@ def query_run(
     return _with_front({**report, "file": str(cache_path)})
 
 
-def _from_cache(cached: dict[str, Any], run_dir: Path, data_root: str | None) -> dict[str, Any]:
-    """The kept table; latencies measured on another machine are measured again (and kept)."""
-    cache_path, machine = run_dir / QUERY, _machine()
+def _from_cache(cached: dict[str, Any], run_dir: Path, data_root: str | None, device: torch.device) -> dict[str, Any]:
+    """The kept table; latencies measured on another machine or device are measured again (and kept)."""
+    cache_path, machine = run_dir / QUERY, _machine(device)
     report = cached["report"]
     if cached.get("machine") != machine:
-        _measure_latency(load_artifact(run_dir, data_root), report["rows"])
+        _measure_latency(to_device(load_artifact(run_dir, data_root), device), report["rows"])
         report |= {"machine": machine}
         write_json(cache_path, {"format": FORMAT, "key": cached["key"], "machine": machine, "report": report})
     return _with_front({**report, "cached": True, "file": str(cache_path)})
@@ -188,17 +202,21 @@ def _read_cache(path: Path) -> dict | None:
 
 def _evaluate_grid(artifact, subnets: list[SubNet], progress) -> list[dict[str, Any]]:
     task, model = artifact.task, artifact.model
-    rows = evaluate(model, task, subnets, progress=progress)
+    with inference_precision(task.recipe, model):
+        rows = evaluate(model, task, subnets, progress=progress)
     for row, s in zip(rows, subnets):
-        row["madds"] = subnet_madds(model, s, task.example_input(s.resolution))
+        row["madds"] = subnet_madds(model, s, send_to_device(task.example_input(s.resolution), device_of(model)))
     return rows
 
 
 def _measure_latency(artifact, rows: list[dict[str, Any]]) -> None:
-    """Median CPU latency (ms, batch 1) of each row's plain materialized network."""
+    """Median latency (ms, batch 1) of each row's plain materialized network, on the model's
+    device in the precision evaluation uses there."""
     task, model = artifact.task, artifact.model
-    for row in rows:
-        plain = materialize(model, row["subnet"])
-        row["latency_ms"] = round(network_ms(plain, task.example_input(row["resolution"])), 4)
+    with inference_precision(task.recipe, model):
+        for row in rows:
+            plain = materialize(model, row["subnet"])
+            example = send_to_device(task.example_input(row["resolution"]), device_of(model))
+            row["latency_ms"] = round(network_ms(plain, example), 4)
 
 

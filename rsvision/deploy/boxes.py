@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from accelerate.utils import convert_to_fp32
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from rsvision.data.detection import float_image
@@ -24,10 +25,10 @@ SCORE_THRESHOLD = 0.5
 
 @torch.no_grad()
 def predict_detections(model: RSNet, image: np.ndarray, resolution: int, channels: int = 3) -> dict[str, torch.Tensor]:
-    """The detections of ``image`` (``HxWx3`` uint8) at ``resolution``, in the image's pixels."""
+    """The detections of ``image`` (``HxWx3`` uint8) at ``resolution``, in the image's pixels (float32, on the CPU)."""
     x = float_image(image, channels).to(next(model.parameters()).device)
     with at_resolution(model, resolution):
-        return {k: v.cpu() for k, v in model([x])[0].items()}
+        return {k: v.cpu() for k, v in convert_to_fp32(model([x])[0]).items()}
 
 
 def draw_detections(

@@ -20,7 +20,8 @@ directory holds one ``model_<id>.onnx`` per sub-network and ``manifest.json``:
 Sub-networks with no BN statistics of their own (post-hoc BN of a width run: the
 training-time "shared" statistics) get them recomputed first, as ``rsvision eval`` does
 (:func:`rsvision.analysis.calibrate.calibrate_missing`, stored in the run's calibration file); widths
-outside the trained range are refused.
+outside the trained range are refused. That runs where the model is (``device``); the graphs
+are traced and checked on the CPU, in float32, whatever the device.
 
 The output folder is written whole or not at all: the export is built in a folder beside
 it and swapped in when complete. It may be new or empty; an earlier export there is
@@ -44,6 +45,7 @@ import torch
 from torch import nn
 
 from rsvision.analysis.calibrate import calibrate_missing
+from rsvision.analysis.device import AUTO, on_device, resolve_device, to_device
 from rsvision.analysis.latency import REPEATS, WARMUP, check_threads
 from rsvision.deploy.manifest import (
     MANIFEST,
@@ -155,7 +157,7 @@ def export_artifact(
     ``check`` images per sub-network go through onnxruntime when it is installed (0: no check).
     ``overwrite`` lets the export replace an earlier one in ``out_dir`` (module docstring).
     ``on_subnet`` is called with each sub-network's manifest entry as it is written. The
-    model's mode is restored afterwards.
+    model's mode and device are restored afterwards.
     """
     require("onnx", "onnxscript")
     out_dir = Path(out_dir)
@@ -170,7 +172,7 @@ def export_artifact(
     count = max(check, QUANT_CHECK_IMAGES) if task.recipe.quant is not None else check
     inputs, inputs_text = check_inputs(task, [s.resolution for s in chosen], count) if checking else ({}, "")
     entries, quantization = [], None
-    with eval_mode(model):
+    with on_device(model, "cpu"), eval_mode(model):
         with output_folder(out_dir, overwrite) as target:
             for subnet in chosen:
                 entry, plain = _export_subnet(model, task, subnet, target, opset, source)
@@ -327,10 +329,12 @@ def export_onnx(
     check: int = CHECK_IMAGES,
     overwrite: bool = False,
     on_subnet: Callable[[dict[str, Any]], None] | None = None,
+    device: str | torch.device | None = AUTO,
 ) -> dict[str, Any]:
-    """Load a run folder or packed file and export it (see :func:`export_artifact`)."""
+    """Load a run folder or packed file on ``device`` and export it (see :func:`export_artifact`)."""
     require("onnx", "onnxscript")
-    return export_artifact(load_artifact(run), out_dir, subnets, check=check, overwrite=overwrite, on_subnet=on_subnet)
+    device = resolve_device(device)
+    return export_artifact(to_device(load_artifact(run), device), out_dir, subnets, check=check, overwrite=overwrite, on_subnet=on_subnet)
 
 
 def profile_export(export_dir: str | Path, threads: int | None = None, repeats: int = REPEATS, warmup: int = WARMUP) -> dict[str, Any]:

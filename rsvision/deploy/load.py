@@ -14,6 +14,14 @@ resized to r x r, logits upsampled back to the image's size; detection: the imag
 is, resized inside the detector) and returns, per image, the top class (index, name,
 probability), a class map of the image's size, or the detections (:class:`Detections`).
 Without ``resolution`` it predicts at the largest one. No model's mode is changed.
+
+``load(path, device=...)`` puts a run folder's or packed file's model on ``device``
+(:func:`rsvision.analysis.device.resolve_device`; default ``auto``: CUDA when present, else
+the CPU). On the CPU ``at(r)`` is the plain network itself; on another device it is that
+network wrapped (:class:`DeviceNetwork`) so that inputs are moved there and outputs come back
+in float32 on the input's device, run in the precision the rule of
+:mod:`rsvision.analysis.device` picks (autocast on CUDA for a run trained in bf16 / fp16).
+An ONNX export runs in onnxruntime's CPU session.
 """
 
 from __future__ import annotations
@@ -26,8 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.utils import convert_to_fp32, send_to_device
 from torch import nn
 
+from rsvision.analysis.device import AUTO, autocast_dtype, device_of, is_auto, resolve_device, to_device
 from rsvision.data.datasets import read_rgb
 from rsvision.data.detection import float_image
 from rsvision.data.transforms import EvalTransform, InputFormat, resize
@@ -162,16 +172,35 @@ class LoadedModel:
         return f"{type(self).__name__}({self.source!r}, task={self.task!r}, subnets={[s.id for s in self.subnets]})"
 
 
+class DeviceNetwork(nn.Module):
+    """A network on ``device``: inputs (a tensor, or a detector's list of images) are moved
+    there, it runs in autocast of ``dtype`` (None: float32), and outputs come back in float32
+    on the input's device."""
+
+    def __init__(self, network: nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.network = network.to(device)
+        self.device, self.dtype = device, dtype
+
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> Any:
+        home = (x[0] if isinstance(x, (list, tuple)) else x).device
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.network(send_to_device(x, self.device))
+        return send_to_device(convert_to_fp32(out), home)
+
+
 class TorchModel(LoadedModel):
-    """A run folder or packed file in PyTorch; ``at(r)`` is the BN-folded plain network of ``r`` (cached).
+    """A run folder or packed file in PyTorch on ``device``; ``at(r)`` is the BN-folded plain
+    network of ``r`` (cached; off the CPU, wrapped in a :class:`DeviceNetwork`).
 
     Its convolution weights are stored channels-last (faster CPU kernels at batch 1; see
     :func:`rsvision.nn.fold.plain_subnet`); inputs may be in either memory format.
     """
 
-    def __init__(self, artifact) -> None:
-        self.artifact = artifact
+    def __init__(self, artifact, device: str | torch.device | None = AUTO) -> None:
+        self.artifact = to_device(artifact, device, "device")
         self.model = artifact.model
+        self.device = device_of(self.model)
         self.source = str(artifact.path)
         self.task = artifact.meta.get("task", artifact.task.recipe.task)
         self.input_format = artifact.task.input_format
@@ -181,7 +210,7 @@ class TorchModel(LoadedModel):
         smallest = min(self.subnets, key=lambda s: s.resolution)
         with eval_mode(self.model):
             with torch.no_grad(), at_subnet(self.model, smallest):
-                output = self.model(artifact.task.example_input(smallest.resolution))
+                output = self.model(send_to_device(artifact.task.example_input(smallest.resolution), self.device))
         self.kind = "detection" if isinstance(output, list) else "classification" if output.dim() == 2 else "dense"
         self._networks: dict[SubNet, nn.Module] = {}
 
@@ -193,7 +222,10 @@ class TorchModel(LoadedModel):
                 f"run `rsvision calibrate {self.source} --res {subnet.id}` first"
             )
         if subnet not in self._networks:
-            self._networks[subnet] = self._with_predict(plain_subnet(self.model, subnet, channels_last=True).network, subnet)
+            network = plain_subnet(self.model, subnet, channels_last=True).network
+            if self.device.type != "cpu":
+                network = DeviceNetwork(network, self.device, autocast_dtype(self.artifact.task.recipe.train.mixed_precision, self.device))
+            self._networks[subnet] = self._with_predict(network, subnet)
         return self._networks[subnet]
 
     @torch.no_grad()
@@ -255,12 +287,16 @@ class OnnxModel(LoadedModel):
         return self._sessions[key]
 
 
-def load(path: str | Path) -> LoadedModel:
-    """A ready model from a run folder, a packed ``.lq`` file or an ONNX export directory."""
+def load(path: str | Path, device: str | torch.device | None = AUTO) -> LoadedModel:
+    """A ready model from a run folder, a packed ``.lq`` file (on ``device``) or an ONNX export
+    directory (onnxruntime's CPU session)."""
     path = Path(path)
+    chosen = resolve_device(device, "device")
     if path.is_dir() and (path / MANIFEST).is_file():
+        if chosen.type != "cpu" and not is_auto(device):
+            raise UserError(f"{path}: an ONNX export runs in onnxruntime's CPU session; device={device!s} applies to run folders and packed files")
         return OnnxModel(path)
     if path.is_dir() and not (path / META).is_file():
         raise UserError(f"{path}: neither a run folder (no {META}) nor an ONNX export directory (no {MANIFEST})")
-    return TorchModel(load_artifact(path))
+    return TorchModel(load_artifact(path), chosen)
 

@@ -5,6 +5,7 @@ segmentation masks, or a detection run's boxes and masks (:mod:`rsvision.deploy.
 logits resized back to the image's size, the arg-max per pixel. ``predict_files``
 writes ``<stem>_r<res>.png`` per image and resolution, and with ``compare`` one
 ``<stem>_compare.png``: the image and its predictions side by side, largest resolution first.
+The network runs on ``device``, in the precision :mod:`rsvision.analysis.device` picks there.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rsvision.analysis.device import AUTO, inference_precision, resolve_device, to_device
 from rsvision.constants import VOID
 from rsvision.data.datasets import read_rgb
 from rsvision.data.transforms import InputFormat, resize
@@ -46,7 +48,7 @@ def predict_mask(model: RSNet, image: np.ndarray, resolution: int, input_format:
     """Class index per pixel of ``image`` (``HxWx3`` uint8), the model run at ``resolution``."""
     x = resize(input_format.tensor(image), resolution)[None]
     x = x.to(next(model.parameters()).device)
-    logits = model(x)
+    logits = model(x).float()
     logits = torch.nn.functional.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
     return logits.argmax(1)[0].cpu().numpy().astype(np.uint8 if logits.shape[1] <= VOID else np.int64)
 
@@ -69,9 +71,11 @@ def predict_files(
     resolutions: Sequence[int],
     out_dir: str | Path,
     compare: bool = False,
+    device: str | torch.device | None = AUTO,
 ) -> list[Path]:
-    """Write colour masks of ``images`` at each resolution (see the module docstring); returns the files."""
-    artifact = load_artifact(run_dir)
+    """Write colour masks of ``images`` at each resolution, computed on ``device`` (see the module docstring); returns the files."""
+    device = resolve_device(device)
+    artifact = to_device(load_artifact(run_dir), device)
     task, model = artifact.task, artifact.model
     if task.recipe.task not in ("seg", "det"):
         raise UserError(f"{run_dir}: a '{task.recipe.task}' run; predict draws segmentation ('seg') and detection ('det') runs")
@@ -95,7 +99,8 @@ def predict_files(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path, image in decoded:
-        masks = [drawn(image, r) for r in resolutions]
+        with inference_precision(task.recipe, model):
+            masks = [drawn(image, r) for r in resolutions]
         for r, mask in zip(resolutions, masks):
             written.append(out / f"{path.stem}_r{r}.png")
             Image.fromarray(mask).save(written[-1])

@@ -5,8 +5,9 @@ with calibrated BN statistics stored in the run, and any extra resolutions (serv
 interpolated BN, §4.3). Sub-networks without BN statistics of their own (post-hoc BN of a
 width run) get them recomputed first, as ``rsvision eval`` does, so no candidate is scored
 or exported with the training-time shared statistics. Each gets its validation score (the
-task's primary metric, e.g. top-1 or mIoU, from :func:`rsvision.engine.evaluate`), its multiply-adds and its latency
-at batch 1 on this machine (onnxruntime on the exported graph when onnxruntime is
+task's primary metric, e.g. top-1 or mIoU, from :func:`rsvision.engine.evaluate`, on ``device`` in the
+precision :mod:`rsvision.analysis.device` picks there), its multiply-adds and its latency
+at batch 1 on this machine's CPU, where the exported graph runs (onnxruntime on the exported graph when onnxruntime is
 installed, else the BN-folded PyTorch network that ``rsvision.load(run).at(r)`` gives). The best score within the budget wins
 (ties: the cheaper one) and its ONNX graph and manifest are written to the output directory,
 under the export's output folder rule (:mod:`rsvision.deploy.export`: checked before any work,
@@ -19,7 +20,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+from accelerate.utils import send_to_device
+
 from rsvision.analysis.calibrate import calibrate_missing
+from rsvision.analysis.device import AUTO, inference_precision, resolve_device, to_device
 from rsvision.analysis.latency import network_ms
 from rsvision.deploy.budget import Budget, best_within
 from rsvision.deploy.export import (
@@ -63,8 +68,9 @@ def deploy(
     threads: int | None = None,
     batch_size: int | None = None,
     overwrite: bool = False,
+    device: str | torch.device | None = AUTO,
 ) -> dict[str, Any]:
-    """Score, cost and time every candidate of ``run``; export the best one within ``budget`` to ``out_dir``.
+    """Score (on ``device``), cost and time every candidate of ``run``; export the best one within ``budget`` to ``out_dir``.
 
     Returns the report: the budget, the metric, the latency backend, every candidate
     (ranked by score, each with ``within_budget``), the chosen one with its manifest and the
@@ -73,12 +79,13 @@ def deploy(
     """
     require("onnx", "onnxscript")
     check_output_dir(Path(out_dir), overwrite)
-    artifact = load_artifact(run)
+    device = resolve_device(device)
+    artifact = to_device(load_artifact(run), device)
     task, model = artifact.task, artifact.model
     source = str(artifact.path)
     subnets = candidates(model, source, calibrated, extra)
     if budget.kind == "madds":
-        costs = {s.id: subnet_madds(model, s, task.example_input(s.resolution)) for s in subnets}
+        costs = {s.id: subnet_madds(model, s, send_to_device(task.example_input(s.resolution), device)) for s in subnets}
         if min(costs.values()) > budget.limit:
             cheapest = min(costs, key=costs.get)
             raise UserError(f"{source}: no sub-network within {budget.text()}; the cheapest, {cheapest}, needs {budget.text(costs[cheapest])}")
@@ -112,16 +119,17 @@ def deploy(
 
 def _candidate_rows(artifact, subnets: Sequence[SubNet], manifest: dict[str, Any], export_dir: Path, backend: str, threads: int | None, batch_size: int | None) -> list[dict[str, Any]]:
     """One row per exported candidate: its score on the validation data, MAdds, BN status and
-    latency at batch 1 (onnxruntime on its graph, or the BN-folded PyTorch network)."""
+    latency at batch 1 on the CPU (onnxruntime on its graph, or the BN-folded PyTorch network)."""
     task, model, metric = artifact.task, artifact.model, artifact.task.primary_metric
-    scores = {row["subnet"]: row for row in evaluate(model, task, subnets, batch_size=batch_size)}
+    with inference_precision(task.recipe, model):
+        scores = {row["subnet"]: row for row in evaluate(model, task, subnets, batch_size=batch_size)}
     rows = []
     for subnet, entry in zip(subnets, manifest["subnets"]):
         example = task.example_input(subnet.resolution)
         if backend == "onnxruntime":
             latency = onnx_ms(export_dir / entry["file"], example, threads)
         else:
-            latency = network_ms(plain_subnet(model, subnet, channels_last=True).network, example, threads)
+            latency = network_ms(plain_subnet(model, subnet, channels_last=True).network.cpu(), example, threads)
         rows.append({
             "subnet": subnet.id, "resolution": subnet.resolution, **({"width": subnet.width} if subnet.width is not None else {}),
             "status": entry["bn_status"], metric: scores[subnet.id][metric], "madds": entry["madds"], "latency_ms": latency,

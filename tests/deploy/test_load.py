@@ -1,4 +1,5 @@
-"""rsvision.load: run folders, packed files and ONNX exports predict alike, from any image type."""
+"""rsvision.load: run folders, packed files and ONNX exports predict alike, from any image type,
+on the device asked for."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from PIL import Image
 
 import rsvision
 from rsvision.data.transforms import EvalTransform
+from rsvision.deploy.load import DeviceNetwork, OnnxModel
 from rsvision.errors import UserError
 from rsvision.nn.switchable import at_subnet
 from rsvision.run.folder import read_meta
@@ -114,3 +116,63 @@ def test_load_errors_name_the_culprit(tmp_path_factory, tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(UserError, match="corrupt manifest"):
         rsvision.load(tmp_path)
+
+
+def test_load_on_the_cpu_is_the_plain_network_as_before(tmp_path_factory):
+    from rsvision.deploy.network import plain_subnet
+    from rsvision.run.folder import load_artifact
+
+    run = cls_run(tmp_path_factory)
+    model = rsvision.load(run, device="cpu")
+    assert model.device == torch.device("cpu") and not isinstance(model.at(16), DeviceNetwork)
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # what load(run).at(16) ran before there was a device
+        before = plain_subnet(load_artifact(run).model, 16, channels_last=True).network(x)
+        assert torch.equal(model.at(16)(x), before)
+    images = [_image(seed=s) for s in range(3)]
+    assert model.predict(images, 8) == rsvision.load(run).predict(images, 8)
+
+
+def test_a_bad_device_for_load_is_one_line(tmp_path_factory):
+    with pytest.raises(UserError, match=r"^device gpu: not a device \(expected auto, cpu, cuda, cuda:N or mps\)$"):
+        rsvision.load(cls_run(tmp_path_factory), device="gpu")
+    assert isinstance(rsvision.load(cls_export(tmp_path_factory), device="cpu"), OnnxModel)  # an export runs on the CPU
+
+
+def test_a_device_network_moves_inputs_and_brings_float32_outputs_back():
+    """DeviceNetwork's contract, on the CPU in bf16 autocast (its CUDA use differs only in the device)."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)).eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = net(x)
+        wrapped = DeviceNetwork(net, torch.device("cpu"), torch.bfloat16)
+        out = wrapped(x)
+    assert out.dtype == torch.float32 and out.device == x.device
+    assert not torch.equal(out, full)  # it ran in bfloat16 ...
+    torch.testing.assert_close(out, full, atol=0.05, rtol=0.05)  # ... to bfloat16's precision
+    detector = DeviceNetwork(_ListNet(), torch.device("cpu"), None)
+    (boxes,) = detector([torch.ones(3, 4, 4)])
+    assert boxes["scores"].dtype == torch.float32 and boxes["labels"].dtype == torch.int64
+
+
+class _ListNet(torch.nn.Module):
+    """A detector's interface: a list of images in, a dict per image out."""
+
+    def forward(self, images):
+        return [{"scores": image.mean().reshape(1), "labels": torch.ones(1, dtype=torch.int64)} for image in images]
+
+
+@pytest.mark.cuda
+def test_load_on_cuda_predicts_as_on_the_cpu(tmp_path_factory):
+    run = cls_run(tmp_path_factory)
+    cpu, cuda = rsvision.load(run, device="cpu"), rsvision.load(run, device="cuda")
+    assert isinstance(cuda.at(16), DeviceNetwork) and next(cuda.model.parameters()).is_cuda
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = cuda.at(16)(x)
+        assert out.device == x.device and out.dtype == torch.float32
+        torch.testing.assert_close(out, cpu.at(16)(x), atol=1e-2, rtol=1e-2)  # TF32 convolutions on the GPU
+    images = [_image(seed=s) for s in range(4)]
+    assert [p.index for p in cuda.predict(images)] == [p.index for p in cpu.predict(images)]
+    with pytest.raises(UserError, match="an ONNX export runs in onnxruntime's CPU session"):
+        rsvision.load(cls_export(tmp_path_factory), device="cuda")
