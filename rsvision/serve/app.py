@@ -57,7 +57,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rsvision.analysis.latency import REPEATS, WARMUP, torch_threads
 from rsvision.errors import UserError
 from rsvision.serve.decode import BadInput, body_kind
-from rsvision.serve.runner import Prepared, Runner
+from rsvision.serve.runner import Prepared, Runner, answer_fields
 from rsvision.serve.scheduler import (
     ADAPTIVE,
     HOPELESS,
@@ -442,7 +442,7 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
         outcome, refused = await predict_one(prepared, arrival, deadline, queued)
         if refused is not None:
             return refused
-        fields = runner.answer(outcome.result) if runner.kind == "classification" else await anyio.to_thread.run_sync(runner.answer, outcome.result)
+        fields = answer_fields(outcome.result) if runner.kind == "classification" else await anyio.to_thread.run_sync(answer_fields, outcome.result)
         return JSONResponse({**fields, **timing(outcome, arrival, queued)})
 
     @app.get("/healthz")
@@ -520,7 +520,7 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
         if refused is not None:
             return refused
         outcomes = [o for o, _ in settled]
-        answers = [runner.answer(o.result) for o in outcomes]
+        answers = [answer_fields(o.result) for o in outcomes]
         n = len(answers)
         if runner.kind == "classification":
             outputs = [

@@ -69,6 +69,25 @@ def _png_base64(array: np.ndarray) -> str:
     return base64.b64encode(out.getvalue()).decode("ascii")
 
 
+def answer_fields(result: Any) -> dict[str, Any]:
+    """One prediction of ``rsvision.load(...).predict`` as JSON fields: a classifier's ``index``,
+    ``name``, ``probability``; a class map as a base64 PNG with its ``height`` and ``width``;
+    detections as lists (``boxes`` x1, y1, x2, y2 in the image's pixels, ``labels``, ``names``,
+    ``scores``, ``masks`` as base64 PNGs or None)."""
+    if isinstance(result, Prediction):
+        return {"index": result.index, "name": result.name, "probability": result.probability}
+    if isinstance(result, Detections):
+        return {
+            "boxes": [[float(v) for v in box] for box in result.boxes.tolist()],
+            "labels": list(result.labels),
+            "names": list(result.names),
+            "scores": [float(v) for v in result.scores.tolist()],
+            "masks": None if result.masks is None else [_png_base64(m.numpy().astype(np.uint8) * 255) for m in result.masks],
+        }
+    class_map = np.asarray(result)
+    return {"height": int(class_map.shape[0]), "width": int(class_map.shape[1]), "class_map": _png_base64(class_map)}
+
+
 class Runner:
     """A loaded model's sub-networks, prepared requests and batches (module docstring)."""
 
@@ -157,22 +176,6 @@ class Runner:
         if all(v is not None for v in accuracy.values()):
             return sorted(self.subnets, key=lambda s: (-accuracy[s], min(table[s].values())))
         return sorted(self.subnets, key=lambda s: (-self.subnets[s].resolution, -(self.subnets[s].width or 1.0)))
-
-    def answer(self, result: Any) -> dict[str, Any]:
-        """One prediction as JSON fields: a classifier's ``index``, ``name``, ``probability``; a
-        class map as a base64 PNG with its ``height`` and ``width``; detections as lists."""
-        if isinstance(result, Prediction):
-            return {"index": result.index, "name": result.name, "probability": result.probability}
-        if isinstance(result, Detections):
-            return {
-                "boxes": [[float(v) for v in box] for box in result.boxes.tolist()],
-                "labels": list(result.labels),
-                "names": list(result.names),
-                "scores": [float(v) for v in result.scores.tolist()],
-                "masks": None if result.masks is None else [_png_base64(m.numpy().astype(np.uint8) * 255) for m in result.masks],
-            }
-        class_map = np.asarray(result)
-        return {"height": int(class_map.shape[0]), "width": int(class_map.shape[1]), "class_map": _png_base64(class_map)}
 
     def describe(self) -> dict[str, Any]:
         """What is served, for ``/info`` and the model metadata."""
