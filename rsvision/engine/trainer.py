@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, send_to_device, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, broadcast_object_list, send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -85,7 +85,9 @@ def build_optimizer(method: TrainingMethod, recipe: Recipe) -> torch.optim.Optim
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
 
 
-def make_accelerator(recipe: Recipe) -> Accelerator:
+def make_accelerator(recipe: Recipe, method: TrainingMethod) -> Accelerator:
+    """Accelerate for ``recipe``'s precision; its DDP looks for parameters without a gradient
+    only when ``method`` says its step can leave some."""
     mp = recipe.train.mixed_precision
     if mp == "fp16" and not torch.cuda.is_available():
         raise UserError(f"{recipe.source}: train.mixed_precision: fp16 needs a GPU; use bf16 on CPU")
@@ -95,7 +97,8 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     # Accumulation is done here (see the module docstring), so Accelerate steps on every call.
     # No duplicated evaluation samples; training drops the last partial batch, so every
     # process gets the same number of steps. The order comes from EpochSampler.
-    return Accelerator(mixed_precision=mp, dataloader_config=DataLoaderConfiguration(even_batches=False))
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=method.leaves_unused_parameters)
+    return Accelerator(mixed_precision=mp, dataloader_config=DataLoaderConfiguration(even_batches=False), kwargs_handlers=[ddp])
 
 
 def new_run_dir(recipe: Recipe, name: str) -> Path:
@@ -168,10 +171,10 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     t = recipe.train
     if t.sync_bn and not torch.cuda.is_available():
         raise UserError(f"{recipe.source}: train.sync_bn: SyncBatchNorm runs on CUDA only; set it to false on CPU")
-    accelerator = make_accelerator(recipe)
     set_seed(t.seed)
     model = task.build_model()
     method = method_cls(synchronized_bn(model) if t.sync_bn else model, task, recipe)
+    accelerator = make_accelerator(recipe, method)
     train_set = EpochSeeded(task.train_dataset(), t.seed)
     sampler = EpochSampler(len(train_set), t.seed)
     workers = loader_workers(recipe.data.workers, accelerator.device, recipe.data.oversubscribe)

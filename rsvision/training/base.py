@@ -56,6 +56,14 @@ class TrainingMethod(nn.Module):
     #: Optional recipe fields this method reads (refused for the others, ``rsvision.recipe.check_unused``).
     recipe_fields: frozenset[str] = frozenset()
 
+    @property
+    def leaves_unused_parameters(self) -> bool:
+        """Whether the loss of one ``forward`` can leave parameters without a gradient (e.g.
+        the BN groups of sub-networks a step did not draw). Data parallelism must then look
+        for them after every backward (DDP's ``find_unused_parameters``, a walk over the
+        graph), or it waits for their gradients and stops at the next step. Default: no."""
+        return False
+
     def __init__(self, model: RSNet, task: Task, recipe: Recipe) -> None:
         super().__init__()
         self.model = model

@@ -123,6 +123,11 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
                 "(MutualNet §4.3); set students: labels and teacher: largest"
             )
 
+    @property
+    def leaves_unused_parameters(self) -> bool:
+        """With private BN each step trains only the drawn sub-networks' BN groups."""
+        return self.widths.bn == "private"
+
     def next_draw(self) -> list[SubNet]:
         """This step's sub-networks; advances the draw counter."""
         subnets = sandwich(self.widths, self.resolutions, self.recipe.train.seed, int(self.draws))

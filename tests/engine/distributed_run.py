@@ -1,9 +1,11 @@
 """Train a tiny RS-Net with the real engine; run by tests/engine/test_distributed.py as one plain
 process or under ``torchrun --nproc_per_node 2`` (CPU, gloo).
 
-Usage: ``python distributed_run.py OUT_DIR MEMORY GRAD_ACCUM [widths]``. Every process
-writes ``OUT_DIR/rank<r>.json`` (world size, backend, the sample indices it trained on, and
-with ``widths`` the sub-networks MutualNet's sandwich rule drew at each step); the run
+Usage: ``python distributed_run.py OUT_DIR MEMORY GRAD_ACCUM [widths | private]
+[channels_last=auto|true]``. ``widths`` trains MutualNet over a width range (post-hoc BN),
+``private`` over a width list with a BN per sub-network. Every process writes
+``OUT_DIR/rank<r>.json`` (world size, backend, the sample indices it trained on, and with
+widths the sub-networks MutualNet's sandwich rule drew at each step); the run
 folder holds the weights. Data are fixed tensors, so the processes differ only in the
 samples the sampler gives them.
 """
@@ -102,9 +104,15 @@ class FixedTask(Task):
         return [str(c) for c in range(CLASSES)]
 
 
-def main(out: Path, memory: str, grad_accum: int, widths: bool = False, channels_last: bool | str = False) -> None:
+WIDTHS = {
+    "widths": {"range": [0.5, 1.0], "divisor": 2, "calibration_images": 8},
+    "private": {"list": [1.0, 0.75, 0.5], "divisor": 2, "bn": "private"},
+}
+
+
+def main(out: Path, memory: str, grad_accum: int, widths: str | None = None, channels_last: bool | str = False) -> None:
     torch.set_num_threads(1)
-    extra = {"widths": {"range": [0.5, 1.0], "divisor": 2, "calibration_images": 8}} if widths else {}
+    extra = {"widths": WIDTHS[widths]} if widths else {}
     recipe = validate_recipe(
         {
             **extra,
@@ -131,6 +139,7 @@ def main(out: Path, memory: str, grad_accum: int, widths: bool = False, channels
 
 
 if __name__ == "__main__":
-    options = sys.argv[4:]  # "widths", "channels_last=auto|true"
+    options = sys.argv[4:]  # "widths" or "private", "channels_last=auto|true"
     layout = next((o.split("=", 1)[1] for o in options if o.startswith("channels_last=")), False)
-    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), "widths" in options, {"auto": "auto", "true": True}.get(layout, False))
+    widths = next((o for o in options if o in WIDTHS), None)
+    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), widths, {"auto": "auto", "true": True}.get(layout, False))

@@ -107,6 +107,22 @@ def test_two_processes_draw_the_same_width_subnetworks(tmp_path):
     assert len({tuple(d) for d in ranks[0]["draws"]}) > 1  # and they change from step to step
 
 
+def test_mutualnet_with_private_bn_trains_through_ddp(tmp_path):
+    """The standard MutualNet step with a BN per sub-network trains only the drawn
+    sub-networks' BN groups; DDP (world size 1 over gloo) must be told that parameters may go
+    without a gradient, or it stops at the second step waiting for them."""
+    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun not installed")
+    out = tmp_path / "private"
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
+    cmd = [torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(out), "standard", "1", "private"]
+    _wait(_launch(cmd, out), out)
+    rank = json.loads((out / "rank0.json").read_text())
+    assert (rank["world_size"], rank["backend"]) == (1, "gloo")
+    assert len(rank["draws"]) == 16  # 2 epochs x 8 steps, every one trained
+    assert all(len(draw) == 4 for draw in rank["draws"])  # at most 4 of the 3 x 3 BN groups learn in a step
+
+
 def test_evaluation_counts_every_image_once(runs):
     _, ranks = runs
     log = [json.loads(line) for line in (Path(ranks[0]["run_dir"]) / "log.jsonl").read_text().splitlines()]

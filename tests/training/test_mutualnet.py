@@ -246,6 +246,15 @@ def test_private_bn_keeps_a_group_per_width_and_resolution(tmp_path):
     assert method.uncalibrated(method.eval_subnets()) == []
 
 
+def test_only_private_bn_leaves_parameters_unused(tmp_path):
+    """A step trains the drawn sub-networks' BN groups only (DDP must look for the others);
+    shared BN and the slimmed weights are all reached through the full width."""
+    assert _method(tmp_path, widths={"list": [1.0, 0.5], "bn": "private", "divisor": 4}).leaves_unused_parameters
+    assert not _method(tmp_path).leaves_unused_parameters
+    recipe = validate_recipe(tiny_recipe_dict(tmp_path))
+    assert not method_for(recipe)(build_model(recipe), TASKS.get("cls")(recipe), recipe).leaves_unused_parameters
+
+
 def test_query_grid_and_budgets():
     assert width_grid(WidthsConfig(range=[0.25, 1.0])) == [round(1 - 0.05 * k, 2) for k in range(16)]
     assert width_grid(WidthsConfig(range=[0.33, 0.9]))[-3:] == [0.4, 0.35, 0.33]
