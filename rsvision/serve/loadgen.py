@@ -473,12 +473,14 @@ async def _drive(url: str, schedule: Schedule, images: ImageSet, order: np.ndarr
 
 def loadgen(url: str, images: str | Path, slo_ms: float, shape: str = "constant", rates: Sequence[float] = (),
             duration: float | None = None, seed: int = 0, trace: str | Path | None = None, spike_s: float | None = None,
-            spikes: int = 1, max_images: int = MAX_IMAGES, **limits) -> dict:
+            spikes: int = 1, max_images: int = MAX_IMAGES, max_requests: int = 100_000, max_in_flight: int = 256,
+            timeout_s: float = 10.0, deadline_header: bool = True, allow_remote: bool = False, window_s: float = 1.0) -> dict:
     """``rsvision loadgen``: the schedule (:func:`make_schedule`), the images
-    (:func:`read_images`), then :func:`run_load` with ``limits`` (its keyword arguments)."""
-    check_url(url, limits.get("allow_remote", False))  # before reading any image
+    (:func:`read_images`), then :func:`run_load` (its arguments)."""
+    check_url(url, allow_remote)  # before reading any image
     schedule = make_schedule(shape, rates, duration, seed, trace, spike_s, spikes)
-    result = run_load(url, schedule, read_images(images, max_images, seed), slo_ms, seed, **limits)
+    result = run_load(url, schedule, read_images(images, max_images, seed), slo_ms, seed, max_requests, max_in_flight,
+                      timeout_s, deadline_header, allow_remote, window_s)
     return {"shape": shape, "images": str(images), **result}
 
 
