@@ -235,3 +235,19 @@ def test_a_mixed_precision_run_evaluates_in_autocast_on_cuda(tmp_path_factory, t
     for report in results.values():  # 16 validation images: the same predictions within one image
         for row, cpu_row in zip(report["results"], results[run.name, "cpu"]["results"]):
             assert abs(row["top1"] - cpu_row["top1"]) <= 100 / 16 + 1e-6
+
+
+@pytest.mark.cuda
+def test_after_training_commands_run_on_cuda(tmp_path_factory, tmp_path):
+    pytest.importorskip("onnxscript")
+    run = tmp_path / "run"
+    shutil.copytree(cls_run(tmp_path_factory), run)  # calibrate writes into the run
+    code, out, err = _invoke("profile", run, "--res", "16", "8", "--device", "cuda", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["device"].startswith("cuda") and all(row["latency_ms"] > 0 for row in report["rows"])
+    code, _, err = _invoke("calibrate", run, "--res", "12", "--images", "16", "--device", "cuda")
+    assert code == 0, err
+    code, out, err = _invoke("export", run, "--format", "onnx", "--res", "16", "12", "-o", tmp_path / "onnx", "--device", "cuda", "--json")
+    assert code == 0, err  # traced, and checked against onnxruntime, on the CPU
+    assert all("check_max_abs_diff" in entry for entry in json.loads(out)["subnets"])
