@@ -192,7 +192,9 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
         layouts.decide(lambda layout: _untraced_step(method, to_layout(first, layout), accelerator))
     optimizer = build_optimizer(method, recipe)
     if t.compile:
-        method.model.body = torch.compile(method.model.body)
+        # In place: torch.compile(module) would wrap the body, and every key of the saved
+        # state would carry the wrapper's "_orig_mod." (a run folder nothing could load).
+        method.model.body.compile()
     prepared, optimizer, loader = accelerator.prepare(method, optimizer, loader)
     steps = min(len(loader), t.max_steps_per_epoch or len(loader))  # per process, once sharded
     loop = Loop(

@@ -119,6 +119,11 @@ def build_from_meta(meta: dict[str, Any], source: str, data_root: str | None = N
     return task, task.build_model()
 
 
+#: What ``torch.compile``'s wrapper adds to the keys of the module it wraps: runs saved with
+#: ``train.compile: true`` before the body was compiled in place carry it.
+COMPILED_PREFIX = "_orig_mod."
+
+
 def split_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The network's part of a saved state, and the rest (the training method's tensors)."""
     own = set(model.state_dict())
@@ -135,7 +140,7 @@ def load_run_folder(run_dir: Path, data_root: str | None = None) -> Artifact:
         state = load_file(str(weights))
     except Exception as exc:
         raise UserError(f"{weights}: cannot read weights ({exc})") from None
-    network, tensors = split_state(model, state)
+    network, tensors = split_state(model, {k.replace(COMPILED_PREFIX, ""): v for k, v in state.items()})
     try:
         model.load_state_dict(network)
     except RuntimeError as exc:
