@@ -170,7 +170,7 @@ def switching(threads: int) -> None:
         save_run(run, build_model(recipe), {}, {"task": recipe.task, "recipe": recipe.model_dump(mode="json")})
         weights = Path(tmp) / "r18.safetensors"
         save_file({k: v.contiguous() for k, v in resnet18(weights=None).state_dict().items()}, str(weights))
-        loaded = rsvision.load(run)
+        loaded = rsvision.load(run, device="cpu")
         x = torch.rand(2, 3, 160, 160)
         onnx_path = Path(tmp) / "160.onnx"
         export_network(loaded.at(160), x, onnx_path)
@@ -193,7 +193,7 @@ def switching(threads: int) -> None:
             ("rsvision.load(run).at(r), cached", median_ms(lambda: loaded.at(160), 200, 10)),
             ("rsvision.load(run).at(r), first call (materialize + fold)", median_ms(first_at, 5, 1)),
             ("PyTorch: ResNet-18 built + safetensors read from disk", median_ms(from_disk, 5, 1)),
-            ("rsvision.load(run): the switchable RS-Net from disk", median_ms(lambda: rsvision.load(run), 3, 1)),
+            ("rsvision.load(run): the switchable RS-Net from disk", median_ms(lambda: rsvision.load(run, device="cpu"), 3, 1)),
             ("onnxruntime: session from an ONNX file on disk", median_ms(lambda: session(onnx_path, threads), 5, 1)),
         ]
     print("\nswitching resolution (ResNet-18, ms, median)")
