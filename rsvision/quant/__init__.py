@@ -9,6 +9,7 @@ from rsvision.quant.lq import (
     LQSignedActQuantizer,
     LQWeightQuantizer,
     quantize_model,
+    update_quantizers,
 )
 from rsvision.quant.modules import QuantConv2d, QuantLinear, QuantPoint, quantize_layers
 
@@ -21,4 +22,5 @@ __all__ = [
     "QuantPoint",
     "quantize_layers",
     "quantize_model",
+    "update_quantizers",
 ]

@@ -31,9 +31,20 @@ thresholds 0, ±0.6745 are the quartiles of a unit normal: the four levels start
 The bases are buffers, so they are saved in the state dict and shared by every
 resolution of an RS-Net (only BNs are private). Data parallelism: the weights are the
 same on every process (DDP keeps them so), hence so are their codes and QEM updates; the
-activation statistics ``BᵀB`` and ``Bᵀx`` of each batch are summed over processes with
-``all_reduce`` when ``torch.distributed`` is initialised, so every process fits the
-activation basis to the global batch and the bases stay identical.
+activation statistics (each level's count and sum, which give ``BᵀB`` and ``Bᵀx``) of
+each batch are summed over processes with ``all_reduce`` when ``torch.distributed`` is
+initialised, so every process fits the activation basis to the global batch and the bases
+stay identical.
+
+In a network converted by :func:`quantize_model`, an activation quantizer keeps its
+statistics and every one of them is updated at the end of the network's forward
+(:func:`update_quantizers`, a forward hook), with one ``all_reduce`` for all of them
+instead of one per quantizer. The bases are the same as with an update inside each
+quantizer's call: an update changes only its own basis, which is next used at the
+quantizer's next call (a quantizer called twice in one forward updates before its second
+call). Nothing in the forward or the update waits for the device (a singular ``BᵀB`` is
+told apart with ``torch.where``, not a Python ``if``). A quantizer used on its own updates
+within its call.
 """
 
 from __future__ import annotations
@@ -200,6 +211,10 @@ class _LQActivationQuantizer(nn.Module):
         self.bits = bits
         self.register_buffer("basis", base * 2.0 ** torch.arange(bits, dtype=torch.float32))
         self.register_buffer("codes", code_table(bits, signed=self.signed), persistent=False)
+        #: Keep each call's statistics for :func:`update_quantizers` instead of updating in the call.
+        self.deferred = False
+        #: This process's per-code counts and sums ``[2, 1, 2^K]`` (float64) of the last call, not yet applied.
+        self.pending: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
@@ -210,25 +225,53 @@ class _LQActivationQuantizer(nn.Module):
 
     @torch.no_grad()
     def qem_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
-        """One QEM step on the batch (statistics summed over processes), then the moving average."""
+        """One QEM step from the batch's statistics (summed over processes), then the moving
+        average; a singular ``BᵀB`` (non-finite ``v*``) keeps the basis."""
         btb, btx = normal_equations(counts, sums, self.codes)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            stats = torch.cat([btb.flatten(), btx.flatten()])
-            dist.all_reduce(stats)
-            btb, btx = stats[: btb.numel()].view_as(btb), stats[btb.numel():].view_as(btx)
         new = solve_small(btb, btx)[0]
-        if torch.isfinite(new).all():
-            self.basis.mul_(MOMENTUM).add_((1 - MOMENTUM) * new.to(self.basis.dtype))
+        moved = MOMENTUM * self.basis + (1 - MOMENTUM) * new.to(self.basis.dtype)
+        self.basis.copy_(torch.where(torch.isfinite(new).all(), moved, self.basis))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
+            if self.pending is not None:  # a second call in one forward: the first one's update comes first
+                apply_statistics([self])
             levels = self.levels()
             q, counts, sums = quantize_with_stats(x.detach().reshape(1, -1), levels[None], self.training)
             low = levels.min() if self.signed else None
             top = levels.max()
             if self.training:
-                self.qem_update(counts, sums)
+                self.pending = torch.stack([counts, sums])
+                if not self.deferred:
+                    apply_statistics([self])
         return _ClippedStraightThrough.apply(x, q.view_as(x).to(x.dtype), low, top)
+
+
+@torch.no_grad()
+def apply_statistics(quantizers: list[_LQActivationQuantizer]) -> None:
+    """The QEM update of each quantizer from its pending statistics, summed over processes
+    in one ``all_reduce`` of all of them."""
+    quantizers = [q for q in quantizers if q.pending is not None]
+    if not quantizers:
+        return
+    stats = torch.cat([q.pending.flatten() for q in quantizers])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(stats)
+    for q, part in zip(quantizers, stats.split([q.pending.numel() for q in quantizers])):
+        counts, sums = part.view_as(q.pending)
+        q.pending = None
+        q.qem_update(counts, sums)
+
+
+def update_quantizers(model: nn.Module) -> None:
+    """Apply the pending QEM updates of every LQ activation quantizer in ``model``, with one
+    ``all_reduce`` for all (see the module docstring). :func:`quantize_model` makes it a
+    forward hook of the model it converts, so training loops need not call it."""
+    apply_statistics([m for m in model.modules() if isinstance(m, _LQActivationQuantizer)])
+
+
+def _update_after_forward(model: nn.Module, args, output) -> None:
+    update_quantizers(model)
 
 
 class LQActQuantizer(_LQActivationQuantizer):
@@ -264,8 +307,10 @@ def quantize_model(
     The first conv and the last linear stay in float by default, as in LQ-Nets. Activations
     get :class:`LQActQuantizer` where the input is non-negative and
     :class:`LQSignedActQuantizer` where it can be negative, found from one forward pass of
-    ``example_input`` (required with ``act_bits``; see :func:`quantize_layers`). Registered
-    as the quantizer ``lq``, which a recipe's ``quant: {method: lq, ...}`` builds.
+    ``example_input`` (required with ``act_bits``; see :func:`quantize_layers`); in training
+    mode they update at the end of each forward of ``model``, all with one ``all_reduce``
+    (:func:`update_quantizers`, registered as its forward hook). Registered as the quantizer
+    ``lq``, which a recipe's ``quant: {method: lq, ...}`` builds.
     """
 
     def weight_quantizer(layer: nn.Module) -> nn.Module:
@@ -274,9 +319,11 @@ def quantize_model(
         return LQWeightQuantizer(weight_bits, out, k * out).to(layer.weight.device)
 
     def act_quantizer(signed: bool) -> nn.Module:
-        return LQSignedActQuantizer(act_bits) if signed else LQActQuantizer(act_bits)
+        q = LQSignedActQuantizer(act_bits) if signed else LQActQuantizer(act_bits)
+        q.deferred = True  # updated at the end of the model's forward, all at once
+        return q
 
-    return quantize_layers(
+    model = quantize_layers(
         model,
         weight_quantizer,
         act_quantizer if act_bits is not None and act_bits < 32 else None,
@@ -284,4 +331,7 @@ def quantize_model(
         quantize_last=quantize_last,
         example_input=example_input,
     )
+    if any(isinstance(m, _LQActivationQuantizer) for m in model.modules()):
+        model.register_forward_hook(_update_after_forward)
+    return model
 

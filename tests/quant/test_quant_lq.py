@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from rsvision.quant import (
     LQActQuantizer,
@@ -16,8 +19,10 @@ from rsvision.quant import (
     QuantConv2d,
     QuantLinear,
     quantize_model,
+    update_quantizers,
 )
-from rsvision.quant.lq import code_table
+from rsvision.models.factory import create_model
+from rsvision.quant.lq import _LQActivationQuantizer, code_table
 
 
 def test_code_tables():
@@ -197,3 +202,117 @@ def test_activation_basis_fitted_under_autocast_equals_the_float32_fit(dtype):
     full(x.float())
     assert not torch.equal(full.basis, LQActQuantizer(2).basis)
     torch.testing.assert_close(half.basis, full.basis, rtol=1e-6, atol=0)
+
+
+# --- statistics applied once per forward, without host synchronisation ---------------------
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Counts the device-to-host reads (``.item()``, ``bool()``, ``float()`` of a tensor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_lq_training_forward_makes_no_host_sync():
+    # The w2a2 pre-activation ResNet of Table 3 at two resolutions: 6 activation quantizers,
+    # each updated twice (once per resolution) with no read of a device value.
+    torch.manual_seed(0)
+    model = create_model(backbone="preact_resnet8", num_classes=4, resolutions=[16, 12], quant={"method": "lq", "weight_bits": 2, "act_bits": 2}).train()
+    acts = [m for m in model.modules() if isinstance(m, _LQActivationQuantizer)]
+    before = [q.basis.clone() for q in acts]
+    with _HostSyncs() as syncs:
+        model([torch.rand(2, 3, 16, 16), torch.rand(2, 3, 12, 12)])
+    assert syncs.count == 0
+    assert len(acts) == 6 and all(q.pending is None and not torch.equal(q.basis, b) for q, b in zip(acts, before))
+
+
+class _Reused(nn.Module):
+    """A conv applied twice in one forward, so its activation quantizer is called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.conv, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        return self.head(F.relu(self.conv(F.relu(self.conv(x)))))
+
+
+def test_updates_at_the_end_of_the_forward_equal_updates_in_each_call():
+    torch.manual_seed(0)
+    deferred = quantize_model(_Reused(), 2, 2, example_input=torch.zeros(1, 3, 8, 8)).train()
+    in_call = copy.deepcopy(deferred)
+    for m in in_call.modules():
+        if isinstance(m, _LQActivationQuantizer):
+            m.deferred = False
+    for _ in range(3):
+        x = 8 * torch.rand(2, 3, 8, 8)
+        assert torch.equal(deferred(x), in_call(x))
+    bases = {k: v for k, v in deferred.state_dict().items() if k.endswith("basis")}
+    assert len(bases) == 2 and all(torch.equal(v, in_call.state_dict()[k]) for k, v in bases.items())
+    assert not torch.equal(bases["conv.input_quantizer.basis"], LQActQuantizer(2).basis)
+
+
+def test_update_quantizers_applies_what_a_call_left():
+    q = LQActQuantizer(1).train()
+    q.deferred = True
+    q.basis.fill_(1.0)
+    q(torch.tensor([0.0, 1.0, 3.0]))  # v* = (1 + 3) / 2 = 2, applied later
+    assert q.basis.item() == 1.0 and q.pending is not None
+    update_quantizers(nn.Sequential(q))
+    assert q.basis.item() == pytest.approx(1.1) and q.pending is None
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    return quantize_model(net, 2, 2, example_input=torch.zeros(1, 3, 12, 12)).train()
+
+
+def _batches(rank: int) -> list[torch.Tensor]:
+    torch.manual_seed(100 + rank)
+    return [torch.rand(2, 3, 12, 12) * (1 + rank) for _ in range(3)]
+
+
+def _net_ddp_worker(rank: int, port: int, results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    reduce, sizes = dist.all_reduce, []
+
+    def counted(tensor, *args, **kwargs):
+        sizes.append(tensor.numel())
+        return reduce(tensor, *args, **kwargs)
+
+    dist.all_reduce = counted
+    net = _net()
+    for x in _batches(rank):
+        net(x)
+    dist.all_reduce = reduce
+    results[rank] = ({k: v for k, v in net.state_dict().items() if k.endswith("basis")}, sizes)
+    dist.destroy_process_group()
+
+
+def test_one_all_reduce_per_forward_for_all_activation_quantizers():
+    """Two processes, three forwards each: one all-reduce per forward carrying the counts and
+    sums of the 2 activation quantizers (2 x 4 codes each), and the bases one process fits
+    on both processes' batches (no BN: each sample's activations are its own)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_net_ddp_worker, args=(port, results), nprocs=2)
+    (bases0, sizes0), (bases1, sizes1) = results[0], results[1]
+    assert sizes0 == sizes1 == [2 * (2 * 4)] * 3
+    one = _net()
+    for a, b in zip(_batches(0), _batches(1)):
+        one(torch.cat([a, b]))
+    assert bases0.keys() == bases1.keys() == {k for k in one.state_dict() if k.endswith("basis")}
+    for k, v in one.state_dict().items():
+        if k.endswith("basis"):
+            assert torch.equal(bases0[k], bases1[k])
+            torch.testing.assert_close(bases0[k], v, rtol=1e-6, atol=0, msg=k)
