@@ -219,15 +219,18 @@ class _HostSyncs(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_lq_training_forward_makes_no_host_sync():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_lq_training_forward_makes_no_host_sync(device):
     # The w2a2 pre-activation ResNet of Table 3 at two resolutions: 6 activation quantizers,
-    # each updated twice (once per resolution) with no read of a device value.
+    # each updated twice (once per resolution) with no read of a device value; in bf16 autocast.
     torch.manual_seed(0)
-    model = create_model(backbone="preact_resnet8", num_classes=4, resolutions=[16, 12], quant={"method": "lq", "weight_bits": 2, "act_bits": 2}).train()
+    quant = {"method": "lq", "weight_bits": 2, "act_bits": 2}
+    model = create_model(backbone="preact_resnet8", num_classes=4, resolutions=[16, 12], quant=quant).to(device).train()
     acts = [m for m in model.modules() if isinstance(m, _LQActivationQuantizer)]
     before = [q.basis.clone() for q in acts]
-    with _HostSyncs() as syncs:
-        model([torch.rand(2, 3, 16, 16), torch.rand(2, 3, 12, 12)])
+    images = [torch.rand(2, 3, 16, 16, device=device), torch.rand(2, 3, 12, 12, device=device)]
+    with _HostSyncs() as syncs, torch.autocast(device, dtype=torch.bfloat16):
+        model(images)
     assert syncs.count == 0
     assert len(acts) == 6 and all(q.pending is None and not torch.equal(q.basis, b) for q, b in zip(acts, before))
 
