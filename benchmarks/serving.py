@@ -96,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spikes", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="the server's intra-op threads")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16")
+    parser.add_argument("--repeats", type=int, help="timed runs per cell of the server's latency table (default: the server's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-rate", type=float, help="scale the loads down so no phase exceeds this many requests/s (dry runs)")
     parser.add_argument("--json", type=Path, help="write the pieces' results here")
@@ -150,8 +151,9 @@ def free_port() -> int:
 
 
 def serve_command(run: Path, policy: str, args: argparse.Namespace, port: int) -> list[str]:
-    return [sys.executable, "-m", "rsvision.cli", "serve", str(run), "--policy", policy, "--slo-ms", f"{args.slo_ms:g}",
-            "--host", "127.0.0.1", "--port", str(port), "--threads", str(args.threads), "--batch-sizes", args.batch_sizes]
+    command = [sys.executable, "-m", "rsvision.cli", "serve", str(run), "--policy", policy, "--slo-ms", f"{args.slo_ms:g}",
+               "--host", "127.0.0.1", "--port", str(port), "--threads", str(args.threads), "--batch-sizes", args.batch_sizes]
+    return command + (["--repeats", str(args.repeats)] if args.repeats else [])
 
 
 @contextmanager
@@ -444,7 +446,7 @@ def tiny(args: argparse.Namespace) -> dict:
     args.run, args.images = run, write_images(run, work / "images")
     args.profile = args.profile or work / "profile.json"
     args.phase_s, args.spike_duration, args.spike_s, args.spikes = 1.0, 2.0, 0.5, 1
-    args.batch_sizes, args.max_rate = "1,2,4", args.max_rate or 40.0
+    args.batch_sizes, args.max_rate, args.repeats = "1,2,4", args.max_rate or 40.0, args.repeats or 5
     return run_pieces(args)
 
 
