@@ -14,9 +14,9 @@ Every check runs rsvision's real code (``rsvision.engine.train`` on a recipe dic
   ddp-channels-last-auto  ``train.channels_last: auto`` in that group, with ``train.sync_bn``
                           on CUDA (item 5)
   recipe-widths-sync-bn   a recipe with ``widths`` and ``train.sync_bn`` refused when it is read (item 5)
-  lq-autocast-bf16/-fp16  an LQ-Nets activation quantizer fed half-precision values under
-                          autocast fits the basis that float32 values give (relative error
-                          of the fitted basis; item 3)
+  lq-autocast-bf16/-fp16  a network converted by ``quantize_model`` fits, in a training
+                          forward under autocast, the activation basis that the same values
+                          give in float32 (relative error of the fitted basis; item 3)
   compiled-run-loads      a ``train.compile: true`` run loads, evaluates and predicts (item 4)
   fp16-grad-scaler        a run in ``train.mixed_precision: fp16`` (CUDA only) ends with a
                           finite loss and loads
@@ -79,30 +79,29 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics import Metric
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import plain_rsnet  # noqa: E402  (the plain RS-Net: switchable BN, MRED loss)
+import rsvision
+from rsvision.analysis.evaluate import evaluate_artifact
+from rsvision.data.sampling import EpochSampler, EpochSeeded
+from rsvision.deploy.export import export_onnx
+from rsvision.engine import train, trainer
+from rsvision.errors import UserError
+from rsvision.quant import LQActQuantizer, quantize_model
+from rsvision.recipe import Recipe, validate_recipe
+from rsvision.registry import BACKBONES, TASKS
+from rsvision.report import training_progress
+from rsvision.run.folder import load_artifact
+from rsvision.tasks.detection import DetectionTask
 
-import rsvision  # noqa: E402
-from rsvision.analysis.evaluate import evaluate_artifact  # noqa: E402
-from rsvision.data.sampling import EpochSampler, EpochSeeded  # noqa: E402
-from rsvision.deploy.export import export_onnx  # noqa: E402
-from rsvision.engine import train, trainer  # noqa: E402
-from rsvision.errors import UserError  # noqa: E402
-from rsvision.quant import LQActQuantizer  # noqa: E402
-from rsvision.recipe import Recipe, validate_recipe  # noqa: E402
-from rsvision.registry import BACKBONES, TASKS  # noqa: E402
-from rsvision.report import training_progress  # noqa: E402
-from rsvision.run.folder import load_artifact  # noqa: E402
-
-STATUSES = ("PASS", "FAIL", "SKIP")
+import plain_rsnet  # benchmarks/plain_rsnet.py, beside this script: the plain RS-Net's switchable BN and MRED loss
 
 
 @dataclass(frozen=True)
 class Sizes:
     """How big each check is: the GPU sizes, or ``--tiny``."""
 
-    #: the RS-Net step: backbone, resolutions, batch, classes, warm-up and timed steps
+    #: the RS-Net step: backbone, its arguments, resolutions, batch, warm-up and timed steps
     step_backbone: str
     step_args: dict
     step_resolutions: tuple[int, ...]
@@ -307,9 +306,6 @@ def check_mutualnet_private(ctx: Context) -> Result:
 
 def check_detection_metrics(ctx: Context) -> Result:
     """Item 2: COCO AP computed in the group (NCCL cannot gather CPU tensors), its states on the run's device."""
-    from rsvision.tasks.detection import DetectionTask
-    from torchmetrics import Metric
-
     made: list[Any] = []
     real = DetectionTask.metrics
 
@@ -370,24 +366,38 @@ def check_widths_sync_bn_refused(ctx: Context) -> Result:
     return Result("recipe-widths-sync-bn", "FAIL", "validate_recipe accepted widths with train.sync_bn")
 
 
+def lq_network(device: torch.device) -> tuple[nn.Module, LQActQuantizer]:
+    """A network converted by ``quantize_model`` (2-bit weights and activations) whose
+    activation quantizer sees the input's values themselves: a 1x1 convolution of weight 1
+    (the first layer stays float), a ReLU, the quantized convolution, and a last, float one.
+    Under autocast the quantizer gets the values in half precision, the rounded input exactly."""
+    first = nn.Conv2d(1, 1, 1, bias=False)
+    nn.init.ones_(first.weight)
+    layers = nn.Sequential(first, nn.ReLU(), nn.Conv2d(1, 1, 1, bias=False), nn.ReLU(), nn.Conv2d(1, 1, 1))
+    net = quantize_model(layers, 2, 2, example_input=torch.rand(1, 1, 4, 4))
+    (quantizer,) = [m for m in net.modules() if isinstance(m, LQActQuantizer)]
+    return net.to(device).train(), quantizer
+
+
 def check_lq_autocast(ctx: Context, dtype: torch.dtype) -> Result:
-    """Item 3: an activation quantizer's basis fitted from half-precision values under autocast
-    equals the basis fitted from the same values in float32."""
+    """Item 3: the activation basis a quantized network fits in a training forward under
+    autocast (the quantizer's input in half precision) equals the basis fitted from the
+    same values in float32."""
     name = f"lq-autocast-{'bf16' if dtype is torch.bfloat16 else 'fp16'}"
+    side = int(math.sqrt(ctx.sizes.lq_values))
     g = torch.Generator().manual_seed(0)
-    values = torch.randn(ctx.sizes.lq_values, generator=g).relu().to(ctx.device)
-    half = values.to(dtype)
+    values = torch.randn(1, 1, side, side, generator=g).to(dtype).float().to(ctx.device)  # representable in ``dtype``
     fitted = {}
-    for label, x, autocast in (("fp32", half.float(), False), ("half", half, True)):
-        q = LQActQuantizer(2).to(ctx.device).train()
-        before = q.basis.clone()
+    for label, autocast in (("fp32", False), ("half", True)):
+        net, quantizer = lq_network(ctx.device)
+        before = quantizer.basis.clone()
         with torch.autocast(ctx.device.type, dtype=dtype, enabled=autocast):
-            q(x)
-        fitted[label] = (q.basis - 0.9 * before) / 0.1  # v* of the moving average v <- 0.9 v + 0.1 v*
-        if label == "fp32" and torch.allclose(q.basis, before):
-            return Result(name, "FAIL", "the float32 quantizer's basis did not move after a training forward")
+            net(values)
+        fitted[label] = (quantizer.basis - 0.9 * before) / 0.1  # v* of the moving average v <- 0.9 v + 0.1 v*
+        if label == "fp32" and torch.allclose(quantizer.basis, before):
+            return Result(name, "FAIL", "the float32 network's activation basis did not move in a training forward")
     error = float(((fitted["half"] - fitted["fp32"]).abs().max() / fitted["fp32"].abs().max()).cpu())
-    detail = f"{ctx.sizes.lq_values} ReLU values: fitted basis {fitted['half'].tolist()} vs float32 {fitted['fp32'].tolist()}"
+    detail = f"{side * side} ReLU values: fitted basis {fitted['half'].tolist()} vs float32 {fitted['fp32'].tolist()}"
     return Result(name, "PASS" if error <= 1e-3 else "FAIL", detail, {"relative_error": error})
 
 
@@ -630,7 +640,8 @@ def check_onnx_export(ctx: Context) -> Result:
     diffs = [e["check_max_abs_diff"] for e in manifest["subnets"] if "check_max_abs_diff" in e]
     predicted = rsvision.load(out).predict(a_picture())
     ok = bool(manifest["subnets"]) and len(diffs) == len(manifest["subnets"]) and 0 <= predicted.index < 4
-    detail = f"run trained on {ctx.device.type}: {len(manifest['subnets'])} sub-networks exported, checked by onnxruntime, predicting"
+    count = len(manifest["subnets"])
+    detail = f"run trained on {ctx.device.type}: {count} sub-network{'s' if count != 1 else ''} exported, checked by onnxruntime, predicting"
     return Result("onnx-export", "PASS" if ok else "FAIL", detail, {"max_abs_diff": max(diffs) if diffs else float("nan")})
 
 
@@ -684,9 +695,9 @@ def run_check(name: str, check: Callable[[Context], Result], ctx: Context) -> Re
 
 @contextmanager
 def tiny_compile(ctx: Context) -> Iterator[None]:
-    """For ``--tiny`` on a CPU, ``torch.compile`` wraps the module as always (the run folder
-    sees ``_orig_mod.``) but dynamo runs it eagerly: tracing alone takes a minute on two
-    cores, inductor's C++ several."""
+    """For ``--tiny`` on a CPU, ``train.compile`` compiles the network as always (the run
+    folder and its loading see what a compiled run writes) but dynamo runs it eagerly:
+    tracing alone takes a minute on two cores, inductor's C++ several."""
     if ctx.tiny and not ctx.cuda:
         with torch._dynamo.config.patch(disable=True):
             yield
@@ -702,13 +713,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"gpu_check: {card}, torch {torch.__version__}, {'tiny sizes' if args.tiny else 'GPU sizes'}", flush=True)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"gpu_check: {card}, {cores} CPU cores, torch {torch.__version__}, {'tiny sizes' if args.tiny else 'GPU sizes'}", flush=True)
     faulthandler.enable()  # a native crash still says where it happened
     results: list[Result] = []
 
     def report() -> None:  # after every check, so a crash keeps the results before it
         if args.json:
-            done = {"device": card, "torch": torch.__version__, "tiny": args.tiny, "seconds": sum(r.seconds for r in results)}
+            done = {"device": card, "cpu_cores": cores, "torch": torch.__version__, "tiny": args.tiny, "seconds": sum(r.seconds for r in results)}
             args.json.write_text(json.dumps({**done, "checks": [asdict(r) for r in results]}, indent=2, default=str))
 
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
