@@ -47,7 +47,7 @@ def test_16_bit_files_read_like_their_twin_in_image_folders(tmp_path):
         (tmp_path / "data" / split / "a").mkdir(parents=True)
         Image.open(path16).save(tmp_path / "data" / split / "a" / "x.png")
     image, label = imagefolder(root=str(tmp_path / "data"), split="val")[0]
-    assert label == 0 and np.array_equal(np.asarray(image)[..., 0], grey)
+    assert label == 0 and image.shape == (3, *grey.shape) and np.array_equal(image[0].numpy(), grey)  # a 3xHxW tensor
 
 
 def test_load_predicts_a_16_bit_png_as_its_8_bit_twin(tmp_path_factory, tmp_path):
