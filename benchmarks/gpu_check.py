@@ -35,8 +35,8 @@ Every check runs rsvision's real code (``rsvision.engine.train`` on a recipe dic
   compile-step            the RS-Net step with ``train.compile: true`` (224 and 128): seconds
                           to the first step, images/s against eager
 
-Without ``--tiny`` the checks use the sizes above (planned to take about 4 minutes on one
-H100, most of it compiling; not yet timed on a GPU). ``--tiny`` runs every check at tiny
+Without ``--tiny`` the checks use the sizes above, meant to take under 8 minutes on one GPU,
+most of it Inductor compiling (not yet timed on a GPU). ``--tiny`` runs every check at tiny
 sizes on whatever device is present, so the suite runs the script on a CPU
 (tests/benchmarks/test_gpu_check.py) and it cannot rot: there the group is gloo, the steps
 run in fp32 (a CPU without bf16 instructions emulates it, 20x slower), fp16 is skipped (it
