@@ -267,6 +267,11 @@ class Recipe(_Section):
             raise ValueError("model.shared_bn: a width recipe chooses its BN with widths.bn (posthoc: shared in training, or private); remove it")
         if self.quant is not None:
             raise ValueError("quant: quantized width-switchable networks are not supported; remove quant or widths")
+        if self.train.sync_bn:
+            raise ValueError(
+                "train.sync_bn: not supported with widths (a narrower width normalises the first channels of each BN, "
+                "SyncBatchNorm all of them); set it to false or remove widths"
+            )
         return self
 
     @property

@@ -8,9 +8,13 @@ recipe and seed give the same weights on the same machine whatever its load. ``t
 steps: a warm-up step and a timed step in each layout in turn, then the faster layout for
 the rest of the run; the trial steps are ordinary training steps, so choosing costs no
 extra computation, but the choice, and so the weights, can change with the machine's
-load. A resumed run keeps the layout its first run used. Runs of several processes choose
-before DDP wraps the network (DDP's gradient buckets keep the layout of the parameters it
-wraps), on extra steps that leave no trace (:meth:`LayoutChoice.decide`).
+load. A resumed run keeps the layout its first run used. Launched runs (a process group,
+even of one process) choose before DDP wraps the network (DDP's gradient buckets keep the
+layout of the parameters it wraps), on extra steps on the training device that leave no
+trace (:meth:`LayoutChoice.decide`).
+
+Channels-last steps on the CPU run without oneDNN (:meth:`LayoutChoice._kernels`): the
+oneDNN of PyTorch 2.14 corrupts memory in a strided 1x1 convolution's channels-last backward.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channel
 
 
 def to_layout(batch: Any, layout: torch.memory_format) -> Any:
-    """Image batches (4-D float tensors) of ``batch`` in ``layout``."""
+    """Image batches (4-D float tensors, or the uint8 crops the device normalises) of ``batch`` in ``layout``."""
     if layout is not torch.channels_last:
         return batch
     if isinstance(batch, torch.Tensor):
-        return batch.contiguous(memory_format=layout) if batch.dim() == 4 and batch.is_floating_point() else batch
+        image = batch.dim() == 4 and (batch.is_floating_point() or batch.dtype == torch.uint8)
+        return batch.contiguous(memory_format=layout) if image else batch
     if isinstance(batch, dict):
         return {k: to_layout(v, layout) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
@@ -69,19 +74,36 @@ class LayoutChoice:
     def step(self) -> Iterator[torch.memory_format]:
         """Around one training step's forward and backward; yields the layout of its inputs."""
         if not self.trial:
-            yield LAYOUTS[self.name]
+            with self._kernels(LAYOUTS[self.name]):
+                yield LAYOUTS[self.name]
             return
         name, timed = self.trial.pop(0)
         layout = LAYOUTS[name]
         self.module.to(memory_format=layout)
-        if not timed:  # warm-up: first-call costs (kernel choice, allocations) stay out of the timing
-            yield layout
-        else:
-            start = self._clock()
-            yield layout
-            self.times[name] = self._clock() - start
+        with self._kernels(layout):
+            if not timed:  # warm-up: first-call costs (kernel choice, allocations) stay out of the timing
+                yield layout
+            else:
+                start = self._clock()
+                yield layout
+                self.times[name] = self._clock() - start
         if not self.trial:
             self._choose()
+
+    @contextmanager
+    def _kernels(self, layout: torch.memory_format) -> Iterator[None]:
+        """Channels-last steps on the CPU run PyTorch's own convolutions: oneDNN 3.12 (PyTorch
+        2.14) writes out of bounds in the backward of a strided 1x1 convolution in channels-last
+        (a ResNet's downsampling shortcut), which crashes the process or corrupts the weights."""
+        if layout is not torch.channels_last or self.accelerator.device.type != "cpu":
+            yield
+            return
+        enabled = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            yield
+        finally:
+            torch.backends.mkldnn.enabled = enabled
 
     def decide(self, step: Callable[[torch.memory_format], None]) -> None:
         """Run the trial now, on ``step`` (called with each layout), rather than on the

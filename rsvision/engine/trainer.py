@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, broadcast_object_list, send_to_device, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType, broadcast_object_list, send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -187,9 +187,9 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     run_dir = _agreed_run_dir(accelerator, recipe, name, resume)
     state = RunProgress(**json.loads(progress_file(run_dir / STATE).read_text())) if resume else RunProgress()
     layouts = LayoutChoice(t.channels_last, state.layout, method, accelerator, state.layout_reason)  # a resumed run keeps its layout
-    if layouts.trial and accelerator.num_processes > 1:
+    if layouts.trial and accelerator.distributed_type != DistributedType.NO:  # DDP will wrap it, one process or more
         first = next(iter(DataLoader(train_set, batch_size=recipe.data.batch_size, collate_fn=task.collate)))
-        layouts.decide(lambda layout: _untraced_step(method, to_layout(first, layout), accelerator))
+        choose_layout_unwrapped(layouts, method, first, accelerator)
     optimizer = build_optimizer(method, recipe)
     if t.compile:
         # In place: torch.compile(module) would wrap the body, and every key of the saved
@@ -304,6 +304,15 @@ def _check_finite(loss: torch.Tensor, accelerator, recipe: Recipe, epoch: int, i
         f"{recipe.source}: training diverged at epoch {epoch + 1}, step {index + 1}: the loss is {float(loss.detach())} "
         f"(train.lr {optimizer.param_groups[0]['lr']:.4g}); lower train.lr ({kept})"
     )
+
+
+def choose_layout_unwrapped(layouts: LayoutChoice, method: TrainingMethod, batch: Any, accelerator) -> None:
+    """Run the layout trial of several processes before DDP wraps the network (its gradient
+    buckets keep the layout they were built for), on the device the run trains on: the
+    timings are those of its steps, and SyncBatchNorm runs on the GPU only."""
+    method.to(accelerator.device)
+    batch = send_to_device(batch, accelerator.device)
+    layouts.decide(lambda layout: _untraced_step(method, to_layout(batch, layout), accelerator))
 
 
 def _untraced_step(method: TrainingMethod, batch: Any, accelerator) -> None:

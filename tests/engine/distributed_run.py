@@ -2,7 +2,7 @@
 process or under ``torchrun --nproc_per_node 2`` (CPU, gloo).
 
 Usage: ``python distributed_run.py OUT_DIR MEMORY GRAD_ACCUM [widths | private]
-[channels_last=auto|true]``. ``widths`` trains MutualNet over a width range (post-hoc BN),
+[channels_last=auto|true] [sync_bn]``. ``widths`` trains MutualNet over a width range (post-hoc BN),
 ``private`` over a width list with a BN per sub-network. Every process writes
 ``OUT_DIR/rank<r>.json`` (world size, backend, the sample indices it trained on, and with
 widths the sub-networks MutualNet's sandwich rule drew at each step); the run
@@ -110,7 +110,7 @@ WIDTHS = {
 }
 
 
-def main(out: Path, memory: str, grad_accum: int, widths: str | None = None, channels_last: bool | str = False) -> None:
+def main(out: Path, memory: str, grad_accum: int, widths: str | None = None, channels_last: bool | str = False, sync_bn: bool = False) -> None:
     torch.set_num_threads(1)
     extra = {"widths": WIDTHS[widths]} if widths else {}
     recipe = validate_recipe(
@@ -120,7 +120,7 @@ def main(out: Path, memory: str, grad_accum: int, widths: str | None = None, cha
             "resolutions": RESOLUTIONS,
             "model": {"backbone": "resnet8", "num_classes": CLASSES, "backbone_args": {"width": 4}},
             "data": {"dataset": "synthetic", "batch_size": 4, "eval_batch_size": 4, "workers": 0},
-            "train": {"epochs": 2, "lr": 0.1, "weight_decay": 1e-4, "seed": 0, "grad_accum": grad_accum, "memory": memory, "channels_last": channels_last},
+            "train": {"epochs": 2, "lr": 0.1, "weight_decay": 1e-4, "seed": 0, "grad_accum": grad_accum, "memory": memory, "channels_last": channels_last, "sync_bn": sync_bn},
             "output_dir": str(out / "runs"),
         }
     )
@@ -139,7 +139,7 @@ def main(out: Path, memory: str, grad_accum: int, widths: str | None = None, cha
 
 
 if __name__ == "__main__":
-    options = sys.argv[4:]  # "widths" or "private", "channels_last=auto|true"
+    options = sys.argv[4:]  # "widths" or "private", "channels_last=auto|true", "sync_bn"
     layout = next((o.split("=", 1)[1] for o in options if o.startswith("channels_last=")), False)
     widths = next((o for o in options if o in WIDTHS), None)
-    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), widths, {"auto": "auto", "true": True}.get(layout, False))
+    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), widths, {"auto": "auto", "true": True}.get(layout, False), "sync_bn" in options)

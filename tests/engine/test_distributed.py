@@ -32,9 +32,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(cmd: list[str], out: Path) -> subprocess.Popen:
+def _launch(cmd: list[str], out: Path, cpu: bool = True) -> subprocess.Popen:
     out.mkdir(parents=True)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent)} | ({"ACCELERATE_USE_CPU": "true"} if cpu else {})
     log = open(out / "log.txt", "w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out)
 
@@ -157,3 +157,33 @@ def test_auto_layout_is_chosen_before_wrapping_and_leaves_no_trace(tmp_path):
     told = run("true" if chosen == "channels_last" else "false")
     a, b = (load_file(str(r / "model.safetensors")) for r in (auto, told))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_launched_process_also_chooses_the_layout_before_wrapping(tmp_path):
+    """DDP wraps the network of a launched process group of one process as well: its layout
+    trial runs before, or the channels-last steps train against buckets of the other layout."""
+    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun not installed")
+    out = tmp_path / "one"
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
+    cmd = [torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(out), "standard", "1", "channels_last=auto"]
+    _wait(_launch(cmd, out), out)
+    assert "bucket view strides" not in (out / "log.txt").read_text()
+    rank = json.loads((out / "rank0.json").read_text())
+    assert (rank["world_size"], rank["backend"]) == (1, "gloo")
+    assert len(rank["seen"]) == 2 * 32 + 4  # two epochs, and the trial's first batch, read before wrapping
+
+
+@pytest.mark.cuda
+def test_auto_layout_with_sync_bn_is_timed_on_the_gpu(tmp_path):
+    """The layout trial of a process group runs on the GPU, where SyncBatchNorm runs (one NCCL process)."""
+    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun not installed")
+    out = tmp_path / "sync_bn"
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
+    cmd = [torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(out), "standard", "1", "channels_last=auto", "sync_bn"]
+    _wait(_launch(cmd, out, cpu=False), out)
+    rank = json.loads((out / "rank0.json").read_text())
+    assert (rank["world_size"], rank["backend"]) == (1, "nccl")
+    progress = json.loads((Path(rank["run_dir"]) / "state" / "progress.json").read_text())
+    assert progress["layout"] in ("contiguous", "channels_last") and "ms" in progress["layout_reason"]

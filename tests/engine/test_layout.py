@@ -10,9 +10,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 import rsvision.engine.layout as layout_module
-from rsvision.engine import train
-from rsvision.engine.layout import LayoutChoice
+from rsvision.engine import train, trainer
+from rsvision.engine.layout import LayoutChoice, to_layout
+from rsvision.models import build_model
 from rsvision.recipe import validate_recipe
+from rsvision.registry import TASKS
+from rsvision.training import method_for
 
 CPU = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
 
@@ -115,3 +118,34 @@ def test_the_log_and_the_metadata_say_a_given_layout_was_given(tmp_path, capsys)
     run = train(recipe, name="given")
     assert "memory layout: contiguous (train.channels_last: false)" in capsys.readouterr().err
     assert json.loads((run / "rsvision.json").read_text())["memory_layout"]["reason"] == "train.channels_last: false"
+
+
+def test_channels_last_steps_on_the_cpu_leave_onednn_out_and_restore_it():
+    """oneDNN 3.12 corrupts memory in a strided 1x1 convolution's channels-last backward."""
+    conv = nn.Conv2d(4, 8, 1, stride=2, bias=False)
+    with LayoutChoice(True, None, conv, CPU).step():
+        assert not torch.backends.mkldnn.enabled
+        conv(torch.randn(8, 4, 16, 16).contiguous(memory_format=torch.channels_last)).square().sum().backward()
+    assert torch.backends.mkldnn.enabled
+    with LayoutChoice(False, None, conv, CPU).step():
+        assert torch.backends.mkldnn.enabled
+
+
+def test_several_processes_time_the_layouts_on_the_training_device(tmp_path, monkeypatch):
+    """The trial before DDP wraps the network runs where the run trains (a GPU: its timings,
+    and SyncBatchNorm, which refuses CPU tensors), not where the network was built."""
+    recipe = validate_recipe(tiny_recipe_dict(tmp_path))
+    method = method_for(recipe)(build_model(recipe), TASKS.get("cls")(recipe), recipe)
+    device = torch.device("meta")  # not where it was built
+    seen = []
+    monkeypatch.setattr(trainer, "_untraced_step", lambda m, batch, _: seen.append((next(m.parameters()).device, batch["image"].device)))
+    choice = LayoutChoice("auto", None, method, SimpleNamespace(num_processes=1, device=device))
+    trainer.choose_layout_unwrapped(choice, method, {"image": torch.zeros(2, 3, 16, 16), "target": torch.zeros(2, dtype=torch.long)}, choice.accelerator)
+    assert seen == [(device, device)] * 4 and choice.name in ("contiguous", "channels_last")
+
+
+def test_uint8_crops_enter_the_step_in_its_layout_and_targets_stay():
+    batch = {"image": torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "target": torch.zeros(2, 8, 8, dtype=torch.long)}
+    out = to_layout(batch, torch.channels_last)
+    assert out["image"].is_contiguous(memory_format=torch.channels_last) and not out["image"].is_contiguous()
+    assert out["target"] is batch["target"]

@@ -216,6 +216,7 @@ def test_the_ramps_weight_follows_the_draw_counter_so_resume_weighs_alike(tmp_pa
         ({"list": [1.0, 0.5], "bn": "private", "calibration_view": "train"}, {}, "widths: calibration_view: only read with bn: posthoc"),
         ({"range": [0.25, 1.0]}, {"model": {"backbone": "resnet8", "num_classes": 4, "shared_bn": True}}, "model.shared_bn: a width recipe"),
         ({"range": [0.25, 1.0]}, {"quant": {"method": "lq"}}, "quant: quantized width-switchable"),
+        ({"list": [1.0, 0.5], "bn": "private"}, {"train": {"sync_bn": True}}, "train.sync_bn: not supported with widths"),
     ],
 )
 def test_recipe_errors_name_the_field(tmp_path, widths, extra, culprit):
