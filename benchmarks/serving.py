@@ -59,7 +59,7 @@ RECIPE = {
     "model": {"backbone": "resnet18", "head": "classifier", "num_classes": 10},
     "data": {"dataset": "synthetic", "batch_size": 32, "workers": 1, "crop_scale": [0.7, 1.0],
              "args": {"train_size": 2560, "val_size": 1000, "image_size": 144}},
-    "train": {"epochs": 8, "lr": 0.02, "momentum": 0.9, "weight_decay": 5.0e-4, "schedule": "cosine", "warmup_epochs": 0.5, "seed": 0},
+    "train": {"epochs": 12, "lr": 0.01, "momentum": 0.9, "weight_decay": 5.0e-4, "schedule": "cosine", "seed": 0},  # the quickstart's schedule
     "mred": {"mode": "full"},
 }
 #: ``--tiny``: the same path at toy scale (a few training steps, tiny images, short loads).
