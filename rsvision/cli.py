@@ -830,5 +830,54 @@ def loadgen(url, images, slo_ms, shape, rates, duration, trace_file, spike_s, sp
     for error in result["errors"]:
         out.print(f"failed requests: {error}", soft_wrap=True)
 
+
+@cli.command("serve")
+@click.argument("source", metavar="RUN_OR_EXPORT", type=click.Path(path_type=Path))
+@click.option("--slo-ms", type=float, default=50.0, show_default=True,
+              help="Latency objective: a request is due this long after it arrives (the X-Deadline-Ms header may ask for less).")
+@click.option("--policy", default="adaptive", show_default=True, metavar="adaptive|fixed:ID",
+              help="adaptive: per batch, the most accurate sub-network that keeps every deadline; fixed:ID: one sub-network (e.g. fixed:224).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port (printed).")
+@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True, help="Requests waiting at most; more are answered 503.")
+@click.option("--max-body-mb", type=float, default=20.0, show_default=True, help="Largest request body; larger ones are answered 413.")
+@click.option("--max-megapixels", type=float, default=25.0, show_default=True, help="Largest image, checked before decoding; larger ones are answered 413.")
+@click.option("--batch-sizes", default="1,2,4,8", show_default=True, help="Batch sizes the scheduler may run (the latency table's columns).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads of the worker (default: PyTorch's or onnxruntime's, every core).")
+@click.option("--margin-ms", type=float, default=2.0, show_default=True, help="Time kept in hand after a batch for handing its answers back.")
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timed runs per cell of the latency table at start-up (their median, after 3 warm-up runs).")
+@click.option("--name", default=None, help="Model name in the KServe v2 routes (default: the folder's name).")
+@device_option
+def serve(source, slo_ms, policy, host, port, max_queue, max_body_mb, max_megapixels, batch_sizes, threads, margin_ms, repeats, name, device) -> None:
+    """Serve RUN_OR_EXPORT over HTTP, choosing the sub-network per batch to meet --slo-ms (docs/serving.md).
+
+    POST an image to /predict (curl --data-binary @img.png http://127.0.0.1:8000/predict);
+    SIGTERM or Ctrl-C stops accepting, answers what is in flight and exits 0.
+    """
+    _device(device)  # a bad --device is one line before any work
+    try:
+        from rsvision.serve.app import ServeConfig, serve as serve_http
+    except ModuleNotFoundError as exc:
+        raise UserError(f"serve needs the {exc.name} package: pip install \"rsvision[serve]\"") from None
+    from rsvision.serve.scheduler import parse_batch_sizes
+
+    def ready(info: dict) -> None:
+        click.echo(f"serving {info['url']} ({info['name']}, policy {info['policy']}, SLO {info['slo_ms']:g} ms); stop with Ctrl-C or SIGTERM")
+        sizes = info["batch_sizes"]
+        table = Table(title="latency table, ms per batch (the worker's whole path, measured here)")
+        for column in ["sub-network", "accuracy", *[f"batch {b}" for b in sizes]]:
+            table.add_column(column, justify="right")
+        accuracy = {row["id"]: row["accuracy"] for row in info["subnets"]}
+        for subnet in info["order"]:  # the policy's sub-networks, most accurate first
+            shown = "-" if accuracy[subnet] is None else f"{accuracy[subnet]:.2f}"
+            table.add_row(subnet, shown, *[f"{info['latency_ms'][subnet][str(b)]:.2f}" for b in sizes])
+        out.print(table)
+        sys.stdout.flush()
+
+    config = ServeConfig(slo_ms=slo_ms, policy=policy, max_queue=max_queue, max_body_mb=max_body_mb, max_megapixels=max_megapixels,
+                         batch_sizes=tuple(parse_batch_sizes(batch_sizes)), threads=threads, margin_ms=margin_ms, repeats=repeats, on_ready=ready)
+    serve_http(source, config, host=host, port=port, device=device, name=name)
+
+
 if __name__ == "__main__":
     main()

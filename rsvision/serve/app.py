@@ -189,6 +189,8 @@ class Worker:
 
     def submit(self, request: Queued) -> str | None:
         with self.lock:
+            if self.error is not None:  # the worker is gone: nothing would answer it
+                raise RuntimeError(f"the worker stopped: {type(self.error).__name__}: {self.error}")
             reason = self.scheduler.submit(request)
             if reason is None:
                 self.lock.notify()
@@ -214,16 +216,22 @@ class Worker:
     def _main(self) -> None:
         try:
             with torch_threads(self.config.threads):
-                self.runner.set_threads(self.config.threads)
                 table = self.runner.measure(self.config.batch_sizes, repeats=self.config.repeats, warmup=self.config.warmup)
                 ranked = [s for s in self.runner.ranked(table) if s in self.allowed]
                 self.scheduler = Scheduler(ranked, LatencyTable(table), self.config.max_queue, self.config.margin_ms, self.clock)
                 self._show_table()
                 self.ready.set()
                 self._loop()
-        except BaseException as exc:  # reported by the start-up, or by the answers
+        except BaseException as exc:
             self.error = exc
-            self.ready.set()
+            if not self.ready.is_set():  # the start-up reports it
+                self.ready.set()
+                return
+            with self.lock:  # a fault of the worker itself: answer what waits, take nothing more
+                self._stop = True
+                for request in self.scheduler.drain():
+                    job: Job = request.payload
+                    job.loop.call_soon_threadsafe(_settle, job.future, Failed(f"the worker stopped: {type(exc).__name__}: {exc}"))
             raise
 
     def _loop(self) -> None:
@@ -246,9 +254,11 @@ class Worker:
             start = self.clock()
             results = self.runner.run(batch.subnet, [j.prepared.image for j in jobs])
             end = self.clock()
-        except Exception as exc:  # a fault of this batch, not of the server: answer 500 and go on
+        except BaseException as exc:  # a fault of this batch: answer 500 and go on (the worker's own: stop)
             for job in jobs:
                 job.loop.call_soon_threadsafe(_settle, job.future, Failed(f"{type(exc).__name__}: {exc}"))
+            if not isinstance(exc, Exception):
+                raise
             return
         with self.lock:
             self.scheduler.observe(batch, end - start)
@@ -373,6 +383,10 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
         metrics.bad.labels(str(exc.status)).inc()
         return _error(exc.status, exc.message)
 
+    @app.exception_handler(Exception)
+    async def fault(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"{type(exc).__name__}: {exc}")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         metrics.bad.labels(str(exc.status_code)).inc()
@@ -405,6 +419,8 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
         return None, _error(503, f"dropped: {why}; retry later", retry_after)
 
     def refusal(deadline: float) -> JSONResponse | None:
+        if worker.error is not None:
+            return _error(500, f"the worker stopped: {type(worker.error).__name__}: {worker.error}")
         if not state["accepting"]:
             return _error(503, "the server is starting or shutting down", retry_after)
         reason = worker.admits(deadline)
@@ -625,7 +641,7 @@ def serve(
     config.check()
     sock = listen(host, port)  # before the model loads: a taken port fails at once
     try:
-        runner = Runner(load(source) if device is None else load(source, device), name)
+        runner = Runner(load(source) if device is None else load(source, device), name, config.threads)
         bound_host, bound_port = sock.getsockname()[:2]
         url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
         announce = config.on_ready

@@ -1,8 +1,10 @@
 """The network side of the server: a loaded model's sub-networks, one batch at a time.
 
-A :class:`Runner` wraps what :func:`rsvision.load` returns (a run folder: one PyTorch model
-whose sub-networks share their weights; an ONNX export: one onnxruntime session per
-sub-network) and owns three jobs:
+A :class:`Runner` wraps what :func:`rsvision.load` returns: for an ONNX export, one
+onnxruntime session per sub-network; for a run folder or packed file, the one switchable
+PyTorch model, each sub-network run from the shared weights with its own BN (and width)
+switched in per batch (:class:`SharedWeights`), so the server holds the weights once rather
+than a BN-folded copy per sub-network as ``load(...).at(r)`` builds. It owns three jobs:
 
 - **Preparing** a request (in the request handler, off the worker): decode the body
   (:mod:`rsvision.serve.decode`) and bring the image to the model's channels as a uint8
@@ -14,7 +16,8 @@ sub-network) and owns three jobs:
   instead of the original, a second antialiased resize. Segmentation and detection keep the
   image at its own size: their answers are in its pixels.
 - **Running** a batch: ``model.predict(images, subnet)``, the path :func:`rsvision.load`
-  serves (the evaluation view, the network, the top class / class map / detections).
+  serves (the evaluation view, the network, the top class / class map / detections); the
+  switched network computes what the folded one does, to float rounding.
 - **Measuring** the latency table ``lat[s][b]``: that same call on ``b`` copies of a probe
   image, timed by :func:`rsvision.analysis.latency.median_ms` (median of 20 after 3): the
   worker's whole path for one batch (view, network, answer), decoding excluded, since it
@@ -39,16 +42,23 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from rsvision.analysis.device import autocast_dtype
 from rsvision.analysis.latency import REPEATS, WARMUP, median_ms
 from rsvision.constants import val_resize
 from rsvision.data.transforms import BILINEAR
-from rsvision.deploy.load import Detections, LoadedModel, OnnxModel, Prediction, TorchModel
+from rsvision.deploy.export import resolve_subnets
+from rsvision.deploy.load import DeviceNetwork, Detections, LoadedModel, OnnxModel, Prediction, TorchModel
+from rsvision.errors import UserError
+from rsvision.nn.surgery import eval_mode
+from rsvision.nn.switchable import SHARED, at_subnet, subnet_status
 from rsvision.run.evaluations import EvaluationStore, data_key
 from rsvision.run.files import META
 from rsvision.run.folder import read_meta
 from rsvision.serve.decode import decode_image
+from rsvision.subnet import SubNet, SubNetLike
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,49 @@ class Prepared:
     image: torch.Tensor
     height: int
     width: int
+
+
+class SwitchedNetwork(nn.Module):
+    """The switchable model run as one sub-network: the weights every sub-network shares, its
+    own BN (RS-Nets' private BN; calibrated or interpolated statistics alike) and width."""
+
+    def __init__(self, model: nn.Module, subnet: SubNet) -> None:
+        super().__init__()
+        self.model, self.subnet = model, subnet
+
+    def forward(self, x):
+        with at_subnet(self.model, self.subnet):
+            return self.model(x)
+
+
+class SharedWeights(LoadedModel):
+    """A loaded run (:class:`rsvision.deploy.load.TorchModel`) whose ``at(r)`` switches the one
+    model to ``r`` instead of folding a copy of it: memory ~1x for any number of sub-networks."""
+
+    def __init__(self, loaded: TorchModel) -> None:
+        self.artifact, self.model, self.device = loaded.artifact, loaded.model, loaded.device
+        self.source, self.task, self.kind = loaded.source, loaded.task, loaded.kind
+        self.class_names, self.input_format, self.subnets = loaded.class_names, loaded.input_format, loaded.subnets
+        self._networks: dict[SubNet, nn.Module] = {}
+
+    def at(self, subnet: SubNetLike) -> nn.Module:
+        subnet = resolve_subnets(self.model, [subnet], self.source)[0]
+        if subnet_status(self.model, subnet) == SHARED:  # as TorchModel.at: never the training-time shared statistics
+            raise UserError(
+                f"{self.source}: sub-network {subnet.id} has no BN statistics of its own (post-hoc BN); "
+                f"run `rsvision calibrate {self.source} --res {subnet.id}` first"
+            )
+        if subnet not in self._networks:
+            network: nn.Module = SwitchedNetwork(self.model, subnet)
+            if self.device.type != "cpu":
+                network = DeviceNetwork(network, self.device, autocast_dtype(self.artifact.task.recipe.train.mixed_precision, self.device))
+            self._networks[subnet] = self._with_predict(network, subnet)
+        return self._networks[subnet]
+
+    @torch.no_grad()
+    def predict(self, images, resolution: SubNetLike | None = None):
+        with eval_mode(self.model):
+            return super().predict(images, resolution)
 
 
 def _png_base64(array: np.ndarray) -> str:
@@ -91,11 +144,18 @@ def answer_fields(result: Any) -> dict[str, Any]:
 class Runner:
     """A loaded model's sub-networks, prepared requests and batches (module docstring)."""
 
-    def __init__(self, model: LoadedModel, name: str | None = None) -> None:
-        self.model = model
+    def __init__(self, model: LoadedModel, name: str | None = None, threads: int | None = None) -> None:
+        """Hold every sub-network of ``model`` (a sub-network it cannot serve is a one-line
+        :class:`UserError` here, before any request); an export's onnxruntime sessions get
+        ``threads`` intra-op threads (PyTorch's are set by the thread that runs the batches)."""
+        if isinstance(model, OnnxModel):
+            model.threads = threads
+        self.model = SharedWeights(model) if isinstance(model, TorchModel) else model
         self.name = name or Path(model.source).name
         self.kind = model.kind
         self.subnets = {s.id: s for s in model.subnets}
+        for subnet in model.subnets:
+            self.model.at(subnet)
         largest = max(s.resolution for s in model.subnets)
         #: The shorter side a classifier's images are brought down to before they are queued.
         self.shorter_side = val_resize(largest) if self.kind == "classification" else None
@@ -105,12 +165,6 @@ class Runner:
     @property
     def backend(self) -> str:
         return "onnxruntime" if isinstance(self.model, OnnxModel) else "pytorch"
-
-    def set_threads(self, threads: int | None) -> None:
-        """onnxruntime sessions opened from now on use ``threads`` intra-op threads (PyTorch's
-        are set by the thread that runs the batches)."""
-        if isinstance(self.model, OnnxModel):
-            self.model.threads = threads
 
     def prepare(self, body: bytes, max_pixels: int) -> Prepared:
         """A request body as the image the worker takes (module docstring)."""
@@ -148,7 +202,7 @@ class Runner:
     def _accuracy(self) -> dict[str, float | None]:
         rows: dict[str, dict[str, Any]] = {}
         metric = None
-        if isinstance(self.model, TorchModel):
+        if isinstance(self.model, SharedWeights):
             artifact = self.model.artifact
             metric = artifact.meta.get("primary_metric") or artifact.task.primary_metric
             rows = {str(r.get("subnet")): r for r in artifact.meta.get("metrics", [])}

@@ -257,6 +257,12 @@ class Scheduler:
         _, _, subnet, n = max(in_time, key=lambda c: c[:2])
         return subnet, n
 
+    def drain(self) -> list[Request]:
+        """Empty the queue; returns what it held, earliest deadline first."""
+        requests = [r for _, _, r in sorted(self._heap)]
+        self._heap.clear()
+        return requests
+
     def observe(self, batch: Batch, ms: float) -> None:
         """Correct the latency table with the time ``batch`` took."""
         self.table.observe(batch.subnet, len(batch.requests), ms)

@@ -16,7 +16,7 @@ import rsvision
 from rsvision.deploy.load import Detections, Prediction
 from rsvision.run.evaluations import EvaluationStore, data_key
 from rsvision.serve.decode import BadInput, body_kind, decode_image
-from rsvision.serve.runner import Runner, answer_fields
+from rsvision.serve.runner import Runner, SwitchedNetwork, answer_fields
 
 
 def _encoded(image: Image.Image, fmt: str) -> bytes:
@@ -82,3 +82,16 @@ def test_prepared_images_and_the_accuracy_ranking(tmp_path_factory, tmp_path):
     EvaluationStore.open(run).record(data_key(model.artifact), [{"subnet": "16", "top1": 60.0}, {"subnet": "8", "top1": 40.0}])
     runner = Runner(model)
     assert runner.accuracy == {"16": 60.0, "8": 40.0} and runner.ranked(table) == ["16", "8"]
+
+
+def test_every_subnetwork_runs_from_the_one_model(tmp_path_factory):
+    loaded = rsvision.load(cls_run(tmp_path_factory))
+    runner = Runner(loaded)
+    images = [torch.randint(0, 256, (3, 18, 24), dtype=torch.uint8) for _ in range(3)]
+    for subnet in ("16", "8"):
+        network = runner.model.at(subnet)
+        assert isinstance(network, SwitchedNetwork) and network.model is loaded.model  # no copy of the weights
+        served, folded = runner.run(subnet, images), loaded.predict(images, subnet)  # load folds BN into a copy
+        assert [p.index for p in served] == [p.index for p in folded]
+        assert np.allclose([p.probability for p in served], [p.probability for p in folded], atol=1e-5)
+    assert not loaded.model.training

@@ -149,6 +149,9 @@ def test_drops_hopeless_and_overflowing_requests():
     clock.now = 100  # 100 + 3 > 100: the second is dropped at the next dispatch
     assert decision(s) == (None, 0, ["r1"])
     assert s.drops == {QUEUE_FULL: 1, HOPELESS: 2}
+    submit(s, deadline=300, name="b")
+    submit(s, deadline=200, name="a")
+    assert [r.payload for r in s.drain()] == ["a0", "b0"] and len(s) == 0
 
 
 def test_policies_batch_sizes_and_tables_are_checked():

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from calib_fixtures import run_cli
 from deploy_fixtures import cls_run
 from PIL import Image
 
@@ -218,22 +220,51 @@ def test_overload_is_shed_with_503_and_counted(run):
         assert client.post("/predict", content=png).status_code == 200
 
 
+class FaultyRunner(Runner):
+    """A network that fails on a black image (a fault of the batch) and dies on a white one (a
+    fault of the worker itself), once it is serving."""
+
+    def run(self, subnet, images):
+        if all(int(x.max()) == 0 for x in images):
+            raise RuntimeError("out of memory")
+        if all(int(x.min()) == 255 for x in images):
+            raise SystemExit("gone")
+        return super().run(subnet, images)
+
+    def measure(self, batch_sizes, probe=None, repeats=3, warmup=1):
+        return super().measure(batch_sizes, torch.randint(1, 255, (3, 18, 24), dtype=torch.uint8), repeats, warmup)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the worker thread's own report
+def test_faults_are_answered_500_in_one_line(run):
+    png = _encoded(Image.fromarray(_array()))
+    black, white = (_encoded(Image.new("RGB", (20, 20), colour)) for colour in ("black", "white"))
+    with running(FaultyRunner(rsvision.load(run)), batch_sizes=(1,)) as client:
+        failed = client.post("/predict", content=black)
+        assert failed.status_code == 500 and _one_json_line(failed) == "the batch failed: RuntimeError: out of memory"
+        assert client.post("/predict", content=png).status_code == 200  # the worker goes on
+        gone = client.post("/predict", content=white)
+        assert gone.status_code == 500 and _one_json_line(gone) == "the batch failed: SystemExit: gone"
+        after = client.post("/predict", content=png)  # nothing would answer it: refused, not left waiting
+        assert after.status_code == 500 and "the worker stopped: SystemExit: gone" in _one_json_line(after)
+
+
 _SLOW_SERVE = """
 import sys, time
-from rsvision.serve.app import ServeConfig, serve
-from rsvision.serve.runner import Runner
-run = Runner.run
-def slow(self, subnet, images):
+from rsvision.serve.app import Worker
+run = Worker._run
+def slow(self, batch):
     time.sleep(0.5)
-    return run(self, subnet, images)
-Runner.run = slow
-ready = lambda info: print("serving", info["url"], flush=True)
-serve(sys.argv[1], ServeConfig(slo_ms=5000, batch_sizes=(1,), threads=1, repeats=1, warmup=0, on_ready=ready), port=0)
+    run(self, batch)
+Worker._run = slow
+from rsvision.cli import main
+main(sys.argv[1:])
 """
 
 
 def test_sigterm_answers_what_is_in_flight_then_exits_0(run):
-    process = subprocess.Popen([sys.executable, "-c", _SLOW_SERVE, str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    args = ["serve", str(run), "--port", "0", "--slo-ms", "5000", "--batch-sizes", "1", "--threads", "1", "--repeats", "1"]
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_SERVE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         line = process.stdout.readline()
@@ -256,6 +287,7 @@ def test_sigterm_answers_what_is_in_flight_then_exits_0(run):
             t.join(30)
         assert process.wait(30) == 0, process.stderr.read()
         assert len(results) == 3 and all("index" in r for r in results), results
+        assert "latency table" in process.stdout.read()
         with pytest.raises(httpx.ConnectError):
             httpx.get(url + "/healthz")
     finally:
@@ -263,3 +295,21 @@ def test_sigterm_answers_what_is_in_flight_then_exits_0(run):
             process.kill()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_the_command_refuses_bad_options_in_one_line(run, capsys):
+    taken = listen("127.0.0.1", 0)
+    taken.listen()
+    port = str(taken.getsockname()[1])
+    try:
+        for args, words in [
+            (["--batch-sizes", "0,1"], "--batch-sizes 0,1: expected positive batch sizes"),
+            (["--policy", "fixed:99"], "--policy fixed:99: no sub-network 99 here (served: 16, 8)"),
+            (["--slo-ms", "0"], "--slo-ms 0.0: expected a positive number"),
+            (["--port", port], f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"),
+            (["--device", "gpu"], "--device gpu: not a device"),
+        ]:
+            code, _, err = run_cli(["serve", str(run), "--port", "0", *args], capsys)
+            assert code == 2 and err.startswith("error: " + words) and len(err.strip().splitlines()) == 1, (args, err)
+    finally:
+        taken.close()
