@@ -864,7 +864,7 @@ def serve(source, slo_ms, policy, host, port, max_queue, max_body_mb, max_megapi
     def ready(info: dict) -> None:
         click.echo(f"serving {info['url']} ({info['name']}, policy {info['policy']}, SLO {info['slo_ms']:g} ms); stop with Ctrl-C or SIGTERM")
         sizes = info["batch_sizes"]
-        table = Table(title="latency table, ms per batch (the worker's whole path, measured here)")
+        table = Table(title="latency table: ms per batch, measured here")
         for column in ["sub-network", "accuracy", *[f"batch {b}" for b in sizes]]:
             table.add_column(column, justify="right")
         accuracy = {row["id"]: row["accuracy"] for row in info["subnets"]}

@@ -362,6 +362,8 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         worker.start()
+        for sample in runner.samples():  # the first request should not pay for Pillow's set-up and the pool's threads
+            await anyio.to_thread.run_sync(runner.prepare, sample, max_pixels, limiter=decoders)
         await anyio.to_thread.run_sync(worker.ready.wait)
         if worker.error is not None:
             raise RuntimeError(f"the serving worker failed at start-up: {type(worker.error).__name__}: {worker.error}") from worker.error

@@ -187,6 +187,17 @@ class Runner:
         """The predictions of one batch on ``subnet``, one per image."""
         return self.model.predict(list(images), self.subnets[subnet])
 
+    def samples(self) -> list[bytes]:
+        """A small PNG and JPEG file, to decode once before the first request."""
+        height, width = self.probe().shape[-2:]
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+        out = []
+        for fmt in ("PNG", "JPEG"):
+            buffer = io.BytesIO()
+            image.save(buffer, format=fmt)
+            out.append(buffer.getvalue())
+        return out
+
     def probe(self) -> torch.Tensor:
         """An image the size the worker sees: a classifier's prepared view (4:3 at the view's
         shorter side), else 640 x 480."""
