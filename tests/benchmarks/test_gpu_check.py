@@ -21,12 +21,6 @@ CHECKS = [
     "loader", "cli-train-jpeg", "gpu-vs-cpu", "onnx-export", "compile-step",
 ]  # fmt: skip
 
-#: Checks of fixes of issue 34 that have not landed yet: they fail until then.
-PENDING = {
-    "ddp-channels-last-auto": "issue 34 item 5: in a 1-process DDP group the auto layout is timed after DDP wrapped the network",
-    "recipe-widths-sync-bn": "issue 34 item 5: widths + train.sync_bn is not yet refused by the recipe",
-}
-
 #: The numbers each check must report, finite.
 NUMBERS = {
     "rsnet-step": ["rsvision_images_per_s", "plain_images_per_s", "ratio", "single_32_images_per_s"],
@@ -64,9 +58,7 @@ def test_one_line_per_check_then_the_summary_and_the_exit_status(dry_run):
     assert report["tiny"] is True and report["seconds"] > 0
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=PENDING[name])) if name in PENDING else name for name in CHECKS]
-)
+@pytest.mark.parametrize("name", CHECKS)
 def test_check_passes_or_says_why_it_skipped(dry_run, name):
     _, report, checks = dry_run
     check = checks[name]
