@@ -844,7 +844,7 @@ def loadgen(url, images, slo_ms, shape, rates, duration, trace_file, spike_s, sp
 @click.option("--max-megapixels", type=float, default=25.0, show_default=True, help="Largest image, checked before decoding; larger ones are answered 413.")
 @click.option("--batch-sizes", default="1,2,4,8", show_default=True, help="Batch sizes the scheduler may run (the latency table's columns).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads of the worker (default: PyTorch's or onnxruntime's, every core).")
-@click.option("--margin-ms", type=float, default=2.0, show_default=True, help="Time kept in hand after a batch for handing its answers back.")
+@click.option("--margin-ms", type=float, default=2.0, show_default=True, help="Time kept in hand after a batch, besides the observed time its answers take to leave.")
 @click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timed runs per cell of the latency table at start-up (their median, after 3 warm-up runs).")
 @click.option("--name", default=None, help="Model name in the KServe v2 routes (default: the folder's name).")
 @device_option

@@ -197,16 +197,22 @@ class Worker:
             self.metrics.queue.set(len(self.scheduler))
             return reason
 
+    def observe_handover(self, ms: float) -> None:
+        with self.lock:
+            self.scheduler.observe_handover(ms)
+
     def describe(self) -> dict[str, Any]:
         with self.lock:
             table = self.scheduler.table.as_dict()
             order = list(self.scheduler.subnets)
+            reserve = self.scheduler.reserve
         return {
             **self.runner.describe(),
             "policy": self.config.policy,
             "order": order,
             "slo_ms": self.config.slo_ms,
             "margin_ms": self.config.margin_ms,
+            "reserve_ms": reserve,
             "batch_sizes": list(self.config.batch_sizes),
             "max_queue": self.config.max_queue,
             "threads": self.config.threads or torch.get_num_threads(),
@@ -218,7 +224,7 @@ class Worker:
             with torch_threads(self.config.threads):
                 table = self.runner.measure(self.config.batch_sizes, repeats=self.config.repeats, warmup=self.config.warmup)
                 ranked = [s for s in self.runner.ranked(table) if s in self.allowed]
-                self.scheduler = Scheduler(ranked, LatencyTable(table), self.config.max_queue, self.config.margin_ms, self.clock)
+                self.scheduler = Scheduler(ranked, LatencyTable(table), max_queue=self.config.max_queue, margin_ms=self.config.margin_ms, clock=self.clock)
                 self._show_table()
                 self.ready.set()
                 self._loop()
@@ -409,6 +415,7 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
             outcome = await future
             if isinstance(outcome, Answered):
                 done = clock()
+                worker.observe_handover(done - outcome.end)
                 metrics.answers.labels(outcome.subnet).inc()
                 metrics.latency.observe((done - arrival) / 1000)
                 if done > deadline:

@@ -8,18 +8,24 @@ an injected clock in milliseconds, so every decision can be checked by hand.
   (Clipper's and Proteus's deadline-ordered queues).
 - **The latency table.** ``lat[s][b]``: milliseconds one batch of ``b`` requests takes on
   sub-network ``s`` (the server measures it at start-up over the worker's whole path, see
-  :mod:`rsvision.serve.app`). A batch of ``n`` requests costs ``cost(s, n) = lat[s][b]`` for
-  the smallest table size ``b >= n``. Each batch run at a table size corrects its cell
-  online by an exponential moving average, ``lat[s][b] <- (1 - alpha) lat[s][b] + alpha t``
-  (INFaaS profiles the table; the average follows what this machine does now).
+  :mod:`rsvision.serve.runner`). Each batch run at a table size corrects its cell online as
+  TCP's round-trip estimator does (Jacobson and Karels): a moving average of the time and one
+  of its deviation, ``e = t - lat``, ``lat <- lat + alpha e``, ``dev <- dev + alpha (|e| - dev)``
+  (INFaaS profiles the table; the averages follow what this machine does now). A batch of
+  ``n`` requests is planned at ``cost(s, n) = lat[s][b] + k dev[s][b]`` for the smallest
+  table size ``b >= n`` (``k = 2``): a machine whose times scatter is planned for its slow
+  batches, not its median one.
+- **The reserve.** What follows a batch before its answers leave (the worker hands them to
+  the event loop, which may be busy) is kept in hand: ``reserve = margin + h``, with ``h`` a
+  moving average of the observed hand-over times.
 - **Shedding.** A request that cannot make its deadline even alone on the policy's cheapest
-  sub-network, ``now + min_s cost(s, 1) + margin > d``, is dropped at once (at arrival or at
+  sub-network, ``now + min_s cost(s, 1) + reserve > d``, is dropped at once (at arrival or at
   the next dispatch), never left in the queue; a request arriving at a full queue
   (``max_queue``) is dropped too. The server answers both with HTTP 503.
 - **Dispatch.** With the queue ``q_1 .. q_m`` in deadline order, the plan ``(s, b)`` serves
   it in that order in batches of ``b`` on ``s``; it is *on time* when every batch ends by the
   earliest deadline in it: batch ``k`` ends at ``t_k = now + sum_{j <= k} cost(s, n_j)`` and
-  needs ``t_k + margin <= d(first request of batch k)``. The dispatch takes the most
+  needs ``t_k + reserve <= d(first request of batch k)``. The dispatch takes the most
   accurate sub-network with an on-time plan, at the largest batch size whose plan is on
   time for it, and runs that plan's first batch. For the first batch this is the rule
   ``now + lat[s][b] <= the earliest deadline in the batch``; the later batches keep the head
@@ -49,8 +55,10 @@ from rsvision.errors import UserError
 
 ADAPTIVE = "adaptive"
 FIXED = "fixed:"
-#: Weight of a new observation in the latency table's moving average.
+#: Weight of a new observation in the moving averages (time, deviation, hand-over).
 ALPHA = 0.2
+#: Deviations added to a cell's average time when a batch is planned.
+DEVIATIONS = 2.0
 #: Drop reasons: the deadline cannot be met any more, or the queue is full.
 HOPELESS = "deadline"
 QUEUE_FULL = "queue_full"
@@ -86,9 +94,10 @@ def parse_policy(text: str, subnets: Sequence[str], option: str = "--policy") ->
 
 
 class LatencyTable:
-    """``lat[s][b]`` in milliseconds, corrected online by an exponential moving average."""
+    """``lat[s][b]`` in milliseconds and its deviation, corrected online (module docstring);
+    the deviation starts at 0: the start-up table is a median."""
 
-    def __init__(self, table: Mapping[str, Mapping[int, float]], alpha: float = ALPHA) -> None:
+    def __init__(self, table: Mapping[str, Mapping[int, float]], alpha: float = ALPHA, deviations: float = DEVIATIONS) -> None:
         if not table:
             raise ValueError("a latency table needs at least one sub-network")
         sizes = sorted({int(b) for row in table.values() for b in row})
@@ -98,8 +107,9 @@ class LatencyTable:
         if not 0 < alpha <= 1:
             raise ValueError(f"latency table: the moving average's weight must be in (0, 1], got {alpha}")
         self.sizes = sizes
-        self.alpha = alpha
+        self.alpha, self.deviations = alpha, deviations
         self._ms = {str(s): {int(b): float(ms) for b, ms in row.items()} for s, row in table.items()}
+        self._dev = {s: {b: 0.0 for b in row} for s, row in self._ms.items()}
 
     @property
     def subnets(self) -> list[str]:
@@ -114,18 +124,21 @@ class LatencyTable:
         return next(b for b in self.sizes if b >= n)
 
     def cost(self, subnet: str, n: int) -> float:
-        """Milliseconds a batch of ``n`` requests takes on ``subnet``."""
-        return self._ms[subnet][self.size_for(n)]
+        """Milliseconds a batch of ``n`` requests is planned at on ``subnet``: ``lat + k dev``."""
+        b = self.size_for(n)
+        return self._ms[subnet][b] + self.deviations * self._dev[subnet][b]
 
     def observe(self, subnet: str, n: int, ms: float) -> None:
         """Fold an observed batch time into its cell. Only a batch that fills a table size counts:
         a smaller one would pull the cell of the size above it down."""
         if n in self._ms[subnet]:
-            cell = self._ms[subnet]
-            cell[n] = (1 - self.alpha) * cell[n] + self.alpha * float(ms)
+            error = float(ms) - self._ms[subnet][n]
+            self._ms[subnet][n] += self.alpha * error
+            self._dev[subnet][n] += self.alpha * (abs(error) - self._dev[subnet][n])
 
     def as_dict(self) -> dict[str, dict[int, float]]:
-        return {s: dict(row) for s, row in self._ms.items()}
+        """The planned times, ``cost(s, b)`` for every cell."""
+        return {s: {b: self.cost(s, b) for b in row} for s, row in self._ms.items()}
 
 
 @dataclass(eq=False)
@@ -164,7 +177,7 @@ class Scheduler:
 
     ``subnets``: the sub-networks the policy may choose among, most accurate first (the order
     is the accuracy ranking); ``table``: their latency table; ``margin_ms``: time kept in
-    hand for what follows a batch (handing the answer back, writing it).
+    hand for what follows a batch besides the observed hand-over (writing the answer).
     """
 
     subnets: list[str]
@@ -173,6 +186,7 @@ class Scheduler:
     margin_ms: float = 0.0
     clock: Callable[[], float] = monotonic_ms
     drops: Counter = field(default_factory=Counter)
+    handover_ms: float = field(default=0.0, init=False)
     _heap: list[tuple[float, int, Request]] = field(default_factory=list, repr=False)
     _order: itertools.count = field(default_factory=itertools.count, repr=False)
 
@@ -194,7 +208,7 @@ class Scheduler:
     def hopeless(self, deadline: float, now: float | None = None) -> bool:
         """Whether a request due at ``deadline`` cannot be answered in time any more."""
         now = self.clock() if now is None else now
-        return now + self._cheapest_ms() + self.margin_ms > deadline
+        return now + self._cheapest_ms() + self.reserve > deadline
 
     def admits(self, deadline: float) -> str | None:
         """Why a request due at ``deadline`` would be refused now (a drop reason), or None.
@@ -235,7 +249,7 @@ class Scheduler:
         t = now
         for first in range(0, len(deadlines), size):
             t += self.table.cost(subnet, min(size, len(deadlines) - first))
-            if t + self.margin_ms > deadlines[first]:
+            if t + self.reserve > deadlines[first]:
                 return False
         return True
 
@@ -252,7 +266,7 @@ class Scheduler:
             (n / self.table.cost(subnet, n), -rank, subnet, n)
             for rank, subnet in enumerate(self.subnets)
             for n in sorted({min(size, m) for size in self.table.sizes})
-            if now + self.table.cost(subnet, n) + self.margin_ms <= deadlines[0]
+            if now + self.table.cost(subnet, n) + self.reserve <= deadlines[0]
         ]
         _, _, subnet, n = max(in_time, key=lambda c: c[:2])
         return subnet, n
@@ -262,6 +276,15 @@ class Scheduler:
         requests = [r for _, _, r in sorted(self._heap)]
         self._heap.clear()
         return requests
+
+    @property
+    def reserve(self) -> float:
+        """Time kept in hand after a batch: the margin and the observed hand-over."""
+        return self.margin_ms + self.handover_ms
+
+    def observe_handover(self, ms: float) -> None:
+        """Fold the time an answer took from the batch's end to its handler into the reserve."""
+        self.handover_ms += self.table.alpha * (float(ms) - self.handover_ms)
 
     def observe(self, batch: Batch, ms: float) -> None:
         """Correct the latency table with the time ``batch`` took."""

@@ -72,6 +72,15 @@ def test_the_margin_is_kept_in_hand():
     assert decision(s) == ("160", 1, [])
 
 
+def test_the_observed_handover_is_kept_in_hand():
+    s, _ = scheduler(margin_ms=1, alpha=0.5)
+    s.observe_handover(6.0)  # h = 0 + 0.5 * 6 = 3
+    assert s.reserve == 4.0
+    submit(s, deadline=13)  # 224: 10 + 4 > 13; 160: 6 + 4 <= 13
+    assert decision(s) == ("160", 1, [])
+    assert s.submit(Request(0, 6.5, "tight")) == HOPELESS  # even 96 alone: 3 + 4 > 6.5
+
+
 def test_the_earliest_deadline_goes_first():
     s, clock = scheduler()
     submit(s, deadline=100, name="late")
@@ -111,10 +120,14 @@ def test_ema_correction_changes_the_decision():
     submit(s, deadline=12)
     d = s.dispatch()
     assert d.batch.subnet == "224" and d.batch.predicted_ms == 10
-    s.observe(d.batch, 20.0)  # lat[224][1] = 0.5 * 10 + 0.5 * 20 = 15
-    assert s.table.as_dict()["224"][1] == 15.0
+    s.observe(d.batch, 20.0)  # e = 10: lat = 10 + 0.5 * 10 = 15, dev = 0 + 0.5 * 10 = 5, planned 15 + 2 * 5
+    assert s.table.as_dict()["224"][1] == 25.0
     submit(s, deadline=12)
-    assert decision(s) == ("160", 1, [])  # 15 > 12
+    assert decision(s) == ("160", 1, [])  # 25 > 12
+    submit(s, deadline=100)
+    d = s.dispatch()
+    s.observe(d.batch, 15.0)  # e = 0: lat stays 15, dev = 5 + 0.5 * (0 - 5) = 2.5, planned 20
+    assert s.table.as_dict()["224"][1] == 20.0
     submit(s, deadline=1000, count=3)
     d = s.dispatch()
     assert d.batch.subnet == "224" and len(d.batch.requests) == 3
