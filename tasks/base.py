@@ -157,14 +157,15 @@ class Task:
         """Bring one sub-network's logits to what the metrics compare with the target."""
         return logits
 
-    def batch_accuracy(self, logits: torch.Tensor, batch: dict[str, Any]) -> float:
-        """Training accuracy in % of ``loss_logits`` output (per element, ignoring ``ignore_index``)."""
+    def batch_accuracy(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Training accuracy in % of ``loss_logits`` output (per element, ignoring ``ignore_index``),
+        a 0-d tensor on the logits' device: the engine reads it with the step's other numbers."""
         target = batch["target"]
         correct = logits.detach().argmax(1) == target
         if self.ignore_index is None:
-            return 100.0 * float(correct.float().mean())
+            return 100.0 * correct.float().mean()
         valid = target != self.ignore_index
-        return 100.0 * float((correct & valid).sum()) / max(1, int(valid.sum()))
+        return 100.0 * (correct & valid).sum() / valid.sum().clamp_min(1)
 
     def metrics(self) -> Metrics:
         raise NotImplementedError

@@ -124,6 +124,14 @@ def test_shipped_recipes_validate():
         load_recipe(path)
 
 
+def test_the_imagenet_recipes_train_in_bf16():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*imagenet*.yaml"))
+    assert len(recipes) == 4
+    assert all(load_recipe(path).train.mixed_precision == "bf16" for path in recipes)
+
+
 def test_each_task_validates_its_own_data_fields(tmp_path):
     """``crop_scale`` belongs to ``cls``, ``scale_range`` to ``seg``: each task checks its own
     fields (type, order, typos) and fills in their defaults."""

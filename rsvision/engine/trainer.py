@@ -14,6 +14,15 @@ with the weights of an uninterrupted run. Each epoch's last accumulation window 
 stepped even when shorter than ``grad_accum`` (its gradient is the mean over its
 micro-batches), so no micro-batch leaks into the next epoch, and the schedule counts
 exactly the optimiser updates that happen.
+
+Host synchronisations: reading a number computed on a GPU (``float()``, ``.item()``) makes
+the host wait until the device has finished all its queued work, so a step that reads its
+losses leaves the GPU idle while the next batch is being set up. The steps' logged numbers
+therefore stay on the device (:class:`StepLog`) and are read, with every unread step's loss
+checked for finiteness, in one copy every :data:`READ_EVERY` steps and at the end of each
+epoch; a non-finite loss stops the run there, naming the first step whose loss was
+non-finite (the optimiser has stepped on it and on the steps up to the reading, but the
+run folder keeps the last finished epoch).
 """
 
 from __future__ import annotations
@@ -49,8 +58,12 @@ from rsvision.run.files import LOG, META, RECIPE, STATE, progress_file
 from rsvision.run.folder import save_run
 from rsvision.run.metadata import run_metadata
 from rsvision.tasks.base import Task
-from rsvision.training import StepContext, TrainingMethod, method_for
+from rsvision.training import StepContext, StepOutput, TrainingMethod, method_for
 from rsvision.training.base import frozen_state
+
+
+#: Training steps between two readings of the logged numbers from the device (module docstring).
+READ_EVERY = 25
 
 
 class TrainingDiverged(UserError):
@@ -98,7 +111,10 @@ def make_accelerator(recipe: Recipe, method: TrainingMethod) -> Accelerator:
     # No duplicated evaluation samples; training drops the last partial batch, so every
     # process gets the same number of steps. The order comes from EpochSampler.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=method.leaves_unused_parameters)
-    return Accelerator(mixed_precision=mp, dataloader_config=DataLoaderConfiguration(even_batches=False), kwargs_handlers=[ddp])
+    # Batches come from pinned memory on CUDA (below), so their copies to the device need not
+    # make the host wait.
+    loading = DataLoaderConfiguration(even_batches=False, non_blocking=True)
+    return Accelerator(mixed_precision=mp, dataloader_config=loading, kwargs_handlers=[ddp])
 
 
 def new_run_dir(recipe: Recipe, name: str) -> Path:
@@ -142,16 +158,21 @@ class Loop:
     updates_per_epoch: int
     quiet: bool
     workers: tuple[int, str]
+    autotuning: tuple[bool, str]
 
 
 def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: bool = False) -> Path:
     """Train ``recipe`` and return its run folder (``model.safetensors`` + ``rsvision.json``)."""
-    loop = _prepare(recipe, name, resume, quiet)
-    rows: list[dict] = loop.state.history[-1].get("val", []) if loop.state.history else []
-    bar = training_progress(disable=quiet or not loop.accelerator.is_main_process)
-    with bar:
-        for epoch in range(loop.state.epoch, recipe.train.epochs):
-            rows = _run_epoch(loop, epoch, bar, rows)
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        loop = _prepare(recipe, name, resume, quiet)
+        rows: list[dict] = loop.state.history[-1].get("val", []) if loop.state.history else []
+        bar = training_progress(disable=quiet or not loop.accelerator.is_main_process)
+        with bar:
+            for epoch in range(loop.state.epoch, recipe.train.epochs):
+                rows = _run_epoch(loop, epoch, bar, rows)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark  # the run's choice stays with the run
     loop.accelerator.wait_for_everyone()
     if loop.accelerator.is_main_process and not quiet:
         meta = json.loads((loop.run_dir / META).read_text())
@@ -181,11 +202,14 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     loader = DataLoader(
         train_set, batch_size=recipe.data.batch_size, sampler=sampler, drop_last=True,
         num_workers=workers[0], collate_fn=task.collate, persistent_workers=workers[0] > 0,
+        pin_memory=accelerator.device.type == "cuda",
     )
     if len(loader) == 0:
         raise UserError(f"{recipe.source}: data.batch_size {recipe.data.batch_size} is larger than the training set ({len(train_set)} samples); no full batch")
     run_dir = _agreed_run_dir(accelerator, recipe, name, resume)
     state = RunProgress(**json.loads(progress_file(run_dir / STATE).read_text())) if resume else RunProgress()
+    autotuning = cudnn_autotuning(method, accelerator.device)  # before the layout trial, whose warm-up steps absorb it
+    torch.backends.cudnn.benchmark = autotuning[0]
     layouts = LayoutChoice(t.channels_last, state.layout, method, accelerator, state.layout_reason)  # a resumed run keeps its layout
     if layouts.trial and accelerator.distributed_type != DistributedType.NO:  # DDP will wrap it, one process or more
         first = next(iter(DataLoader(train_set, batch_size=recipe.data.batch_size, collate_fn=task.collate)))
@@ -199,7 +223,7 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     steps = min(len(loader), t.max_steps_per_epoch or len(loader))  # per process, once sharded
     loop = Loop(
         recipe, task, accelerator.unwrap_model(prepared), prepared, optimizer, loader, sampler, accelerator,
-        layouts, state, run_dir, steps, math.ceil(steps / t.grad_accum), quiet, workers,
+        layouts, state, run_dir, steps, math.ceil(steps / t.grad_accum), quiet, workers, autotuning,
     )
     if resume:
         accelerator.load_state(str(run_dir / STATE))
@@ -212,6 +236,20 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
         console.print(workers[1])
     _note_layout(loop)
     return loop
+
+
+def cudnn_autotuning(method: TrainingMethod, device: torch.device) -> tuple[bool, str]:
+    """Whether cuDNN times its algorithms for each new convolution shape and keeps the fastest
+    (``torch.backends.cudnn.benchmark``), and why: on CUDA when the method's steps see a fixed
+    set of shapes (:attr:`~rsvision.training.TrainingMethod.fixed_shapes`), unless the
+    process asks for deterministic algorithms (the choice follows a timing)."""
+    if device.type != "cuda":
+        return False, f"no cuDNN on {device.type}"
+    if torch.are_deterministic_algorithms_enabled() or torch.backends.cudnn.deterministic:
+        return False, "deterministic algorithms requested"
+    if not method.fixed_shapes:
+        return False, f"{type(method).__name__}'s steps do not see a fixed set of input shapes"
+    return True, f"{type(method).__name__}'s steps see a fixed set of input shapes"
 
 
 def _note_layout(loop: Loop) -> None:
@@ -247,12 +285,29 @@ def _run_epoch(loop: Loop, epoch: int, bar, rows: list[dict]) -> list[dict]:
     return rows
 
 
+class StepLog:
+    """One epoch's logged numbers, summed where they are computed: the device's tensors on the
+    device, host numbers on the host; and each unread step's loss and learning rate, so that a
+    reading can name the first step whose loss was not finite."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.steps = 0
+        self.unread: list[tuple[int, torch.Tensor, float]] = []  # (step index, loss, learning rate)
+
+    def add(self, index: int, out: StepOutput, lr: float) -> None:
+        self.steps += 1
+        self.unread.append((index, out.loss.detach(), lr))
+        for key, value in out.log.items():
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+
 def _train_epoch(loop: Loop, epoch: int, bar) -> dict:
     t, accelerator, prepared, method, optimizer = loop.recipe.train, loop.accelerator, loop.prepared, loop.method, loop.optimizer
     steps = loop.steps_per_epoch
     prepared.train()
-    sums: dict[str, float] = {}
-    seen = 0
+    log = StepLog()
+    means: dict[str, float] = {}
     bar_id = bar.add_task("train", total=steps, epoch=f"{epoch + 1}/{t.epochs}", stats="")
     distributed = accelerator.num_processes > 1
     for i, batch in enumerate(loop.loader):
@@ -272,7 +327,7 @@ def _train_epoch(loop: Loop, epoch: int, bar) -> dict:
             else:
                 out = prepared(batch)
                 backward(out.loss)
-        _check_finite(out.loss, accelerator, loop.recipe, epoch, i, optimizer, loop.run_dir)
+        log.add(i, out, optimizer.param_groups[0]["lr"])
         if sync:
             if method.multi_backward and distributed:
                 average_gradients(method.parameters())
@@ -282,27 +337,44 @@ def _train_epoch(loop: Loop, epoch: int, bar) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loop.state.step += 1
-        seen += 1
-        for key, value in out.log.items():
-            sums[key] = sums.get(key, 0.0) + value
-        bar.update(bar_id, advance=1, stats=method.progress_text({k: v / seen for k, v in sums.items()}))
+        bar.update(bar_id, advance=1)
+        if (i + 1) % READ_EVERY == 0 or i + 1 == steps:  # the last step is read before the epoch is saved
+            means = _read(log, loop, epoch)
+            bar.update(bar_id, stats=method.progress_text(means))
     bar.remove_task(bar_id)
-    stats = {k: v / max(seen, 1) for k, v in sums.items()}
+    stats = dict(means)
     stats["lr"] = optimizer.param_groups[0]["lr"]
     return stats
 
 
-def _check_finite(loss: torch.Tensor, accelerator, recipe: Recipe, epoch: int, index: int, optimizer, run_dir: Path) -> None:
-    """Stop at the first non-finite loss (on any process), before the optimiser steps on it."""
-    bad = torch.tensor(0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, device=accelerator.device)
+def _read(log: StepLog, loop: Loop, epoch: int) -> dict[str, float]:
+    """The epoch's means so far as Python numbers, in one copy from the device, after checking
+    the unread steps' losses: stop at the first non-finite one (on any process: with several,
+    one all-reduce of the check, at the same step on every process)."""
+    accelerator = loop.accelerator
+    losses = torch.stack([loss.float().reshape(()).to(accelerator.device) for _, loss, _ in log.unread])
+    bad = (~torch.isfinite(losses)).any().float().reshape(1)
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad, "sum")
-    if float(bad) == 0:
-        return
-    kept = f"{run_dir} keeps epoch {epoch}" if epoch > 0 else "nothing was saved"
+    keys = [k for k, v in log.sums.items() if isinstance(v, torch.Tensor)]
+    sums = [log.sums[k].detach().float().reshape(1).to(accelerator.device) for k in keys]
+    host = torch.cat([bad, losses, *sums]).tolist()
+    unread, log.unread = log.unread, []
+    if host[0]:
+        _diverged(loop, epoch, unread, host[1 : 1 + len(unread)])
+    values = dict(zip(keys, host[1 + len(unread) :]))
+    return {k: values[k] / log.steps if k in values else v / log.steps for k, v in log.sums.items()}
+
+
+def _diverged(loop: Loop, epoch: int, unread: list[tuple[int, torch.Tensor, float]], losses: list[float]) -> None:
+    """Stop with the first non-finite loss among the unread steps (or say another process had it)."""
+    first = next((j for j, value in enumerate(losses) if not math.isfinite(value)), None)
+    index, _, lr = unread[first if first is not None else 0]
+    value = losses[first] if first is not None else "not finite on another process"
+    kept = f"{loop.run_dir} keeps epoch {epoch}" if epoch > 0 else "nothing was saved"
     raise TrainingDiverged(
-        f"{recipe.source}: training diverged at epoch {epoch + 1}, step {index + 1}: the loss is {float(loss.detach())} "
-        f"(train.lr {optimizer.param_groups[0]['lr']:.4g}); lower train.lr ({kept})"
+        f"{loop.recipe.source}: training diverged at epoch {epoch + 1}, step {index + 1}: the loss is {value} "
+        f"(train.lr {lr:.4g}); lower train.lr ({kept})"
     )
 
 
@@ -370,6 +442,7 @@ def _save_epoch(loop: Loop, rows: list[dict]) -> None:
         meta = run_metadata(loop.task, method, loop.recipe, rows, madds, state.epoch)
         meta["memory_layout"] = {"layout": state.layout, "reason": state.layout_reason}
         meta["data_workers"] = {"workers": loop.workers[0], "reason": loop.workers[1]}
+        meta["cudnn_benchmark"] = {"enabled": loop.autotuning[0], "reason": loop.autotuning[1]}
         save_run(run_dir, method.model, method.artifact_tensors(), meta)
         with (run_dir / LOG).open("a") as f:
             f.write(json.dumps(state.history[-1], default=str) + "\n")

@@ -33,10 +33,15 @@ from rsvision.tasks.base import Task
 
 @dataclass
 class StepOutput:
-    """One micro-batch: the loss (checked for finiteness) and the scalars averaged over the epoch."""
+    """One micro-batch: the loss (checked for finiteness) and the scalars averaged over the epoch.
+
+    Logged values computed on the device stay there as detached 0-d tensors: reading one
+    (``float()``) makes the host wait for the device, so the engine sums them on the device
+    and reads them all at once every few steps. Host numbers (e.g. a loss weight) stay floats.
+    """
 
     loss: torch.Tensor
-    log: dict[str, float] = field(default_factory=dict)
+    log: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,6 +67,13 @@ class TrainingMethod(nn.Module):
         the BN groups of sub-networks a step did not draw). Data parallelism must then look
         for them after every backward (DDP's ``find_unused_parameters``, a walk over the
         graph), or it waits for their gradients and stops at the next step. Default: no."""
+        return False
+
+    @property
+    def fixed_shapes(self) -> bool:
+        """Whether the training steps' layers see one fixed, small set of input shapes, so that
+        cuDNN's autotuning (``cudnn.benchmark``: time every algorithm once per new shape, keep
+        the fastest) pays for itself. Default: no (a method that does not say)."""
         return False
 
     def __init__(self, model: RSNet, task: Task, recipe: Recipe) -> None:

@@ -128,11 +128,18 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
         """With private BN each step trains only the drawn sub-networks' BN groups."""
         return self.widths.bn == "private"
 
-    def next_draw(self) -> list[SubNet]:
-        """This step's sub-networks; advances the draw counter."""
-        subnets = sandwich(self.widths, self.resolutions, self.recipe.train.seed, int(self.draws))
+    @property
+    def fixed_shapes(self) -> bool:
+        """A width list has finitely many channel counts, a range a new one at every random
+        width; a detector's images keep their own sizes."""
+        return self.widths.list is not None and not self.task.own_losses
+
+    def next_draw(self) -> tuple[int, list[SubNet]]:
+        """This step's draw number and sub-networks; advances the draw counter (a buffer, so
+        that the state holds it: reading it is the step's one wait for the device)."""
+        draw = int(self.draws)
         self.draws += 1
-        return subnets
+        return draw, sandwich(self.widths, self.resolutions, self.recipe.train.seed, draw)
 
     def student_weight(self, draw: int) -> float:
         """``lambda`` of sandwich step ``draw`` (0-based): ``min(1, draw / R)``, R the steps of
@@ -161,8 +168,8 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
 
     def _sandwich(self, batch: dict[str, Any], ctx: StepContext | None) -> StepOutput:
         """One step; with ``ctx`` each term is backwarded as soon as it is known (low memory)."""
-        weight = self.student_weight(int(self.draws))
-        draw = self.next_draw()
+        number, draw = self.next_draw()
+        weight = self.student_weight(number)
         if self.task.own_losses:
             return self._ground_truth_sandwich(batch, ctx, draw, weight)
         target = batch["target"]
@@ -174,7 +181,7 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
                 inputs[r] = batch_resolutions(batch, [r], self.task.input_format)[0]
             return inputs[r]
 
-        log: dict[str, float] = {}
+        log: dict[str, torch.Tensor | float] = {}
         if self.criterion is None:
             with autocast():
                 z_full = self._logits(draw[0], at(draw[0].resolution), batch)
@@ -183,7 +190,7 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
                 ctx.backward(loss_full)
                 loss_full = loss_full.detach()
             teacher = z_full.detach().float()
-            log["ce"] = float(loss_full.detach())
+            log["ce"] = loss_full.detach()
         else:
             images = [at(r) for r in self.resolutions]
             if ctx is None:
@@ -191,7 +198,7 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
             else:
                 out, logits = mred_low_memory(self.model, self.criterion, self.task, images, batch, ctx)
             loss_full, z_full, teacher = out.total, logits[0], out.ensemble_logits
-            log |= {"cls": float(out.cls.detach()), "ens": float(out.ens.detach()), "dis": float(out.dis.detach())}
+            log |= {"cls": out.cls.detach(), "ens": out.ens.detach(), "dis": out.dis.detach()}
         log["acc/full"] = self.task.batch_accuracy(z_full.detach(), batch)
         mask = None if self.task.ignore_index is None else target != self.task.ignore_index
         terms = []
@@ -207,11 +214,11 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
                 term = term.detach()
             terms.append(term)
         loss_sub = torch.stack(terms).sum()
-        log["students"] = float(loss_sub.detach())
-        log["students/smallest"] = float(terms[0].detach())
+        log["students"] = loss_sub.detach()
+        log["students/smallest"] = terms[0].detach()
         log["students/weight"] = weight
         total = loss_full + weight * loss_sub
-        log["loss"] = float(total.detach())
+        log["loss"] = total.detach()
         return StepOutput(total, log)
 
     def _ground_truth_sandwich(self, batch: dict[str, Any], ctx: StepContext | None, draw: list[SubNet], weight: float) -> StepOutput:
@@ -228,8 +235,8 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
             terms.append(term)
         loss_sub = torch.stack(terms[1:]).sum()
         total = terms[0] + weight * loss_sub
-        log = {"full": float(terms[0].detach()), "students": float(loss_sub.detach()), "students/smallest": float(terms[1].detach()),
-               "students/weight": weight, "loss": float(total.detach())}  # fmt: skip
+        log = {"full": terms[0].detach(), "students": loss_sub.detach(), "students/smallest": terms[1].detach(),
+               "students/weight": weight, "loss": total.detach()}  # fmt: skip
         return StepOutput(total, log)
 
     def _logits(self, subnet: SubNet, x: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:

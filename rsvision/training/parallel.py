@@ -49,11 +49,11 @@ class ParallelTraining(TrainingMethod):
         return self._output(sum(sum(t.values()) for t in terms), terms)
 
     def _output(self, total: torch.Tensor, terms: list[dict[str, torch.Tensor]]) -> StepOutput:
-        log = {"loss": float(total.detach())}
+        log: dict[str, torch.Tensor | float] = {"loss": total.detach()}
         for s, losses in zip(self.subnets, terms):
-            log[f"loss/{s.id}"] = float(sum(v.detach() for v in losses.values()))
+            log[f"loss/{s.id}"] = sum(v.detach() for v in losses.values())
             for name, value in losses.items():
-                log[f"{name}/{s.id}"] = float(value.detach())
+                log[f"{name}/{s.id}"] = value.detach()
         return StepOutput(total, log)
 
     def progress_text(self, averages: dict[str, float]) -> str:

@@ -94,6 +94,11 @@ class MREDTraining(AlphaEnsemble, TrainingMethod):
         self.criterion = MREDLoss(len(self.resolutions), mode=recipe.mred.mode, ignore_index=task.ignore_index)
         self.multi_backward = recipe.train.memory == "low"
 
+    @property
+    def fixed_shapes(self) -> bool:
+        """Every batch is resized to the recipe's S resolutions."""
+        return True
+
     def forward(self, batch: dict[str, Any]) -> StepOutput:
         """All resolutions forward; the loss of Eq. 9."""
         out, logits = mred_standard(self.model, self.criterion, self.task, batch_resolutions(batch, self.resolutions, self.task.input_format), batch)
@@ -108,9 +113,9 @@ class MREDTraining(AlphaEnsemble, TrainingMethod):
 
     def _output(self, out: MREDOutput, logits: list[torch.Tensor], batch: dict[str, Any]) -> StepOutput:
         terms = {"loss": out.total, "cls": out.cls, "ens": out.ens, "dis": out.dis}
-        log = {k: float(v.detach()) for k, v in terms.items()}
+        log: dict[str, torch.Tensor | float] = {k: v.detach() for k, v in terms.items()}
         for r, z, ce in zip(self.resolutions, logits, out.cls_per_resolution):
-            log[f"ce/{r}"] = float(ce.detach())
+            log[f"ce/{r}"] = ce.detach()
             log[f"acc/{r}"] = self.task.batch_accuracy(z, batch)
         return StepOutput(out.total, log)
 

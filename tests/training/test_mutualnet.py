@@ -77,7 +77,7 @@ def test_draw_counter_lives_in_the_method_state_so_resume_continues(tmp_path):
     assert int(state["draws"]) == 2
     resumed = _method(tmp_path)
     resumed.load_state_dict(state)
-    assert resumed.next_draw() == method.next_draw() == sandwich(method.widths, [16, 12, 8], 0, 2)
+    assert resumed.next_draw() == method.next_draw() == (2, sandwich(method.widths, [16, 12, 8], 0, 2))
 
 
 # ---------------------------------------------------------------- in-place distillation
