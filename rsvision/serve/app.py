@@ -203,7 +203,7 @@ class Worker:
 
     def describe(self) -> dict[str, Any]:
         with self.lock:
-            table = self.scheduler.table.as_dict()
+            table, planned = self.scheduler.table.as_dict(), self.scheduler.table.planned()
             order = list(self.scheduler.subnets)
             reserve = self.scheduler.reserve
         return {
@@ -217,6 +217,7 @@ class Worker:
             "max_queue": self.config.max_queue,
             "threads": self.config.threads or torch.get_num_threads(),
             "latency_ms": {s: {str(b): ms for b, ms in row.items()} for s, row in table.items()},
+            "planned_ms": {s: {str(b): ms for b, ms in row.items()} for s, row in planned.items()},
         }
 
     def _main(self) -> None:

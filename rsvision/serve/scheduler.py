@@ -137,7 +137,11 @@ class LatencyTable:
             self._dev[subnet][n] += self.alpha * (abs(error) - self._dev[subnet][n])
 
     def as_dict(self) -> dict[str, dict[int, float]]:
-        """The planned times, ``cost(s, b)`` for every cell."""
+        """The average times ``lat[s][b]``."""
+        return {s: dict(row) for s, row in self._ms.items()}
+
+    def planned(self) -> dict[str, dict[int, float]]:
+        """The times batches are planned at, ``cost(s, b) = lat + k dev``, for every cell."""
         return {s: {b: self.cost(s, b) for b in row} for s, row in self._ms.items()}
 
 

@@ -121,18 +121,18 @@ def test_ema_correction_changes_the_decision():
     d = s.dispatch()
     assert d.batch.subnet == "224" and d.batch.predicted_ms == 10
     s.observe(d.batch, 20.0)  # e = 10: lat = 10 + 0.5 * 10 = 15, dev = 0 + 0.5 * 10 = 5, planned 15 + 2 * 5
-    assert s.table.as_dict()["224"][1] == 25.0
+    assert s.table.as_dict()["224"][1] == 15.0 and s.table.planned()["224"][1] == 25.0
     submit(s, deadline=12)
     assert decision(s) == ("160", 1, [])  # 25 > 12
     submit(s, deadline=100)
     d = s.dispatch()
     s.observe(d.batch, 15.0)  # e = 0: lat stays 15, dev = 5 + 0.5 * (0 - 5) = 2.5, planned 20
-    assert s.table.as_dict()["224"][1] == 20.0
+    assert s.table.as_dict()["224"][1] == 15.0 and s.table.planned()["224"][1] == 20.0
     submit(s, deadline=1000, count=3)
     d = s.dispatch()
     assert d.batch.subnet == "224" and len(d.batch.requests) == 3
     s.observe(d.batch, 99.0)  # 3 is not a table size: lat[224][4] keeps its value
-    assert s.table.as_dict()["224"][4] == 28.0
+    assert s.table.planned()["224"][4] == 28.0
 
 
 def test_fixed_policy_uses_one_subnetwork_and_sheds_what_it_cannot_serve():
