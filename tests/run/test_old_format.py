@@ -43,7 +43,9 @@ def test_old_artifacts_give_the_same_logits(name):
     for r in (24, 16, 10, 8):
         with torch.no_grad():
             logits = model(PROBE[f"{name}/{r}/input"])
-        assert torch.equal(logits, PROBE[f"{name}/{r}/logits"]), r
+        # To float rounding: the probe was written by an older PyTorch, whose CPU convolution
+        # kernels sum in another order (PyTorch 2.14 differs in the last bit at 24 px).
+        torch.testing.assert_close(logits, PROBE[f"{name}/{r}/logits"], rtol=1e-5, atol=1e-6, msg=f"{name} at {r}")
 
 
 def test_old_packed_alpha_has_the_common_name():
