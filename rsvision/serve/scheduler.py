@@ -21,7 +21,12 @@ an injected clock in milliseconds, so every decision can be checked by hand.
 - **Shedding.** A request that cannot make its deadline even alone on the policy's cheapest
   sub-network, ``now + min_s cost(s, 1) + reserve > d``, is dropped at once (at arrival or at
   the next dispatch), never left in the queue; a request arriving at a full queue
-  (``max_queue``) is dropped too. The server answers both with HTTP 503.
+  (``max_queue``) is dropped too. The server answers both with HTTP 503. One exception keeps
+  the table honest: when the worker would otherwise sit idle (nothing running, nothing else
+  queued), the request with the most slack that is not yet past its deadline is served alone
+  on the cheapest sub-network. Nothing else wanted the worker, and its time corrects a table
+  that an overload or a slow spell inflated; without it, a table that calls every request
+  hopeless would shed every request forever, since no batch would ever run to correct it.
 - **Dispatch.** With the queue ``q_1 .. q_m`` in deadline order, the plan ``(s, b)`` serves
   it in that order in batches of ``b`` on ``s``; it is *on time* when every batch ends by the
   earliest deadline in it: batch ``k`` ends at ``t_k = now + sum_{j <= k} cost(s, n_j)`` and
@@ -191,6 +196,7 @@ class Scheduler:
     clock: Callable[[], float] = monotonic_ms
     drops: Counter = field(default_factory=Counter)
     handover_ms: float = field(default=0.0, init=False)
+    _busy: bool = field(default=False, init=False, repr=False)
     _heap: list[tuple[float, int, Request]] = field(default_factory=list, repr=False)
     _order: itertools.count = field(default_factory=itertools.count, repr=False)
 
@@ -217,7 +223,9 @@ class Scheduler:
     def admits(self, deadline: float) -> str | None:
         """Why a request due at ``deadline`` would be refused now (a drop reason), or None.
         Lets the server refuse before it spends time decoding the image."""
-        if self.hopeless(deadline):
+        now = self.clock()
+        idle = not self._busy and not self._heap  # the worker would do nothing: take it (module docstring)
+        if self.hopeless(deadline, now) and not (idle and deadline > now):
             return HOPELESS
         if len(self._heap) >= self.max_queue:
             return QUEUE_FULL
@@ -233,11 +241,16 @@ class Scheduler:
         return None
 
     def dispatch(self) -> Dispatch:
-        """Shed the hopeless requests, then take the next batch (module docstring)."""
+        """Shed the hopeless requests, then take the next batch (module docstring). The worker
+        calls it whenever it is free; it is busy from a batch's dispatch to the next call."""
         now = self.clock()
+        self._busy = False
         dropped = []
         while self._heap and self.hopeless(self._heap[0][0], now):
             dropped.append(heapq.heappop(self._heap)[2])
+        if not self._heap and dropped and dropped[-1].deadline > now:  # the worker would idle: keep the one with the most slack
+            kept = dropped.pop()
+            heapq.heappush(self._heap, (kept.deadline, next(self._order), kept))
         self.drops[HOPELESS] += len(dropped)
         if not self._heap:
             return Dispatch(None, dropped)
@@ -245,6 +258,7 @@ class Scheduler:
         deadlines = [d for d, _, _ in self._heap]
         subnet, n = self._choose(now, deadlines)
         requests = [heapq.heappop(self._heap)[2] for _ in range(n)]
+        self._busy = True
         return Dispatch(Batch(subnet, requests, self.table.cost(subnet, n), now), dropped)
 
     def _on_time(self, now: float, deadlines: Sequence[float], subnet: str, size: int) -> bool:
@@ -264,14 +278,15 @@ class Scheduler:
             for size in reversed(self.table.sizes):
                 if self._on_time(now, deadlines, subnet, size):
                     return subnet, min(size, m)
-        # Overload: the most requests per millisecond among first batches still in time. The
-        # head is not hopeless, so a batch of one on the cheapest sub-network always qualifies.
+        # Overload: the most requests per millisecond among first batches still in time.
         in_time = [
             (n / self.table.cost(subnet, n), -rank, subnet, n)
             for rank, subnet in enumerate(self.subnets)
             for n in sorted({min(size, m) for size in self.table.sizes})
             if now + self.table.cost(subnet, n) + self.reserve <= deadlines[0]
         ]
+        if not in_time:  # a head kept though hopeless (the worker would idle): alone, on the cheapest
+            return min(self.subnets, key=lambda s: self.table.cost(s, 1)), 1
         _, _, subnet, n = max(in_time, key=lambda c: c[:2])
         return subnet, n
 

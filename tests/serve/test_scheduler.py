@@ -137,16 +137,33 @@ def test_ema_correction_changes_the_decision():
 
 def test_fixed_policy_uses_one_subnetwork_and_sheds_what_it_cannot_serve():
     s, clock = scheduler(subnets=["224"])
-    assert s.submit(Request(0, 8, "tight")) == HOPELESS  # 224 alone needs 10 > 8
     submit(s, deadline=40, count=8)
     # No plan on 224 is on time; in time first batches: 1/10, 2/16, 4/28 requests per ms.
     assert decision(s) == ("224", 4, [])
+    assert s.submit(Request(0, 8, "tight")) == HOPELESS  # 224 alone needs 10 > 8
     clock.now = 28
     # Left: 4 due at 40. Batches of 2 end at 44 > 40, so one: 38 <= 40.
     assert decision(s) == ("224", 1, [])
-    clock.now = 38  # 38 + 10 > 40: the other three are dropped
-    assert decision(s) == (None, 0, ["r5", "r6", "r7"])
-    assert s.drops == {HOPELESS: 4}
+    clock.now = 39  # 39 + 10 > 40: all three are hopeless; the worker would idle, so r7 runs
+    assert decision(s) == ("224", 1, ["r5", "r6"])
+    assert s.drops == {HOPELESS: 3}
+
+
+def test_an_idle_worker_takes_what_the_table_calls_hopeless():
+    s, clock = scheduler(alpha=0.5)
+    assert s.submit(Request(0, 2, "first")) is None  # even 96 needs 3 > 2, but nothing else wants the worker
+    assert decision(s) == ("96", 1, [])
+    assert s.submit(Request(0, 2, "second")) == HOPELESS  # now the worker is busy
+    assert decision(s) == (None, 0, [])  # free again, nothing queued
+    assert s.submit(Request(0, 0, "expired")) == HOPELESS  # past its deadline: never
+    # While a batch runs, two requests queue; by the next dispatch both are hopeless.
+    submit(s, deadline=100, name="a")
+    assert decision(s) == ("224", 1, [])
+    s.submit(Request(0, 10, "b"))
+    s.submit(Request(0, 12, "c"))
+    clock.now = 11  # b is past its deadline, c has 1 ms left: c runs alone on 96, b is dropped
+    d = s.dispatch()
+    assert (d.batch.subnet, [r.payload for r in d.batch.requests], [r.payload for r in d.dropped]) == ("96", ["c"], ["b"])
 
 
 def test_drops_hopeless_and_overflowing_requests():
