@@ -53,6 +53,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from rsvision.analysis.latency import REPEATS, WARMUP, torch_threads
 from rsvision.errors import UserError
@@ -391,6 +392,12 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
         metrics.bad.labels(str(exc.status)).inc()
         return _error(exc.status, exc.message)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        """The client left while sending its body: nobody will read the answer (nginx's 499)."""
+        metrics.bad.labels("499").inc()
+        return _error(499, "the client closed the connection before its body arrived")
 
     @app.exception_handler(Exception)
     async def fault(request: Request, exc: Exception) -> JSONResponse:

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -180,10 +181,17 @@ def test_bad_input_gets_one_json_line_and_the_server_goes_on(run):
         ]:
             response = client.request(method, path, **request)
             assert response.status_code == status and words in _one_json_line(response), (path, response.text)
+        # A client that leaves halfway through its body: no traceback, counted as nginx's 499.
+        with socket.create_connection(("127.0.0.1", client.base_url.port)) as raw:
+            raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n" + png[:10])
+        for _ in range(200):
+            if _metric(client, "rsvision_bad_requests_total").get('status="499"'):
+                break
+            time.sleep(0.02)
         assert client.get("/healthz").json() == {"status": "ok"} and client.get("/readyz").status_code == 200
         assert client.post("/predict", content=png).status_code == 200
         bad = _metric(client, "rsvision_bad_requests_total")
-        assert bad == {'status="400"': 8, 'status="415"': 1, 'status="413"': 3, 'status="404"': 3, 'status="405"': 1}
+        assert bad == {'status="400"': 8, 'status="415"': 1, 'status="413"': 3, 'status="404"': 3, 'status="405"': 1, 'status="499"': 1}
 
 
 class SlowRunner(Runner):
