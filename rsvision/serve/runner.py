@@ -46,6 +46,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from rsvision.analysis.device import autocast_dtype
+from rsvision.analysis.evaluate import evaluation_key, store_of
 from rsvision.analysis.latency import REPEATS, WARMUP, median_ms
 from rsvision.constants import val_resize
 from rsvision.data.transforms import BILINEAR
@@ -54,7 +55,6 @@ from rsvision.deploy.load import DeviceNetwork, Detections, LoadedModel, OnnxMod
 from rsvision.errors import UserError
 from rsvision.nn.surgery import eval_mode
 from rsvision.nn.switchable import SHARED, at_subnet, subnet_status
-from rsvision.run.evaluations import EvaluationStore, data_key
 from rsvision.run.files import META
 from rsvision.run.folder import read_meta
 from rsvision.serve.decode import decode_image
@@ -217,8 +217,9 @@ class Runner:
             artifact = self.model.artifact
             metric = artifact.meta.get("primary_metric") or artifact.task.primary_metric
             rows = {str(r.get("subnet")): r for r in artifact.meta.get("metrics", [])}
-            if Path(artifact.path).is_dir():
-                rows.update(EvaluationStore.open(Path(artifact.path)).rows(data_key(artifact)))
+            store = store_of(artifact)
+            if store is not None:
+                rows.update(store.rows(evaluation_key(artifact)))
         elif isinstance(self.model, OnnxModel):
             manifest = self.model.manifest
             source = Path(str(manifest.get("source", "")))
