@@ -32,6 +32,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun(nproc: int, *args: str) -> list[str]:
+    """The command that runs the script on ``nproc`` processes over loopback with ``args``;
+    skips the test where torchrun is not installed."""
+    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun not installed")
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
+    return [torchrun, "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), *args]
+
+
 def _launch(cmd: list[str], out: Path, cpu: bool = True) -> subprocess.Popen:
     out.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent)} | ({"ACCELERATE_USE_CPU": "true"} if cpu else {})
@@ -45,16 +54,11 @@ def _wait(proc: subprocess.Popen, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
-        pytest.skip("torchrun not installed")
     root = tmp_path_factory.mktemp("ddp")
     one, two = root / "one", root / "two"
+    two_processes = _torchrun(2, str(two), "low", "1")  # skips before anything starts
     single = _launch([sys.executable, str(SCRIPT), str(one), "standard", "2"], one)
-    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
-    double = _launch(
-        [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(two), "low", "1"],
-        two,
-    )
+    double = _launch(two_processes, two)
     _wait(single, one)
     _wait(double, two)
     ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -95,11 +99,8 @@ def test_sampler_shards_and_reshuffles(runs):
 
 def test_two_processes_draw_the_same_width_subnetworks(tmp_path):
     """MutualNet over gloo: both processes draw the same sub-networks at every step."""
-    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
-        pytest.skip("torchrun not installed")
     out = tmp_path / "widths"
-    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(out), "low", "1", "widths"]
+    cmd = _torchrun(2, str(out), "low", "1", "widths")
     _wait(_launch(cmd, out), out)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2 and len(ranks[0]["draws"]) == 8  # 2 epochs x 4 steps
@@ -111,11 +112,8 @@ def test_mutualnet_with_private_bn_trains_through_ddp(tmp_path):
     """The standard MutualNet step with a BN per sub-network trains only the drawn
     sub-networks' BN groups; DDP (world size 1 over gloo) must be told that parameters may go
     without a gradient, or it stops at the second step waiting for them."""
-    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
-        pytest.skip("torchrun not installed")
     out = tmp_path / "private"
-    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
-    cmd = [torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(out), "standard", "1", "private"]
+    cmd = _torchrun(1, str(out), "standard", "1", "private")
     _wait(_launch(cmd, out), out)
     rank = json.loads((out / "rank0.json").read_text())
     assert (rank["world_size"], rank["backend"]) == (1, "gloo")
@@ -141,13 +139,10 @@ def test_every_process_evaluates_the_main_process_buffers(runs):
 def test_auto_layout_is_chosen_before_wrapping_and_leaves_no_trace(tmp_path):
     """Several processes choose the layout on extra steps before DDP wraps the network (its
     gradient buckets keep the wrapped layout): the run equals one told the chosen layout."""
-    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
-        pytest.skip("torchrun not installed")
-    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
 
     def run(setting: str) -> Path:
         out = tmp_path / setting
-        cmd = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(out), "standard", "1", f"channels_last={setting}"]
+        cmd = _torchrun(2, str(out), "standard", "1", f"channels_last={setting}")
         _wait(_launch(cmd, out), out)
         assert "bucket view strides" not in (out / "log.txt").read_text()
         return Path(json.loads((out / "rank0.json").read_text())["run_dir"])
@@ -162,11 +157,8 @@ def test_auto_layout_is_chosen_before_wrapping_and_leaves_no_trace(tmp_path):
 def test_one_launched_process_also_chooses_the_layout_before_wrapping(tmp_path):
     """DDP wraps the network of a launched process group of one process as well: its layout
     trial runs before, or the channels-last steps train against buckets of the other layout."""
-    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
-        pytest.skip("torchrun not installed")
     out = tmp_path / "one"
-    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
-    cmd = [torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(out), "standard", "1", "channels_last=auto"]
+    cmd = _torchrun(1, str(out), "standard", "1", "channels_last=auto")
     _wait(_launch(cmd, out), out)
     assert "bucket view strides" not in (out / "log.txt").read_text()
     rank = json.loads((out / "rank0.json").read_text())
@@ -177,11 +169,8 @@ def test_one_launched_process_also_chooses_the_layout_before_wrapping(tmp_path):
 @pytest.mark.cuda
 def test_auto_layout_with_sync_bn_is_timed_on_the_gpu(tmp_path):
     """The layout trial of a process group runs on the GPU, where SyncBatchNorm runs (one NCCL process)."""
-    if not TORCHRUN.exists() and shutil.which("torchrun") is None:
-        pytest.skip("torchrun not installed")
     out = tmp_path / "sync_bn"
-    torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
-    cmd = [torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(out), "standard", "1", "channels_last=auto", "sync_bn"]
+    cmd = _torchrun(1, str(out), "standard", "1", "channels_last=auto", "sync_bn")
     _wait(_launch(cmd, out, cpu=False), out)
     rank = json.loads((out / "rank0.json").read_text())
     assert (rank["world_size"], rank["backend"]) == (1, "nccl")
