@@ -96,7 +96,9 @@ class TrainConfig(_Section):
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
     seed: int = DEFAULT_SEED
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    #: Autocast dtype; unset (null): the launcher's (``accelerate launch --mixed_precision`` or
+    #: the saved ``accelerate config``), else ``no``. The run records which one it used.
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
     grad_accum: int = Field(1, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     val_every: int = Field(1, ge=1)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -98,12 +99,35 @@ def build_optimizer(method: TrainingMethod, recipe: Recipe) -> torch.optim.Optim
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
 
 
-def make_accelerator(recipe: Recipe, method: TrainingMethod) -> Accelerator:
-    """Accelerate for ``recipe``'s precision; its DDP looks for parameters without a gradient
-    only when ``method`` says its step can leave some."""
-    mp = recipe.train.mixed_precision
+#: The environment variable through which ``accelerate launch`` passes its ``--mixed_precision``
+#: (or the one saved with ``accelerate config``) to the processes it starts.
+LAUNCHER_PRECISION = "ACCELERATE_MIXED_PRECISION"
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+def mixed_precision(recipe: Recipe) -> tuple[str, str]:
+    """The run's mixed precision and where it comes from: ``train.mixed_precision`` when the
+    recipe sets it, else the launcher's (:data:`LAUNCHER_PRECISION`), else ``no``."""
+    launcher = os.environ.get(LAUNCHER_PRECISION, "").strip().lower()
+    if recipe.train.mixed_precision is not None:
+        mp, source = recipe.train.mixed_precision, "recipe (train.mixed_precision)"
+        if launcher and launcher != mp:
+            source += f"; the launcher's {launcher} is not used"
+    elif launcher:
+        if launcher not in PRECISIONS:
+            raise UserError(f"{LAUNCHER_PRECISION}={launcher} (accelerate launch --mixed_precision): rsvision trains in {', '.join(PRECISIONS)}")
+        mp, source = launcher, f"launcher ({LAUNCHER_PRECISION})"
+    else:
+        mp, source = "no", "default (neither the recipe nor the launcher sets one)"
     if mp == "fp16" and not torch.cuda.is_available():
-        raise UserError(f"{recipe.source}: train.mixed_precision: fp16 needs a GPU; use bf16 on CPU")
+        raise UserError(f"{recipe.source}: mixed precision fp16 (from the {source.split(' ')[0]}) needs a GPU; use bf16 on CPU")
+    return mp, source
+
+
+def make_accelerator(recipe: Recipe, method: TrainingMethod) -> Accelerator:
+    """Accelerate for ``recipe``'s precision (resolved by :func:`mixed_precision`); its DDP
+    looks for parameters without a gradient only when ``method`` says its step can leave some."""
+    mp = mixed_precision(recipe)[0]
     # Accelerate keeps its settings process-wide; forget the previous run's (the process
     # group, if any, stays) so that several runs in one process can differ in precision.
     AcceleratorState._reset_state()
@@ -159,6 +183,7 @@ class Loop:
     quiet: bool
     workers: tuple[int, str]
     autotuning: tuple[bool, str]
+    precision: tuple[str, str]
 
 
 def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: bool = False) -> Path:
@@ -186,6 +211,10 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     """The task, the method, the data and the optimiser, prepared by Accelerate; the run
     folder created (or found and its state loaded, with ``resume``)."""
     load_plugins(recipe.plugins)
+    precision = mixed_precision(recipe)
+    # The run's recipe records the precision it trained in, wherever it came from: inference
+    # follows it (rsvision.analysis.device).
+    recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"mixed_precision": precision[0]})})
     task: Task = TASKS.get(recipe.task)(recipe)
     method_cls = method_for(recipe)
     check_unused(recipe, set(task.recipe_fields) | set(method_cls.recipe_fields))
@@ -223,7 +252,7 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     steps = min(len(loader), t.max_steps_per_epoch or len(loader))  # per process, once sharded
     loop = Loop(
         recipe, task, accelerator.unwrap_model(prepared), prepared, optimizer, loader, sampler, accelerator,
-        layouts, state, run_dir, steps, math.ceil(steps / t.grad_accum), quiet, workers, autotuning,
+        layouts, state, run_dir, steps, math.ceil(steps / t.grad_accum), quiet, workers, autotuning, precision,
     )
     if resume:
         accelerator.load_state(str(run_dir / STATE))
@@ -232,6 +261,8 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / RECIPE, recipe.model_dump(mode="json"))
+    if accelerator.is_main_process and not quiet:
+        console.print(f"mixed precision: {precision[0]} ({precision[1]})")
     if accelerator.is_main_process and not quiet and workers[0] != recipe.data.workers:
         console.print(workers[1])
     _note_layout(loop)
@@ -443,6 +474,7 @@ def _save_epoch(loop: Loop, rows: list[dict]) -> None:
         meta["memory_layout"] = {"layout": state.layout, "reason": state.layout_reason}
         meta["data_workers"] = {"workers": loop.workers[0], "reason": loop.workers[1]}
         meta["cudnn_benchmark"] = {"enabled": loop.autotuning[0], "reason": loop.autotuning[1]}
+        meta["mixed_precision"] = {"precision": loop.precision[0], "source": loop.precision[1]}
         save_run(run_dir, method.model, method.artifact_tensors(), meta)
         with (run_dir / LOG).open("a") as f:
             f.write(json.dumps(state.history[-1], default=str) + "\n")
