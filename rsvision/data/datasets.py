@@ -7,14 +7,16 @@ A dataset builder is ``fn(*, root, split, **args)`` returning a map-style datase
 
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import find_classes
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -139,14 +141,44 @@ def synthetic(
     return SyntheticShapes(size, image_size, num_classes // 2, seed=split_seed(seed, split))
 
 
-def read_rgb(path: str | Path) -> Image.Image:
-    """An image file as 8-bit RGB (grey, palette, 16-bit and float images converted, see
-    :func:`~rsvision.data.transforms.eight_bit`); an unreadable file is named."""
+#: The most pixels an image file may hold: above the largest camera sensors (100-150 Mpixel)
+#: and below Pillow's own refusal of a decompression bomb (2 x ``PIL.Image.MAX_IMAGE_PIXELS``,
+#: 179 Mpixel), so an image over it is named with its size before any pixel is decoded.
+MAX_PIXELS = 160_000_000
+
+
+def _open(path: str | Path, data: bytes | None = None) -> Image.Image:
+    """The image file ``path`` (or its bytes ``data``) opened, its header read and no pixel
+    decoded, its size checked against :data:`MAX_PIXELS`; an unreadable or oversized file is a
+    one-line :class:`UserError` naming it."""
     try:
-        with Image.open(path) as img:
-            return eight_bit(img).convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # bounded below by MAX_PIXELS
+            img = Image.open(path if data is None else io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # a smaller PIL.Image.MAX_IMAGE_PIXELS set by the caller
+        raise UserError(f"{path}: too many pixels to decode ({exc})") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise UserError(f"{path}: a {width}x{height} image ({width * height / 1e6:.1f} Mpixel) is over the limit of {MAX_PIXELS / 1e6:g} Mpixel")
+    return img
+
+
+def read_rgb(path: str | Path) -> Image.Image:
+    """An image file as 8-bit RGB in the frame it is shown in: its EXIF orientation applied
+    (Pillow's ``ImageOps.exif_transpose``: a phone's portrait photo, stored sideways, comes out
+    upright), grey, palette, 16-bit and float images converted (see
+    :func:`~rsvision.data.transforms.eight_bit`). The one decoder of image files: datasets,
+    ``predict`` and :func:`rsvision.load` read through it. A file over :data:`MAX_PIXELS`, or
+    unreadable, is a one-line :class:`UserError` naming it."""
+    with _open(path) as img:
+        try:
+            ImageOps.exif_transpose(img, in_place=True)
+            return eight_bit(img).convert("RGB")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+            raise UserError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
 
 
 #: The first bytes of every JPEG file (start of image, then a marker).
@@ -157,10 +189,12 @@ def read_image(path: str | Path) -> torch.Tensor:
     """An image file as a ``3xHxW`` uint8 RGB tensor with the pixels of :func:`read_rgb`.
 
     Colour and grey JPEGs are decoded by torchvision into the tensor (libjpeg-turbo, the
-    decoder Pillow uses, so the same pixels): a training sample of a 500x375 JPEG then costs
-    0.5-0.9 ms less CPU than through Pillow's image object and its copies, about 4 ms
-    (docs/benchmarks.md, "Loader cost"). Other files, and JPEGs torchvision refuses (CMYK,
-    damaged), go through :func:`read_rgb`, which names a file it cannot read either.
+    decoder Pillow uses, so the same pixels; the EXIF orientation applied as Pillow does): a
+    training sample of a 500x375 JPEG then costs 0.5-0.9 ms less CPU than through Pillow's
+    image object and its copies, about 4 ms (docs/benchmarks.md, "Loader cost"). Pillow reads
+    the header first (about 0.1 ms), so the pixel limit holds here too. Other files, and JPEGs
+    torchvision refuses (CMYK, damaged), go through :func:`read_rgb`, which names a file it
+    cannot read either.
     """
     try:
         with open(path, "rb") as f:
@@ -168,8 +202,9 @@ def read_image(path: str | Path) -> torch.Tensor:
     except OSError:
         data = bytearray()
     if data[:3] == _JPEG_START:
+        _open(path, data).close()  # the size, from the header
         try:
-            x = decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+            x = decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.UNCHANGED, apply_exif_orientation=True)
         except RuntimeError:
             x = None
         if x is not None and x.shape[0] in (1, 3):
@@ -194,7 +229,8 @@ def imagefolder(*, root: str | None = None, split: str = "train") -> Dataset:
 
     Class indices follow the sorted class folders of ``train/`` for both splits, so a
     validation folder lacking a class keeps the others' indices; a validation class that
-    training does not have is an error.
+    training does not have, a training class folder with no images and a split with no
+    images at all are errors naming the folder.
     """
     check_split(split)
     if root is None:
@@ -212,9 +248,16 @@ def imagefolder(*, root: str | None = None, split: str = "train") -> Dataset:
     if extra:
         raise UserError(f"{folders[split]}: class folder(s) {', '.join(extra)} do not exist in {folders['train']} (training classes: {', '.join(classes)})")
     try:
-        return ClassListFolder(folders[split], classes)
+        dataset = ClassListFolder(folders[split], classes)
     except FileNotFoundError as exc:
         raise UserError(f"{folders[split]}: {exc}") from None
+    found = set(dataset.targets)
+    if split == "train" and len(found) < len(classes):
+        empty = [str(folders["train"] / c) for i, c in enumerate(classes) if i not in found]
+        raise UserError(f"{', '.join(empty)}: class folder with no images ({', '.join(IMG_EXTENSIONS)})")
+    if not found:
+        raise UserError(f"{folders[split]}: no images in any class folder ({', '.join(IMG_EXTENSIONS)})")
+    return dataset
 
 
 _CIFAR_FILES = {
