@@ -368,14 +368,27 @@ def calibrate(args, checkpoint, res, images, batch_size, data_root, as_json, dev
 @click.option("--data", "data_root", default=None, help="Data root, replacing the runs' data.root.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the plotted points as JSON.")
+@click.option("--curves", is_flag=True, help="Instead: one RUN's training loss and accuracy per sub-network over the epochs (its log.jsonl).")
 @device_option
 @plugin_option
-def plot(runs, out_path, res, inets, labels, data_root, batch_size, as_json, device, plugins) -> None:
+def plot(runs, out_path, res, inets, labels, data_root, batch_size, as_json, curves, device, plugins) -> None:
     """Accuracy vs. MAdds and vs. resolution of RUNs (RS-Nets Fig. 1 and Fig. 4 right)."""
-    from rsvision.analysis.plot import draw, output_format, plot_data
+    from rsvision.analysis.plot import draw, draw_curves, output_format, plot_data, training_curves
     from rsvision.registry import load_plugins
     from rsvision.subnet import parse_resolutions
 
+    if curves:
+        if len(runs) != 1 or inets or res:
+            raise UserError("plot --curves: give exactly one RUN (no --inets or --res)")
+        output_format(out_path)
+        _check_writable(out_path)
+        data = training_curves(runs[0])
+        draw_curves(data, out_path)
+        if as_json:
+            _emit_json({"figure": str(out_path), **data.as_dict()})
+            return
+        out.print(f"figure: {out_path}", soft_wrap=True)
+        return
     load_plugins(plugins)
     device = _device(device)
     output_format(out_path)

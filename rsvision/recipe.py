@@ -109,6 +109,9 @@ class TrainConfig(_Section):
     #: faster (the choice, and so the weights, can then depend on the machine's load).
     channels_last: bool | Literal["device", "auto"] = "device"
     compile: bool = False
+    #: Experiment trackers, through Accelerate: ``csv`` and ``tensorboard`` write into the run
+    #: folder; ``wandb``, ``mlflow``, ... take the run's name as their project.
+    log_with: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _milestones(self) -> "TrainConfig":

@@ -1,4 +1,6 @@
-"""Accuracy against cost and against resolution, as RS-Nets Fig. 1 and Fig. 4 (right).
+"""Accuracy against cost and against resolution, as RS-Nets Fig. 1 and Fig. 4 (right); and a
+run's training curves (``--curves``: loss and accuracy per sub-network over the epochs, from
+its ``log.jsonl``).
 
 One curve per run, evaluated at the resolutions asked for (default: its trained and
 calibrated ones); a single-resolution run evaluated at many resolutions is the paper's
@@ -12,6 +14,7 @@ plot measured them (:mod:`rsvision.run.evaluations`); only the others are comput
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +27,7 @@ from rsvision.analysis.evaluate import cached_evaluation
 from rsvision.errors import UserError
 from rsvision.io import atomic_write
 from rsvision.nn.bn_stats import calibrated_subnets
+from rsvision.run.files import LOG, META
 from rsvision.run.folder import Artifact, load_artifact
 from rsvision.subnet import SubNet, check_scale
 
@@ -158,6 +162,73 @@ def _madds_tick(value: float, _position=None) -> str:
         if abs(value) >= unit:
             return f"{value / unit:g}{suffix}"
     return f"{value:g}"
+
+
+@dataclass
+class TrainingCurves:
+    """A run's ``log.jsonl`` per sub-network over the epochs: the training loss of each
+    sub-network (its ``ce/ID`` or ``loss/ID``, else the run's total as ``all``) and the
+    evaluated ``metric`` of each evaluation row."""
+
+    run: str
+    metric: str
+    loss: dict[str, list[tuple[int, float]]]
+    accuracy: dict[str, list[tuple[int, float]]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def training_curves(run: str | Path) -> TrainingCurves:
+    """The curves of ``run``'s training log (no network is loaded)."""
+    run = Path(run)
+    if not (run / LOG).is_file():
+        raise UserError(f"{run}: no {LOG} (not a run folder trained by rsvision train)")
+    lines = [json.loads(line) for line in (run / LOG).read_text().splitlines() if line.strip()]
+    if not lines:
+        raise UserError(f"{run}/{LOG}: empty; no epoch has finished yet")
+    meta = json.loads((run / META).read_text()) if (run / META).is_file() else {}
+    metric = meta.get("primary_metric", "top1")
+    subnets = set(meta.get("subnets", [])) | {row["subnet"] for line in lines for row in line.get("val", [])}
+    loss: dict[str, list[tuple[int, float]]] = {}
+    accuracy: dict[str, list[tuple[int, float]]] = {}
+    for line in lines:
+        for key, value in line.items():
+            name, _, subnet = key.rpartition("/")
+            if name in ("ce", "loss") and subnet in subnets:
+                loss.setdefault(subnet, []).append((line["epoch"], float(value)))
+        for row in line.get("val", []):
+            if metric in row:
+                accuracy.setdefault(row["subnet"], []).append((line["epoch"], float(row[metric])))
+    if not loss:
+        loss["all"] = [(line["epoch"], float(line["loss"])) for line in lines if "loss" in line]
+    return TrainingCurves(str(run), metric, loss, accuracy)
+
+
+def draw_curves(curves: TrainingCurves, path: str | Path) -> Path:
+    """Two panels over the epochs, training loss and the evaluated metric, one line per
+    sub-network, written as PNG or SVG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fmt = output_format(path)
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    loss_ax, metric_ax = fig.subplots(1, 2)
+    for ax, series in ((loss_ax, curves.loss), (metric_ax, curves.accuracy)):
+        for i, (subnet, points) in enumerate(series.items()):
+            ax.plot([e for e, _ in points], [v for _, v in points], color=f"C{i % 10}", lw=1.5, marker="o", ms=3, label=subnet)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(loc="best", fontsize=8)
+    loss_ax.set_ylabel("training loss")
+    loss_ax.set_title("training loss per sub-network")
+    metric_ax.set_ylabel(f"{curves.metric} (%)")
+    metric_ax.set_title(f"validation {curves.metric} per sub-network")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=110))
+    return path
 
 
 def draw(data: PlotData, path: str | Path) -> Path:

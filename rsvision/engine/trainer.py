@@ -33,12 +33,13 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType, broadcast_object_list, send_to_device, set_seed
 from torch import nn
@@ -49,6 +50,7 @@ from rsvision.data.workers import loader_workers
 from rsvision.engine.evaluate import evaluate
 from rsvision.engine.layout import LayoutChoice, to_layout
 from rsvision.engine.schedule import learning_rate
+from rsvision.engine.tracking import epoch_values, tracker_config, trackers
 from rsvision.errors import UserError
 from rsvision.io import recover_dir, replace_dir, write_json
 from rsvision.nn.cost import subnet_madds
@@ -124,9 +126,10 @@ def mixed_precision(recipe: Recipe) -> tuple[str, str]:
     return mp, source
 
 
-def make_accelerator(recipe: Recipe, method: TrainingMethod) -> Accelerator:
-    """Accelerate for ``recipe``'s precision (resolved by :func:`mixed_precision`); its DDP
-    looks for parameters without a gradient only when ``method`` says its step can leave some."""
+def make_accelerator(recipe: Recipe, method: TrainingMethod, run_dir: Path | None = None) -> Accelerator:
+    """Accelerate for ``recipe``'s precision (resolved by :func:`mixed_precision`) and its
+    trackers (``train.log_with``, writing into ``run_dir``); its DDP looks for parameters
+    without a gradient only when ``method`` says its step can leave some."""
     mp = mixed_precision(recipe)[0]
     # Accelerate keeps its settings process-wide; forget the previous run's (the process
     # group, if any, stays) so that several runs in one process can differ in precision.
@@ -138,7 +141,11 @@ def make_accelerator(recipe: Recipe, method: TrainingMethod) -> Accelerator:
     # Batches come from pinned memory on CUDA (below), so their copies to the device need not
     # make the host wait.
     loading = DataLoaderConfiguration(even_batches=False, non_blocking=True)
-    return Accelerator(mixed_precision=mp, dataloader_config=loading, kwargs_handlers=[ddp])
+    log_with = trackers(recipe.train.log_with, run_dir, recipe.source) if run_dir is not None and recipe.train.log_with else None
+    return Accelerator(
+        mixed_precision=mp, dataloader_config=loading, kwargs_handlers=[ddp], log_with=log_with,
+        project_dir=str(run_dir) if log_with else None,
+    )
 
 
 def new_run_dir(recipe: Recipe, name: str) -> Path:
@@ -224,7 +231,8 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     set_seed(t.seed)
     model = task.build_model()
     method = method_cls(synchronized_bn(model) if t.sync_bn else model, task, recipe)
-    accelerator = make_accelerator(recipe, method)
+    run_dir = _agreed_run_dir(PartialState(), recipe, name, resume)  # before Accelerate, whose trackers write into it
+    accelerator = make_accelerator(recipe, method, run_dir)
     train_set = EpochSeeded(task.train_dataset(), t.seed)
     sampler = EpochSampler(len(train_set), t.seed)
     workers = loader_workers(recipe.data.workers, accelerator.device, recipe.data.oversubscribe)
@@ -235,7 +243,6 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     )
     if len(loader) == 0:
         raise UserError(f"{recipe.source}: data.batch_size {recipe.data.batch_size} is larger than the training set ({len(train_set)} samples); no full batch")
-    run_dir = _agreed_run_dir(accelerator, recipe, name, resume)
     state = RunProgress(**json.loads(progress_file(run_dir / STATE).read_text())) if resume else RunProgress()
     autotuning = cudnn_autotuning(method, accelerator.device)  # before the layout trial, whose warm-up steps absorb it
     torch.backends.cudnn.benchmark = autotuning[0]
@@ -261,6 +268,8 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / RECIPE, recipe.model_dump(mode="json"))
+    if t.log_with:
+        accelerator.init_trackers(name, config=tracker_config(recipe.model_dump(mode="json")))
     if accelerator.is_main_process and not quiet:
         console.print(f"mixed precision: {precision[0]} ({precision[1]})")
     if accelerator.is_main_process and not quiet and workers[0] != recipe.data.workers:
@@ -299,6 +308,7 @@ def _run_epoch(loop: Loop, epoch: int, bar, rows: list[dict]) -> list[dict]:
     loop.sampler.set_epoch(epoch)
     if hasattr(loop.loader, "set_epoch"):
         loop.loader.set_epoch(epoch)
+    start = time.perf_counter()
     stats = _train_epoch(loop, epoch, bar)
     _note_layout(loop)
     log = {"epoch": epoch + 1, **stats, **method.describe()}
@@ -308,9 +318,13 @@ def _run_epoch(loop: Loop, epoch: int, bar, rows: list[dict]) -> list[dict]:
         with method.evaluation(subnets):
             rows = evaluate(method.model, loop.task, subnets, method.combiners(), accelerator=loop.accelerator, progress=bar)
         rows = log["val"] = method.annotate(rows)
+    log["epoch_seconds"] = round(time.perf_counter() - start, 3)  # training and evaluation
+    log["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     loop.state.epoch = epoch + 1
     loop.state.history.append(log)
     _save_epoch(loop, rows)
+    if t.log_with:
+        loop.accelerator.log(epoch_values(log, {s.id for s in method.model.subnets}), step=epoch + 1)
     if loop.accelerator.is_main_process and not loop.quiet:
         console.print(_epoch_line(log, loop.task.primary_metric, method.epoch_text(log)))
     return rows
@@ -439,12 +453,12 @@ def average_gradients(parameters) -> None:
         offset += g.numel()
 
 
-def _agreed_run_dir(accelerator: Accelerator, recipe: Recipe, name: str, resume: bool) -> Path:
+def _agreed_run_dir(processes: PartialState, recipe: Recipe, name: str, resume: bool) -> Path:
     """The run folder, chosen by the main process and sent to the others."""
     chosen = [None]
-    if accelerator.is_main_process:
+    if processes.is_main_process:
         chosen = [str(latest_resumable(recipe, name) if resume else new_run_dir(recipe, name))]
-    if accelerator.num_processes > 1:
+    if processes.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
     return Path(chosen[0])
 

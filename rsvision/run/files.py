@@ -20,6 +20,9 @@ PROGRESS = "progress.json"
 CALIBRATION = "calibration.safetensors"
 EVALUATIONS = "evaluations.json"
 QUERY = "query.json"
+#: What ``train.log_with`` trackers write into the run folder (``rsvision.engine.tracking``).
+TENSORBOARD = "tensorboard"
+METRICS_CSV = "metrics.csv"
 
 
 def progress_file(state_dir: Path) -> Path:
