@@ -112,6 +112,9 @@ class TrainConfig(_Section):
     #: Experiment trackers, through Accelerate: ``csv`` and ``tensorboard`` write into the run
     #: folder; ``wandb``, ``mlflow``, ... take the run's name as their project.
     log_with: list[str] = Field(default_factory=list)
+    #: Label smoothing epsilon of the cross-entropy against the labels (L_cls; MRED's L_ens
+    #: and L_dis stay the paper's); 0: off.
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _milestones(self) -> "TrainConfig":

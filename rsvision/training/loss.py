@@ -92,13 +92,17 @@ class MREDLoss(nn.Module):
         mode: ``full`` (Eq. 10), ``vanilla`` (Eq. 8), ``off`` (parallel training: no L_dis;
             L_ens still learns alpha), ``topdown`` or ``from_largest`` (Table 5 ablations).
         ignore_index: label excluded from every term (segmentation's void label).
+        label_smoothing: beyond the paper, epsilon of label smoothing in L_cls only: each
+            cross-entropy of Eq. 2 against (1 - epsilon) * one-hot + epsilon / C. L_ens (Eq. 6)
+            and L_dis (Eq. 7-10) stay the paper's.
     """
 
-    def __init__(self, num_resolutions: int, mode: str = "full", ignore_index: int | None = None) -> None:
+    def __init__(self, num_resolutions: int, mode: str = "full", ignore_index: int | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.num_resolutions = num_resolutions
         self.mode = mode
         self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
         self.alpha = nn.Parameter(torch.ones(num_resolutions))
         #: (teacher, student) pairs of L_dis, index 0 being the ensemble; the rescaling of L_dis.
         self.pairs = distillation_pairs(num_resolutions, mode)
@@ -107,7 +111,7 @@ class MREDLoss(nn.Module):
         self.ensemble_teaches = any(t == 0 for t, _ in self.pairs)
 
     def extra_repr(self) -> str:
-        return f"num_resolutions={self.num_resolutions}, mode={self.mode!r}, ignore_index={self.ignore_index}"
+        return f"num_resolutions={self.num_resolutions}, mode={self.mode!r}, ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}"
 
     @property
     def weights(self) -> torch.Tensor:
@@ -137,7 +141,7 @@ class MREDLoss(nn.Module):
         split behind the low-memory training step. Returns ``(ce_s, dis_s)``.
         """
         ce_kwargs = {} if self.ignore_index is None else {"ignore_index": self.ignore_index}
-        ce = F.cross_entropy(student.float(), target, **ce_kwargs)
+        ce = F.cross_entropy(student.float(), target, label_smoothing=self.label_smoothing, **ce_kwargs)
         mask = _valid_mask(target, self.ignore_index)
         kl = [kl_divergence(teachers[t], student, mask) for t, u in self.pairs if u == s]
         dis = self.scale * torch.stack(kl).sum() if kl else ce.new_zeros(())

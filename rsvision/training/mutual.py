@@ -104,7 +104,7 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
     """The sandwich rule with in-place distillation over widths and resolutions (module docstring)."""
 
     #: ``mred.mode`` is read with ``widths.teacher: ensemble`` only (``recipe.check_unused``).
-    recipe_fields = frozenset({"mred.mode"})
+    recipe_fields = frozenset({"mred.mode", "train.label_smoothing"})
 
     def __init__(self, model: RSNet, task: Task, recipe: Recipe) -> None:
         super().__init__(model, task, recipe)
@@ -115,8 +115,12 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
         self.multi_backward = recipe.train.memory == "low"
         self.criterion = None
         if self.widths.teacher == "ensemble":
-            self.criterion = MREDLoss(len(self.resolutions), mode=recipe.mred.mode, ignore_index=task.ignore_index)
+            self.criterion = MREDLoss(
+                len(self.resolutions), mode=recipe.mred.mode, ignore_index=task.ignore_index, label_smoothing=recipe.train.label_smoothing
+            )
         self.register_buffer("draws", torch.zeros((), dtype=torch.long))
+        if task.own_losses and recipe.train.label_smoothing:
+            raise UserError(f"{recipe.source}: train.label_smoothing: the '{recipe.task}' task computes its own losses; remove it")
         if task.own_losses and (self.widths.students != "labels" or self.widths.teacher != "largest"):
             raise UserError(
                 f"{recipe.source}: widths: the '{recipe.task}' task trains every sub-network on the ground truth "
@@ -244,8 +248,10 @@ class MutualTraining(AlphaEnsemble, TrainingMethod):
             return self.task.loss_logits([self.model(x)], batch)[0]
 
     def _cross_entropy(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """A label term (the teacher's Eq. 2, or a student's with ``students: labels``), with
+        ``train.label_smoothing``."""
         kwargs = {} if self.task.ignore_index is None else {"ignore_index": self.task.ignore_index}
-        return F.cross_entropy(z.float(), target, **kwargs)
+        return F.cross_entropy(z.float(), target, label_smoothing=self.recipe.train.label_smoothing, **kwargs)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """``widths.decay``: ``all`` the network's parameters decayed, or ``conv_fc``: only the

@@ -86,12 +86,14 @@ class MREDTraining(AlphaEnsemble, TrainingMethod):
     """The network and its MRED criterion as one module, so data parallelism also averages
     the gradient of alpha."""
 
-    recipe_fields = frozenset({"mred.mode"})
+    recipe_fields = frozenset({"mred.mode", "train.label_smoothing"})
 
     def __init__(self, model: RSNet, task: Task, recipe: Recipe) -> None:
         super().__init__(model, task, recipe)
         self.resolutions = list(recipe.resolutions)
-        self.criterion = MREDLoss(len(self.resolutions), mode=recipe.mred.mode, ignore_index=task.ignore_index)
+        self.criterion = MREDLoss(
+            len(self.resolutions), mode=recipe.mred.mode, ignore_index=task.ignore_index, label_smoothing=recipe.train.label_smoothing
+        )
         self.multi_backward = recipe.train.memory == "low"
 
     @property
