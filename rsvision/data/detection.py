@@ -8,7 +8,11 @@ evaluation ignores and training leaves out), ``masks`` (``uint8 [N, H, W]``, whe
 and ``image_id``. ``classes`` names the K object classes in label order.
 
 The COCO reader checks every image and annotation entry when the dataset is built, so a
-broken file fails before training, with one line naming the file and the annotation id.
+broken file fails before training, with one line naming the file and the annotation id. The
+label space is the training file's: a validation file's categories are mapped to it by id,
+and its class names are the training file's. Each image is decoded upright (its EXIF
+orientation applied, :func:`~rsvision.data.datasets.read_rgb`) and its size checked against
+the file's ``width`` and ``height`` when it is read (docs/detection.md, "What is checked").
 """
 
 from __future__ import annotations
@@ -59,34 +63,99 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-class CocoDetection(Dataset):
-    """``instances_*.json`` and its image folder (see the module docstring)."""
+#: What a COCO image whose decoded size differs from its entry's ``width`` x ``height`` does:
+#: ``error`` refuses it (naming the file and both sizes), ``rescale`` scales its boxes and masks
+#: to the decoded image (``data.args.size_mismatch``).
+SIZE_MISMATCH = ("error", "rescale")
 
-    def __init__(self, annotation_file: Path, image_dir: Path, masks: bool = True) -> None:
-        self.file, self.image_dir, self.masks = annotation_file, image_dir, masks
-        try:
-            data = json.loads(annotation_file.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{annotation_file}: file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{annotation_file}: not a JSON file ({exc})") from None
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
-            raise UserError(f"{annotation_file}: expected a COCO object with lists 'images', 'annotations' and 'categories'")
-        categories = sorted(self._category(c) for c in data["categories"])
+
+def _read_json(annotation_file: Path) -> dict:
+    try:
+        data = json.loads(annotation_file.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{annotation_file}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{annotation_file}: not a JSON file ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+        raise UserError(f"{annotation_file}: expected a COCO object with lists 'images', 'annotations' and 'categories'")
+    return data
+
+
+def _categories(data: dict, annotation_file: Path) -> list[tuple[int, str]]:
+    """``(id, name)`` of each category, sorted by id: label ``i + 1`` is the ``i``-th."""
+    out = []
+    for c in data["categories"]:
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
+            raise UserError(f"{annotation_file}: category {c.get('id') if isinstance(c, dict) else c!r}: expected an integer 'id' and a string 'name'")
+        out.append((c["id"], c["name"]))
+    return sorted(out)
+
+
+#: The categories of training files read in this process, by (path, modification time, size):
+#: the validation split takes its label space from them without reading the file again.
+_TRAINING_CATEGORIES: dict[tuple[str, int, int], list[tuple[int, str]]] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
+
+
+def training_categories(annotation_file: Path) -> list[tuple[int, str]]:
+    """The sorted ``(id, name)`` categories of a training file (kept once read)."""
+    key = _file_key(annotation_file)
+    if key not in _TRAINING_CATEGORIES:
+        _TRAINING_CATEGORIES[key] = _categories(_read_json(annotation_file), annotation_file)
+    return _TRAINING_CATEGORIES[key]
+
+
+class CocoDetection(Dataset):
+    """``instances_*.json`` and its image folder (see the module docstring).
+
+    ``label_space``: the training file and its categories, when this is another split's file;
+    its categories are then mapped to the training file's labels by id.
+    """
+
+    def __init__(
+        self, annotation_file: Path, image_dir: Path, masks: bool = True, size_mismatch: str = "error",
+        label_space: tuple[Path, list[tuple[int, str]]] | None = None,
+    ) -> None:
+        self.file, self.image_dir, self.masks, self.size_mismatch = annotation_file, image_dir, masks, size_mismatch
+        data = _read_json(annotation_file)
+        own = _categories(data, annotation_file)
+        categories = own if label_space is None else self._mapped(own, *label_space)
+        if label_space is None:
+            _TRAINING_CATEGORIES[_file_key(annotation_file)] = own
         self.classes = [name for _, name in categories]
         self.label_of = {cid: i + 1 for i, (cid, _) in enumerate(categories)}
         self.images = [self._image(entry) for entry in data["images"]]
+        if not self.images:
+            raise UserError(f"{annotation_file}: no images (its 'images' list is empty): nothing to train or evaluate on")
+        self._check_unique_ids()
         self.annotations: dict[int, list[dict]] = {img["id"]: [] for img in self.images}
         for ann in data["annotations"]:
             self.annotations[self._check_annotation(ann)].append(ann)
 
+    def _mapped(self, own: list[tuple[int, str]], training_file: Path, training: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """The training file's categories, after checking this file's against them by id."""
+        names = dict(training)
+        unknown = [f"{cid} '{name}'" for cid, name in own if cid not in names]
+        if unknown:
+            raise self._fail("categories", f"{', '.join(unknown)} not in the training file {training_file} (its categories: {', '.join(f'{c} {n!r}' for c, n in training)})")
+        renamed = [f"{cid} is '{name}' here, '{names[cid]}' there" for cid, name in own if names[cid] != name]
+        if renamed:
+            raise self._fail("categories", f"named otherwise than in the training file {training_file}: {'; '.join(renamed)}")
+        return training
+
+    def _check_unique_ids(self) -> None:
+        seen: dict[int, str] = {}
+        for entry in self.images:
+            if entry["id"] in seen:
+                raise self._fail(f"image id {entry['id']}", f"given to two images, {seen[entry['id']]} and {entry['file_name']} (merged files? give each image its own id)")
+            seen[entry["id"]] = entry["file_name"]
+
     def _fail(self, what: str, problem: str) -> UserError:
         return UserError(f"{self.file}: {what}: {problem}")
-
-    def _category(self, c: Any) -> tuple[int, str]:
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
-            raise self._fail(f"category {c.get('id') if isinstance(c, dict) else c!r}", "expected an integer 'id' and a string 'name'")
-        return c["id"], c["name"]
 
     def _image(self, entry: Any) -> dict:
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), int):
@@ -94,6 +163,9 @@ class CocoDetection(Dataset):
         for key in ("file_name", "width", "height"):
             if key not in entry:
                 raise self._fail(f"image id {entry['id']}", f"missing '{key}'")
+        for key in ("width", "height"):
+            if not isinstance(entry[key], int) or isinstance(entry[key], bool) or entry[key] <= 0:
+                raise self._fail(f"image id {entry['id']}", f"'{key}' must be a positive integer, got {entry[key]!r:.40}")
         return entry
 
     def _check_annotation(self, ann: Any) -> int:
@@ -118,8 +190,10 @@ class CocoDetection(Dataset):
 
     def _check_segmentation(self, ann: dict, what: str) -> None:
         seg = ann.get("segmentation")
+        if seg == []:
+            raise self._fail(what, "segmentation is empty (a box-only file, as CVAT and Roboflow export): read it with data.args.masks: false (boxes only; Faster R-CNN)")
         if isinstance(seg, list):
-            if not seg or not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(map(_is_number, p)) for p in seg):
+            if not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(map(_is_number, p)) for p in seg):
                 raise self._fail(what, "segmentation polygons must be lists of at least 3 x, y pairs")
         elif isinstance(seg, dict):
             size, counts = seg.get("size"), seg.get("counts")
@@ -142,9 +216,11 @@ class CocoDetection(Dataset):
             raise UserError(f"{path}: image id {entry['id']} of {self.file} not found")
         image = np.asarray(read_rgb(path))
         h, w = image.shape[:2]
+        sx, sy = self._scale(entry, path, w, h)
         boxes, labels, crowd, masks = [], [], [], []
         for ann in self.annotations[entry["id"]]:
             x, y, bw, bh = ann["bbox"]
+            x, y, bw, bh = x * sx, y * sy, bw * sx, bh * sy
             x1, y1, x2, y2 = max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)
             if x2 <= x1 or y2 <= y1:  # degenerate once clipped: dropped, as torchvision's references do
                 continue
@@ -152,18 +228,34 @@ class CocoDetection(Dataset):
             labels.append(self.label_of[ann["category_id"]])
             crowd.append(ann.get("iscrowd", 0))
             if self.masks:
-                masks.append(self._mask(ann, h, w))
+                masks.append(self._mask(ann, entry["height"], entry["width"], h, w))
         mask_array = np.stack(masks) if masks else np.zeros((0, h, w), np.uint8)
         target = make_target(boxes, labels, mask_array if self.masks else None, crowd, entry["id"])
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), target
 
-    def _mask(self, ann: dict, h: int, w: int) -> np.ndarray:
+    def _scale(self, entry: dict, path: Path, w: int, h: int) -> tuple[float, float]:
+        """``(x, y)`` factors from the file's coordinates to the decoded image's: 1 when the sizes
+        agree; a mismatch is refused unless ``size_mismatch`` is ``rescale``."""
+        width, height = entry["width"], entry["height"]
+        if (w, h) == (width, height):
+            return 1.0, 1.0
+        if self.size_mismatch == "rescale":
+            return w / width, h / height
+        turned = " (the same size turned: labelled on the stored frame, without the EXIF orientation?)" if (w, h) == (height, width) else ""
+        raise UserError(
+            f"{path}: decodes to {w}x{h} (EXIF orientation applied), but image id {entry['id']} of {self.file} "
+            f"is {width}x{height}{turned}; data.args.size_mismatch: rescale scales its boxes and masks to the image"
+        )
+
+    def _mask(self, ann: dict, height: int, width: int, h: int, w: int) -> np.ndarray:
+        """The annotation's mask, drawn at the file's ``height`` x ``width``, resized (nearest) to the
+        decoded ``h`` x ``w`` when they differ."""
         from pycocotools import mask as coco_mask
 
         seg = ann["segmentation"]
         try:
             if isinstance(seg, list):
-                rle = coco_mask.merge(coco_mask.frPyObjects(seg, h, w))
+                rle = coco_mask.merge(coco_mask.frPyObjects(seg, height, width))
             elif isinstance(seg["counts"], list):
                 rle = coco_mask.frPyObjects(seg, *seg["size"])
             else:
@@ -171,31 +263,56 @@ class CocoDetection(Dataset):
             mask = coco_mask.decode(rle)
         except Exception as exc:  # pycocotools raises bare exceptions on malformed RLE strings
             raise self._fail(f"annotation id {ann['id']}", f"cannot decode its segmentation ({exc})") from None
-        if mask.shape != (h, w):
-            raise self._fail(f"annotation id {ann['id']}", f"mask is {mask.shape[0]}x{mask.shape[1]}, its image {h}x{w}")
+        if mask.shape != (height, width):
+            raise self._fail(f"annotation id {ann['id']}", f"mask is {mask.shape[0]}x{mask.shape[1]}, its image {height}x{width}")
+        if (h, w) != (height, width):
+            import cv2
+
+            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
         return mask
 
 
+def _annotation_file(folder: Path, split: str, annotations: str | None) -> Path:
+    if annotations is not None:
+        return folder / annotations.format(split=split)
+    found = sorted((folder / "annotations").glob(f"instances_{split}*.json"))
+    if len(found) != 1:
+        what = "no file" if not found else f"{len(found)} files ({', '.join(p.name for p in found)})"
+        raise UserError(f"{folder / 'annotations'}: {what} matching instances_{split}*.json; name it with data.args.annotations")
+    return found[0]
+
+
 @register_dataset("coco")
-def coco(*, root: str | None = None, split: str = "train", annotations: str | None = None, images: str | None = None, masks: bool = True) -> Dataset:
+def coco(
+    *, root: str | None = None, split: str = "train", annotations: str | None = None, images: str | None = None,
+    masks: bool = True, size_mismatch: str = "error",
+) -> Dataset:
     """COCO-format data under ``root``: ``annotations/instances_<name>.json`` and the image
     folder ``<name>/``, where ``<name>`` is the split (``train``/``val``) or the one file
     ``instances_<split>*.json`` (``instances_val2017.json`` → ``val2017/``). ``annotations`` and
-    ``images`` (paths relative to ``root``, ``{split}`` replaced) name them explicitly."""
+    ``images`` (paths relative to ``root``, ``{split}`` replaced) name them explicitly.
+
+    The validation split takes the training file's label space (categories mapped by id; a
+    validation folder without a training file keeps its own). ``masks: false`` reads boxes
+    only (no segmentation needed); ``size_mismatch`` (:data:`SIZE_MISMATCH`) says what an image
+    whose decoded size differs from its entry does."""
     check_split(split)
     if root is None:
         raise UserError("data.root: the coco dataset needs the folder holding annotations/ and the image folders")
+    if size_mismatch not in SIZE_MISMATCH:
+        raise UserError(f"data.args.size_mismatch: expected one of {', '.join(SIZE_MISMATCH)}, got {size_mismatch!r}")
     folder = Path(root).expanduser()
-    if annotations is None:
-        found = sorted((folder / "annotations").glob(f"instances_{split}*.json"))
-        if len(found) != 1:
-            what = "no file" if not found else f"{len(found)} files ({', '.join(p.name for p in found)})"
-            raise UserError(f"{folder / 'annotations'}: {what} matching instances_{split}*.json; name it with data.args.annotations")
-        annotation_file = found[0]
-    else:
-        annotation_file = folder / annotations.format(split=split)
+    annotation_file = _annotation_file(folder, split, annotations)
     image_dir = folder / (images.format(split=split) if images else annotation_file.stem.removeprefix("instances_"))
-    return CocoDetection(annotation_file, image_dir, masks)
+    label_space = None
+    if split != "train":
+        try:
+            training_file = _annotation_file(folder, "train", annotations)
+        except UserError:  # no training file here (a validation folder alone): its own categories
+            training_file = None
+        if training_file is not None and training_file.is_file() and training_file != annotation_file:
+            label_space = (training_file, training_categories(training_file))
+    return CocoDetection(annotation_file, image_dir, masks, size_mismatch, label_space)
 
 
 # --- generated data ---------------------------------------------------------------------
