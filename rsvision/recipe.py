@@ -74,6 +74,10 @@ class DataConfig(_Section):
     resize: Literal["batch", "sample"] = "batch"
     #: ``memory``: decode every image once and keep it in RAM.
     cache: Literal["none", "memory"] = "none"
+    #: A fraction of the training split held out as the validation split (seeded by
+    #: ``train.seed``), for data with one split (an image folder without ``val/``); unset: the
+    #: dataset's own ``val`` split.
+    val_split: float | None = Field(None, gt=0, lt=1)
     args: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("std")

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from rsvision.data.cache import InMemory
-from rsvision.data.sampling import mix_seed
+from rsvision.data.sampling import mix_seed, split_off
 from rsvision.data.transforms import InputFormat
 from rsvision.data.workers import loader_workers
 from rsvision.errors import UserError
@@ -96,7 +96,9 @@ class Task:
         """
         if split not in self._datasets:
             d = self.recipe.data
-            dataset = DATASETS.build(d.dataset, field="data.args", root=d.root, split=split, **d.args)
+            dataset = DATASETS.build(d.dataset, field="data.args", root=d.root, split="train" if d.val_split else split, **d.args)
+            if d.val_split:
+                dataset = split_off(dataset, split, d.val_split, self.recipe.train.seed)
             self.check_classes(dataset, split)
             self._datasets[split] = InMemory(dataset) if d.cache == "memory" else dataset
         return self._datasets[split]

@@ -225,7 +225,8 @@ class ClassListFolder(ImageFolder):
 
 @register_dataset("imagefolder")
 def imagefolder(*, root: str | None = None, split: str = "train") -> Dataset:
-    """``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (torchvision's layout).
+    """``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (torchvision's layout); for
+    ``train``, also ``root/<class>/*.jpg`` (one folder, split by ``data.val_split``).
 
     Class indices follow the sorted class folders of ``train/`` for both splits, so a
     validation folder lacking a class keeps the others' indices; a validation class that
@@ -237,9 +238,14 @@ def imagefolder(*, root: str | None = None, split: str = "train") -> Dataset:
         raise UserError("data.root: the imagefolder dataset needs a root folder holding train/ and val/")
     base = Path(root).expanduser()
     folders = {s: base / s for s in SPLITS}
+    if split == "train" and not folders["train"].is_dir() and base.is_dir() and not folders["val"].is_dir():
+        folders["train"] = base  # one folder of class folders: data.val_split holds out its validation part
     for s in {"train", split}:
         if not folders[s].is_dir():
-            raise UserError(f"{folders[s]}: folder not found (imagefolder expects {root}/train and {root}/val)")
+            raise UserError(
+                f"{folders[s]}: folder not found (imagefolder expects {root}/train and {root}/val; "
+                "with one folder, set data.val_split to hold out a validation part)"
+            )
     try:
         classes, _ = find_classes(str(folders["train"]))
         extra = sorted(set(find_classes(str(folders[split]))[0]) - set(classes))

@@ -8,6 +8,9 @@ whatever the number of DataLoader workers and processes. Two pieces make that so
 - :class:`EpochSeeded` seeds torch's and numpy's global random state from (seed, epoch,
   index) before each sample's transform, so any transform drawing from them (torchvision,
   albumentations seeded from torch, user code) is reproducible per sample.
+
+A dataset with one split (an image folder without ``val/``) is split by a seeded permutation
+(:func:`split_off`, ``data.val_split``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, Subset
+
+from rsvision.errors import UserError
 
 
 def mix_seed(*values: int) -> int:
@@ -98,3 +103,32 @@ class EpochSeeded(Dataset):
     def __getitems__(self, keys: list[int]) -> list[Any]:
         with restored_random():
             return [self._seeded(key) for key in keys]
+
+
+#: Mixed into the seed of a validation split (:func:`split_off`), apart from every epoch's order.
+VAL_SPLIT_STREAM = 0x5A17
+
+
+class SplitPart(Subset):
+    """One part of a split dataset; keeps its ``classes`` and ``class_to_idx`` (what the task
+    checks and the run records) and the part's ``targets``."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        super().__init__(dataset, indices)
+        for name in ("classes", "class_to_idx"):
+            if hasattr(dataset, name):
+                setattr(self, name, getattr(dataset, name))
+        if hasattr(dataset, "targets"):
+            self.targets = [dataset.targets[i] for i in indices]
+
+
+def split_off(dataset: Dataset, split: str, fraction: float, seed: int, source: str = "data.val_split") -> SplitPart:
+    """The ``train`` or ``val`` part of a one-split ``dataset``: ``round(fraction * n)`` samples,
+    drawn by a permutation seeded by ``seed``, are ``val``, the others ``train`` (each part in
+    the dataset's order), so every command that rebuilds the run's data sees the same parts."""
+    n = len(dataset)
+    held = round(fraction * n)
+    if not 0 < held < n:
+        raise UserError(f"{source}: {fraction} of {n} samples leaves {held} for validation and {n - held} for training; both need at least one")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, VAL_SPLIT_STREAM))).tolist()
+    return SplitPart(dataset, sorted(order[:held] if split == "val" else order[held:]))

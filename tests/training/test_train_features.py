@@ -1,8 +1,10 @@
 """Training features beyond the papers, each off by default: label smoothing in L_cls, a
 validation split of one image folder, keeping the best epoch, an EMA of the weights, mixup."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_recipe_dict
@@ -43,3 +45,54 @@ def test_the_recipes_label_smoothing_reaches_the_criterion(tmp_path):
     assert method.criterion.label_smoothing == 0.1
     with pytest.raises(UserError, match="train.label_smoothing"):
         validate_recipe(tiny_recipe_dict(tmp_path, train={"label_smoothing": 1.0}))
+
+
+def _one_folder(root, classes: int = 4, per_class: int = 5) -> None:
+    """``root/<class>/*.png``: one folder of class folders, no train/ or val/."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+
+
+def _folder_recipe(tmp_path, **data):
+    recipe = tiny_recipe_dict(tmp_path, train={"epochs": 1, "max_steps_per_epoch": 1})
+    recipe["data"] = {"dataset": "imagefolder", "root": str(tmp_path / "images"), "batch_size": 4, "workers": 0, **data}
+    return validate_recipe(recipe)
+
+
+def test_val_split_holds_out_a_seeded_part_of_one_folder(tmp_path, one_thread):
+    from rsvision.engine import train
+    from rsvision.registry import TASKS
+
+    _one_folder(tmp_path / "images")
+    recipe = _folder_recipe(tmp_path, val_split=0.25)
+    task = TASKS.get("cls")(recipe)
+    train_part, val_part = task.dataset("train"), task.dataset("val")
+    assert (len(train_part), len(val_part)) == (15, 5)
+    assert set(train_part.indices).isdisjoint(val_part.indices) and set(train_part.indices) | set(val_part.indices) == set(range(20))
+    assert val_part.classes == ["c0", "c1", "c2", "c3"]
+    again = TASKS.get("cls")(_folder_recipe(tmp_path, val_split=0.25)).dataset("val")
+    assert again.indices == val_part.indices  # the same part for every command that rebuilds the run's data
+    run = train(recipe, name="split", quiet=True)
+    meta = json.loads((run / "rsvision.json").read_text())
+    assert meta["class_names"] == ["c0", "c1", "c2", "c3"] and meta["metrics"]
+
+
+def test_one_folder_without_val_split_says_how_to_split(tmp_path):
+    from rsvision.registry import TASKS
+
+    _one_folder(tmp_path / "images")
+    with pytest.raises(UserError, match="set data.val_split"):
+        TASKS.get("cls")(_folder_recipe(tmp_path)).dataset("val")
+
+
+def test_a_val_split_too_small_for_the_data_is_one_line(tmp_path):
+    from rsvision.registry import TASKS
+
+    _one_folder(tmp_path / "images", classes=2, per_class=2)
+    with pytest.raises(UserError, match="data.val_split: 0.1 of 4 samples leaves 0 for validation"):
+        TASKS.get("cls")(_folder_recipe(tmp_path, val_split=0.1)).dataset("val")
