@@ -14,6 +14,7 @@ from accelerate.utils import send_to_device
 
 from rsvision.analysis.device import device_of, inference_precision, precision_name
 from rsvision.engine.evaluate import evaluate
+from rsvision.errors import UserError
 from rsvision.nn.cost import subnet_madds
 from rsvision.run.evaluations import EvaluationStore, data_key
 from rsvision.run.folder import Artifact
@@ -25,6 +26,7 @@ def evaluate_artifact(artifact, subnets: Sequence[SubNetLike] | None = None, bat
     """Evaluate a loaded run or packed file (:class:`rsvision.run.folder.Artifact`) at ``subnets``
     (default: its trained sub-networks and the method's combined rows); rows carry ``madds``."""
     task, model = artifact.task, artifact.model
+    check_classes(artifact)
     method = method_for(task.recipe)(model, task, task.recipe).to(device_of(model))
     method.load_artifact_tensors(artifact.tensors)
     wanted = [SubNet.parse(s) for s in subnets] if subnets else method.eval_subnets()
@@ -33,6 +35,19 @@ def evaluate_artifact(artifact, subnets: Sequence[SubNetLike] | None = None, bat
     for row, s in zip(rows, wanted):
         row["madds"] = subnet_madds(model, s, send_to_device(task.example_input(s.resolution), device_of(model)))
     return method.annotate(rows)
+
+
+def check_classes(artifact: Artifact) -> None:
+    """Refuse evaluation data whose classes are not the run's, in the run's order: labels are
+    compared by number, so another class set (``eval --data OTHER``) would score against the
+    wrong names. A run without recorded class names is not checked."""
+    trained, data = artifact.meta.get("class_names"), artifact.task.class_names()
+    if trained and data != trained:
+        d = artifact.task.recipe.data
+        raise UserError(
+            f"{d.root or d.dataset}: its classes ({', '.join(data)}) are not those {artifact.path} was trained on "
+            f"({', '.join(trained)}); evaluate on data with the run's classes"
+        )
 
 
 def evaluation_key(artifact: Artifact) -> dict[str, Any]:
