@@ -30,7 +30,9 @@ manifest and the files it lists; any other non-empty folder is refused.
 
 The check runs a few validation images of the run's task through onnxruntime and through
 the switchable PyTorch model at the same sub-network, and fails the export (nothing is
-written) when an output differs by more than ``1e-4 x max(1, |output|)``.
+written) when an output differs by more than ``1e-4 x max(1, |output|)``. A detector is
+also checked on the first image resized to the non-square sizes :data:`PHOTO_CHECK_SIZES`,
+where a graph that resizes photos differently from PyTorch shows.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ TOLERANCE = 1e-4
 CHECK_IMAGES = 4
 #: Check images of a quantized run: one flipped activation level shows on few images, so check many.
 QUANT_CHECK_IMAGES = 256
+#: Sizes (height x width) a detector's export is also checked on: landscape and portrait phone
+#: photos and a 4:3 camera's, a quarter of 1080 x 1920 and 3000 x 4000 (a float32 resize rule
+#: made them 47 x 85 and 47 x 63 at 48, against PyTorch's 48 x 85 and 48 x 64).
+PHOTO_CHECK_SIZES = ((270, 480), (480, 270), (750, 1000))
 
 
 def resolve_subnets(model: nn.Module, requested: Sequence[SubNetLike] | None, source: str) -> list[SubNet]:
@@ -131,6 +137,12 @@ def check_inputs(task, resolutions: Sequence[int], count: int = CHECK_IMAGES) ->
         channels = task.input_format.channels
         inputs = {r: torch.randn(count, channels, r, r, generator=g) for r in resolutions}
         return inputs, f"{count} random inputs (validation data unavailable: {exc})"
+
+
+def photo_check_images(images: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]] = PHOTO_CHECK_SIZES) -> list[torch.Tensor]:
+    """The first of ``images`` (``[C, H, W]``) resized to each of ``sizes`` (bilinear)."""
+    first = images[0][None].float()
+    return [torch.nn.functional.interpolate(first, size=size, mode="bilinear", align_corners=False)[0] for size in sizes]
 
 
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -184,6 +196,7 @@ def export_artifact(
                     on_subnet(entry)
             if checking:
                 check_info = {"inputs": inputs_text, "tolerance": f"{TOLERANCE} x max(1, |output|)",
+                              **({"non_square": "the first resized to " + ", ".join(f"{h}x{w}" for h, w in PHOTO_CHECK_SIZES)} if any(isinstance(x, list) for x in inputs.values()) else {}),
                               **({"reference": "the folded network, on the images without a near tie at a quantization threshold"} if quantization else {})}
             else:
                 check_info = {"inputs": "not checked" + ("" if check <= 0 else ": onnxruntime is not installed")}
@@ -240,7 +253,7 @@ def check_subnet(model: nn.Module, subnet: SubNet, plain, path: Path, x: torch.T
     sess = session(path)
     result: dict[str, Any] = {}
     if isinstance(x, list):
-        return {"check_max_abs_diff": check_detector(model, subnet, sess, x)}
+        return {"check_max_abs_diff": check_detector(model, subnet, sess, [*x, *photo_check_images(x)])}
     if plain.quantization is not None:
         compared = compare_quantized(plain.network, lambda z: run_session(sess, z), x)
         diff, scale = compared["max_abs_diff"], compared["max_abs_output"]

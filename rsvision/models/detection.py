@@ -16,13 +16,14 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
+import torchvision
 import torchvision.models.detection as tvd
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops.feature_pyramid_network import (
     FeaturePyramidNetwork,
     LastLevelMaxPool,
@@ -54,9 +55,53 @@ class FPNBackbone(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
 
 
-class SubNetTransform(GeneralizedRCNNTransform, Switchable):
-    """torchvision's resize, normalise and batch step at the active sub-network's size:
-    shorter side = its resolution, longer side at most ``max_size``."""
+def resized_size(height: Any, width: Any, min_size: int, max_size: int) -> tuple[Any, Any]:
+    """The size an ``height x width`` image is resized to: ``floor(side x s)`` per side with
+    ``s = min(min_size / shorter, max_size / longer)``, torchvision's rule, in exact integer
+    arithmetic (``side x p // q`` for ``s = p / q``).
+
+    The sides are Python ints in PyTorch and int64 tensors while the ONNX exporter traces,
+    and both give the same integers: the shorter side is ``min_size`` exactly (the longer
+    ``max_size`` when capped). torchvision's own rule computes ``s`` in floating point, float64
+    in PyTorch but float32 in the exported graph, whose product then falls just under an integer:
+    a 1080 x 1920 photo at 48 became 47 x 85 in the graph and 48 x 85 in PyTorch.
+    """
+    if isinstance(height, torch.Tensor):
+        shorter, longer = torch.minimum(height, width), torch.maximum(height, width)
+        capped = longer * min_size > shorter * max_size
+        p = torch.where(capped, torch.full_like(shorter, max_size), torch.full_like(shorter, min_size))
+        q = torch.where(capped, longer, shorter)
+        return height * p // q, width * p // q
+    shorter, longer = min(height, width), max(height, width)
+    p, q = (max_size, longer) if longer * min_size > shorter * max_size else (min_size, shorter)
+    return height * p // q, width * p // q
+
+
+class ShorterSideTransform(GeneralizedRCNNTransform):
+    """torchvision's resize, normalise and batch step with the size of :func:`resized_size`, so
+    that PyTorch and the exported graph resize every image to the same size."""
+
+    def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None):
+        if self.fixed_size is not None or (self.training and self._skip_resize):
+            return super().resize(image, target)
+        if torchvision._is_tracing():
+            height, width = torch.onnx.operators.shape_as_tensor(image)[-2:].unbind()
+        else:
+            height, width = image.shape[-2:]
+        side = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
+        size = resized_size(height, width, side, int(self.max_size))
+        resized = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        if target is None:
+            return resized, target
+        target = {**target, "boxes": resize_boxes(target["boxes"], image.shape[-2:], resized.shape[-2:])}
+        if "masks" in target:
+            target["masks"] = torch.nn.functional.interpolate(target["masks"][:, None].float(), size=size)[:, 0].byte()
+        return resized, target
+
+
+class SubNetTransform(ShorterSideTransform, Switchable):
+    """The resize, normalise and batch step at the active sub-network's size:
+    shorter side = its resolution, longer side at most ``max_size`` (:func:`resized_size`)."""
 
     def forward(self, images, targets=None):
         if self.subnet is None:
@@ -64,9 +109,9 @@ class SubNetTransform(GeneralizedRCNNTransform, Switchable):
         self.min_size = (self.subnet.resolution,)
         return super().forward(images, targets)
 
-    def materialize(self, subnet: SubNet, channels: int | None = None) -> GeneralizedRCNNTransform:
-        """torchvision's plain transform at ``subnet``'s size (for export)."""
-        return GeneralizedRCNNTransform(subnet.resolution, self.max_size, self.image_mean, self.image_std, self.size_divisible, self.fixed_size)
+    def materialize(self, subnet: SubNet, channels: int | None = None) -> ShorterSideTransform:
+        """The plain transform at ``subnet``'s size (for export)."""
+        return ShorterSideTransform(subnet.resolution, self.max_size, self.image_mean, self.image_std, self.size_divisible, self.fixed_size)
 
 
 class SwitchableDetector(RSNet):
