@@ -206,28 +206,164 @@ def cli() -> None:
     """Train and deploy Resolution Switchable Networks."""
 
 
-@cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+#: ``--resume`` without a value: the latest run of RECIPE.
+_LATEST = ":latest"
+
+
+@cli.command(short_help="Train the RS-Net described by RECIPE.")
+@click.argument("recipe", required=False, metavar="[RECIPE]")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. train.epochs=1 (YAML value).")
 @plugin_option
-@click.option("--resume", is_flag=True, help="Continue the latest run of this recipe from its saved training state.")
-@click.option("--quiet", is_flag=True, help="No progress bar, no tables.")
-def train(recipe: Path, overrides: tuple[str, ...], plugins: tuple[str, ...], resume: bool, quiet: bool) -> None:
-    """Train the RS-Net described by RECIPE (a YAML file).
+@click.option("--resume", "resume", is_flag=False, flag_value=_LATEST, default=None, metavar="[RUN_DIR]",
+              help="Continue from the saved training state of RUN_DIR (then RECIPE may be left out), or of the latest run of "
+              "RECIPE. Recipe fields that differ from the run's are refused, listed, unless --allow-changes; a finished run "
+              "is left as it is (one line, exit 0).")
+@click.option("--allow-changes", is_flag=True, help="With --resume: continue although recipe fields (--set or an edited RECIPE) differ from the run's.")
+@click.option("--quiet", is_flag=True, help="No progress bar, no tables: only the run folder, on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="The run folder and its results as JSON on stdout (progress stays on stderr).")
+def train(recipe: str | None, overrides: tuple[str, ...], plugins: tuple[str, ...], resume: str | None, allow_changes: bool,
+          quiet: bool, as_json: bool) -> None:
+    """Train the RS-Net described by RECIPE: a YAML file, or the name of a shipped recipe (`rsvision recipes`).
 
-    A width recipe with ``widths.query: true`` then builds the run's query table (as
-    ``rsvision query RUN``) and prints it.
+    The results table and the run folder go to stdout; progress and the per-epoch lines to
+    stderr. A width recipe with ``widths.query: true`` then builds the run's query table (as
+    ``rsvision query RUN``) and prints it. Plugins (``--plugin``, the recipe's ``plugins:``,
+    relative to the recipe's folder) are recorded in the run, so later commands need no
+    ``--plugin``.
     """
     from rsvision.engine import train as run_training
+    from rsvision.engine.trainer import latest_resumable
     from rsvision.recipe import load_recipe
     from rsvision.registry import load_plugins
+    from rsvision.run.files import RECIPE
+    from rsvision.run.plugins import resolve_plugins
+    from rsvision.run.resume import check_resume, resumable, saved_recipe
 
+    if resume not in (None, _LATEST) and recipe is None and not Path(resume).is_dir():  # `train --resume RECIPE`
+        recipe, resume = resume, _LATEST
+    named = resumable(resume) if resume not in (None, _LATEST) else None
+    if recipe is None and named is None:
+        raise UserError("train: give RECIPE (a YAML file or a shipped recipe's name: `rsvision recipes` lists them)")
+    path = _recipe_file(recipe) if recipe is not None else named.run_dir / RECIPE
     load_plugins(plugins)
-    cfg = load_recipe(recipe, overrides)
+    cfg = load_recipe(path, overrides) if recipe is not None else saved_recipe(named, overrides)
+    cfg.plugins = list(dict.fromkeys(resolve_plugins(cfg.plugins, path.parent) + resolve_plugins(plugins, Path.cwd())))
+    load_plugins(cfg.plugins)
+    name = cfg.name or (named.run_dir.name if named else path.stem)
     _check_writable(Path(cfg.output_dir), "output_dir", inside=True)
-    run_dir = run_training(cfg, name=cfg.name or recipe.stem, resume=resume, quiet=quiet)
-    if cfg.widths is not None and cfg.widths.query and os.environ.get("RANK", "0") == "0":  # one process builds it
-        _query_after_training(run_dir, quiet)
+    target: bool | Path = False
+    if resume is not None:
+        run = named or resumable(latest_resumable(cfg, name))
+        changes = check_resume(run, cfg, allow_changes)
+        if run.epochs_done >= cfg.train.epochs:
+            click.echo(f"{run.run_dir}: finished ({run.epochs_done} of {cfg.train.epochs} epochs); nothing to resume", err=True)
+            return
+        if changes:
+            warnings.warn(f"--resume {run.run_dir} with --allow-changes: {'; '.join(changes)}", stacklevel=1)
+        target = run.run_dir
+    run_dir = run_training(cfg, name=name, resume=target, quiet=quiet)
+    if os.environ.get("RANK", "0") != "0":  # one process prints and builds the query table
+        return
+    _print_trained(run_dir, cfg, quiet, as_json)
+    if cfg.widths is not None and cfg.widths.query:
+        _query_after_training(run_dir, quiet or as_json)
+
+
+def _recipe_file(recipe: str) -> Path:
+    """RECIPE as a file: the path when it exists, else the shipped recipe of that name
+    (``quickstart``, ``quickstart.yaml`` or ``recipes/quickstart.yaml`` from any folder)."""
+    path = Path(recipe)
+    if path.exists() or path.parent not in (Path("."), Path("recipes")):
+        return path
+    shipped = _shipped_recipes().get(path.name.removesuffix(".yaml").removesuffix(".yml"))
+    if shipped is None:
+        raise UserError(f"{recipe}: recipe file not found, nor a shipped recipe (`rsvision recipes` lists them)")
+    return shipped
+
+
+def _shipped_recipes() -> dict[str, Path]:
+    """The recipes shipped with the package (``rsvision/recipes/``, package data), by name."""
+    from importlib.resources import files
+
+    folder = Path(str(files("rsvision") / "recipes"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+@cli.group(invoke_without_command=True, short_help="List the shipped recipes, or copy one out.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def recipes(ctx: click.Context, as_json: bool) -> None:
+    """The recipes shipped with rsvision: listed here; `rsvision recipes copy NAME` writes one
+    out to edit; `rsvision train NAME` trains one as it is."""
+    if ctx.invoked_subcommand is not None:
+        return
+    shipped = {name: _recipe_summary(path) for name, path in _shipped_recipes().items()}
+    if as_json:
+        _emit_json(shipped)
+        return
+    table = Table(title="shipped recipes (rsvision train NAME, rsvision recipes copy NAME)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it trains")
+    for name, summary in shipped.items():
+        table.add_row(name, summary)
+    out.print(table)
+
+
+def _recipe_summary(path: Path) -> str:
+    """The first sentence of a recipe's opening comment (each shipped recipe says there what it trains)."""
+    lines = []
+    for line in path.read_text().lstrip().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    text = " ".join(lines)
+    for end in re.finditer(r"\.(\s|$)", text):
+        word = text[: end.start()].rsplit(" ", 1)[-1]
+        if len(word) > 3 or word.endswith((")", "}")):  # a sentence's end, not an abbreviation's (App. B)
+            return text[: end.start() + 1]
+    return text
+
+
+@recipes.command("copy")
+@click.argument("name")
+@click.argument("dest", required=False, type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+def copy_recipe(name: str, dest: Path | None, overwrite: bool) -> None:
+    """Write the shipped recipe NAME to DEST (a file, or a folder; default: ./NAME.yaml)."""
+    from rsvision.io import atomic_write
+
+    shipped = _shipped_recipes()
+    source = shipped.get(name.removesuffix(".yaml"))
+    if source is None:
+        raise UserError(f"recipes copy: no shipped recipe '{name}' (shipped: {', '.join(shipped)})")
+    dest = Path(dest or source.name)
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.exists() and not overwrite:
+        raise UserError(f"{dest}: exists; pass --overwrite to replace it")
+    _check_writable(dest, "DEST")
+    text = source.read_text()
+    atomic_write(dest, lambda tmp: Path(tmp).write_text(text))
+    click.echo(str(dest))
+
+
+def _print_trained(run_dir: Path, cfg, quiet: bool, as_json: bool) -> None:
+    """What ``train`` prints on stdout: the results table and the run folder; only the folder
+    with ``--quiet``; both as JSON with ``--json``."""
+    from rsvision.report import results_table
+    from rsvision.run.folder import read_meta
+    from rsvision.training import method_for
+
+    meta = read_meta(run_dir)
+    madds = meta.get("madds") or {}
+    rows = [{**row, "madds": madds[row["subnet"]]} if row.get("subnet") in madds else row for row in meta["metrics"]]
+    if as_json:
+        _emit_json({"run": str(run_dir), "task": meta["task"], "epochs_done": meta["epochs_done"], "complete": meta["complete"], "results": rows})
+    elif quiet:
+        click.echo(str(run_dir))
+    else:
+        out.print(results_table(rows, columns=method_for(cfg).columns))
+        out.print(f"run folder: {run_dir}", soft_wrap=True)
 
 
 def _query_after_training(run_dir: Path, quiet: bool) -> None:
@@ -240,7 +376,7 @@ def _query_after_training(run_dir: Path, quiet: bool) -> None:
         print_query(report, (), out)
 
 
-@cli.command("eval", epilog=RUN_HELP)
+@cli.command("eval", epilog=RUN_HELP, short_help="Evaluate RUN at any resolution.")
 @click.argument("args", nargs=-1, metavar="[RUN] [SIZE]...")
 @click.option("--task", "task_name", default=None, help="Task of the run (cls, seg, det): picks the latest such run, and is checked against RUN.")
 @click.option("--res", multiple=True, help="Sizes, ranges START:STOP:STEP (64:256:16) or sub-network ids (160w70) to evaluate; default: the trained ones and the ensemble.")
@@ -322,7 +458,7 @@ def _eval_subnets(artifact, chosen, widths):
     return subnets if chosen or widths else None
 
 
-@cli.command(epilog=RUN_HELP)
+@cli.command(epilog=RUN_HELP, short_help="Recompute the BN statistics of RUN at any resolution.")
 @click.argument("args", nargs=-1, metavar="RUN [SIZE]...")
 @checkpoint_option()
 @click.option("--res", multiple=True, required=True, help="Sizes, ranges (112:144:16) or sub-network ids (160w70) to calibrate, trained or not.")
@@ -359,7 +495,7 @@ def calibrate(args, checkpoint, res, images, batch_size, data_root, as_json, dev
     out.print(f"calibrated statistics in the run: {', '.join(report['calibrated'])} (`rsvision eval` uses them)", soft_wrap=True)
 
 
-@cli.command()
+@cli.command(short_help="Plot accuracy vs. MAdds and vs. resolution of RUNs.")
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Figure to write: .png or .svg.")
 @click.option("--res", multiple=True, help="Sizes or ranges (64:256:16) to evaluate each RUN at; default: its trained and calibrated ones.")
@@ -406,7 +542,7 @@ def plot(runs, out_path, res, inets, labels, data_root, batch_size, as_json, cur
     out.print(f"figure: {out_path}", soft_wrap=True)
 
 
-@cli.command()
+@cli.command(short_help="Turn an official RS-Nets checkpoint into a run folder.")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--from", "source", required=True, metavar="rs-nets", help="Format of CHECKPOINT: rs-nets (the official RS-Nets PyTorch code).")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder to create.")
@@ -433,7 +569,7 @@ def convert(checkpoint, source, out_dir, arch, res, extra_res, classes_file, as_
     out.print(f"evaluate with: rsvision eval {out_dir} --data IMAGENET_ROOT (inputs in [0, 1], no mean/std)", soft_wrap=True)
 
 
-@cli.command(epilog=RUN_HELP)
+@cli.command(epilog=RUN_HELP, short_help="Parameters, MAdds and latency per resolution.")
 @click.argument("args", nargs=-1, metavar="[RUN] [SIZE]...")
 @click.option("--backbone", default=None, help="A registered backbone (with the classifier head).")
 @checkpoint_option()
@@ -510,7 +646,7 @@ def _profile_onnx(export_dir: Path, threads: int | None, as_json: bool) -> None:
     out.print(table)
 
 
-@cli.command("list")
+@cli.command("list", short_help="List the registered backbones, heads, tasks and datasets.")
 @click.option("--json", "as_json", is_flag=True)
 @plugin_option
 def list_registered(as_json: bool, plugins: tuple[str, ...]) -> None:
@@ -536,23 +672,26 @@ def list_registered(as_json: bool, plugins: tuple[str, ...]) -> None:
     out.print(table)
 
 
-@cli.command()
+@cli.command(short_help="Draw predictions of IMAGEs: segmentation masks or detections.")
 @click.argument("args", nargs=-1, required=True, metavar="[RUN] IMAGE...")
 @checkpoint_option("Same as RUN; a packed file needs this spelling. Default: the latest seg run under ./runs.")
 @click.option("--res", multiple=True, help="Sizes or ranges (32:64:32) to run at; default: the trained ones.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("predictions"), show_default=True)
 @click.option("--compare", is_flag=True, help="Also write IMAGE_compare.png: the image and its masks side by side.")
 @device_option
-def predict(args, checkpoint, res, out_dir, compare, device) -> None:
+@plugin_option
+def predict(args, checkpoint, res, out_dir, compare, device, plugins) -> None:
     """Draw predictions of IMAGEs at each resolution: segmentation masks, or detections.
 
     RUN, a segmentation or detection run folder, comes first: a first argument that is a folder is RUN,
     the others are images (--checkpoint RUN is the same).
     """
     from rsvision.deploy.masks import predict_files
+    from rsvision.registry import load_plugins
     from rsvision.run.folder import find_latest_run
     from rsvision.subnet import parse_resolutions
 
+    load_plugins(plugins)
     device = _device(device)
     tokens = list(args)
     run = Path(tokens.pop(0)) if Path(tokens[0]).is_dir() else None
@@ -569,11 +708,12 @@ def predict(args, checkpoint, res, out_dir, compare, device) -> None:
         out.print(str(path))
 
 
-@cli.command("export", epilog=RUN_HELP)
+@cli.command("export", epilog=RUN_HELP, short_help="Export RUN: ONNX graphs, or a quantized run's packed file.")
 @click.argument("args", nargs=-1, metavar="RUN [SIZE]...")
 @checkpoint_option()
-@click.option("--format", "fmt", type=click.Choice(["lq", "onnx"]), default="lq", show_default=True,
-              help="lq: packed K-bit LQ-Nets codes + bases of a quantized run; onnx: one BN-folded ONNX graph per sub-network + manifest.json.")
+@click.option("--format", "fmt", type=click.Choice(["lq", "onnx"]), default=None,
+              help="lq: packed K-bit LQ-Nets codes + bases of a quantized run; onnx: one BN-folded ONNX graph per sub-network + "
+              "manifest.json. Default: lq for a quantized run folder, onnx otherwise.")
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True, help="lq: the packed file; onnx: the directory.")
 @click.option("--res", multiple=True, help="onnx: sizes, ranges (96:224:64) or sub-network ids to export (default: the trained and calibrated ones).")
 @click.option("--subnet", "subnet_ids", multiple=True, metavar="ID", help="onnx: sub-network ids to export, e.g. 160w70.")
@@ -582,17 +722,23 @@ def predict(args, checkpoint, res, out_dir, compare, device) -> None:
 @click.option("--overwrite", is_flag=True, help="onnx: replace an earlier export in the output directory (otherwise refused).")
 @click.option("--json", "as_json", is_flag=True)
 @device_option
-def export(args, checkpoint, fmt, out_path, res, subnet_ids, fp16, linear_bits, overwrite, as_json, device) -> None:
+@plugin_option
+def export(args, checkpoint, fmt, out_path, res, subnet_ids, fp16, linear_bits, overwrite, as_json, device, plugins) -> None:
     """Export RUN: a packed file of a quantized run (lq) or ONNX graphs per sub-network (onnx).
 
     onnx: BN statistics a sub-network lacks are recomputed on --device; the graphs are traced
     and checked on the CPU.
     """
+    from rsvision.registry import load_plugins
+    from rsvision.run.folder import read_meta
     from rsvision.subnet import parse_subnets
 
+    load_plugins(plugins)
     device = _device(device)
     run, sizes = _run_and_sizes(args, checkpoint, "export")
     _check_writable(out_path)
+    if fmt is None:  # by run type: a quantized run folder packs, anything else exports float graphs
+        fmt = "lq" if Path(run).is_dir() and read_meta(run)["recipe"].get("quant") else "onnx"
     if fmt == "onnx":
         _export_onnx(run, out_path, parse_subnets(res + tuple(sizes)), subnet_ids, overwrite, as_json, device)
         return
@@ -649,7 +795,7 @@ def _export_onnx(run: Path, out_dir: Path, subnets: list, subnet_ids: tuple[str,
     out.print(f"{out_dir / MANIFEST}: {manifest['task']}, opset {manifest['opset']}, checked on {manifest['check']['inputs']}", soft_wrap=True)
 
 
-@cli.command(epilog=RUN_HELP)
+@cli.command(epilog=RUN_HELP, short_help="Deploy the best sub-network of RUN within a budget.")
 @click.argument("args", nargs=-1, metavar="RUN [SIZE]...")
 @checkpoint_option()
 @budget_options(multiple=False)
@@ -660,14 +806,17 @@ def _export_onnx(run: Path, out_dir: Path, subnets: list, subnet_ids: tuple[str,
 @click.option("--overwrite", is_flag=True, help="Replace an earlier deployment in the output directory (otherwise refused).")
 @click.option("--json", "as_json", is_flag=True)
 @device_option
-def deploy(args, checkpoint, budget_madds, budget_ms, budget_alias, calibrated, res, out_dir, threads, overwrite, as_json, device) -> None:
+@plugin_option
+def deploy(args, checkpoint, budget_madds, budget_ms, budget_alias, calibrated, res, out_dir, threads, overwrite, as_json, device, plugins) -> None:
     """Export the most accurate sub-network of RUN within a MAdds or latency budget.
 
     Candidates are scored on --device; latency is the exported graph's on the CPU (onnxruntime).
     """
     from rsvision.deploy.select import deploy
+    from rsvision.registry import load_plugins
     from rsvision.subnet import parse_subnets
 
+    load_plugins(plugins)
     device = _device(device)
     run, sizes = _run_and_sizes(args, checkpoint, "deploy")
     budgets = _budgets(budget_madds, budget_alias, budget_ms)
@@ -698,7 +847,7 @@ def _deploy_table(report: dict, title: str) -> Table:
     return table
 
 
-@cli.command()
+@cli.command(short_help="Query table of a width RUN, and the best row per budget.")
 @click.argument("run", required=False, type=click.Path(path_type=Path))
 @checkpoint_option()
 @budget_options(multiple=True)
@@ -790,7 +939,7 @@ def _dispatch(run: Callable[[], object]) -> object:
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(short_help="Drive the prediction server at URL with an open-loop load.")
 @click.argument("url")
 @click.option("--images", type=click.Path(path_type=Path), required=True, help="Image folder, FOLDER/<class>/<image>: the answers are scored against the class folders (sorted names = class indices).")
 @click.option("--slo-ms", type=float, required=True, help="Latency objective: an answer later than this after its scheduled time is a miss.")
@@ -844,7 +993,7 @@ def loadgen(url, images, slo_ms, shape, rates, duration, trace_file, spike_s, sp
         out.print(f"failed requests: {error}", soft_wrap=True)
 
 
-@cli.command("serve")
+@cli.command("serve", short_help="Serve RUN_OR_EXPORT over HTTP within a latency SLO.")
 @click.argument("source", metavar="RUN_OR_EXPORT", type=click.Path(path_type=Path))
 @click.option("--slo-ms", type=float, default=50.0, show_default=True,
               help="Latency objective: a request is due this long after it arrives (the X-Deadline-Ms header may ask for less).")
@@ -860,14 +1009,20 @@ def loadgen(url, images, slo_ms, shape, rates, duration, trace_file, spike_s, sp
 @click.option("--margin-ms", type=float, default=2.0, show_default=True, help="Time kept in hand after a batch, besides the observed time its answers take to leave.")
 @click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timed runs per cell of the latency table at start-up (their median, after 3 warm-up runs).")
 @click.option("--name", default=None, help="Model name in the KServe v2 routes (default: the folder's name).")
+@click.option("--worker", type=click.Choice(["process", "thread"]), default="process", show_default=True,
+              help="Run the network in a process of its own (its time then does not depend on the HTTP traffic) or in a thread.")
 @device_option
-def serve(source, slo_ms, policy, host, port, max_queue, max_body_mb, max_megapixels, batch_sizes, threads, margin_ms, repeats, name, device) -> None:
+@plugin_option
+def serve(source, slo_ms, policy, host, port, max_queue, max_body_mb, max_megapixels, batch_sizes, threads, margin_ms, repeats, name, worker, device, plugins) -> None:
     """Serve RUN_OR_EXPORT over HTTP, choosing the sub-network per batch to meet --slo-ms (docs/serving.md).
 
     POST an image to /predict (curl --data-binary @img.png http://127.0.0.1:8000/predict);
     SIGTERM or Ctrl-C stops accepting, answers what is in flight and exits 0.
     """
+    from rsvision.registry import load_plugins
+
     _device(device)  # a bad --device is one line before any work
+    load_plugins(plugins)
     try:
         from rsvision.serve.app import ServeConfig, serve as serve_http
     except ModuleNotFoundError as exc:
@@ -888,8 +1043,9 @@ def serve(source, slo_ms, policy, host, port, max_queue, max_body_mb, max_megapi
         sys.stdout.flush()
 
     config = ServeConfig(slo_ms=slo_ms, policy=policy, max_queue=max_queue, max_body_mb=max_body_mb, max_megapixels=max_megapixels,
-                         batch_sizes=tuple(parse_batch_sizes(batch_sizes)), threads=threads, margin_ms=margin_ms, repeats=repeats, on_ready=ready)
-    serve_http(source, config, host=host, port=port, device=device, name=name)
+                         batch_sizes=tuple(parse_batch_sizes(batch_sizes)), threads=threads, margin_ms=margin_ms, repeats=repeats, worker=worker,
+                         on_ready=ready)
+    serve_http(source, config, host=host, port=port, device=device, name=name, plugins=plugins)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,8 @@ from rsvision.io import recover_dir, replace_dir, write_json
 from rsvision.nn.cost import subnet_madds
 from rsvision.recipe import Recipe, check_unused
 from rsvision.registry import TASKS, load_plugins
-from rsvision.report import console, results_table, training_progress
-from rsvision.run.files import LOG, META, RECIPE, STATE, progress_file
+from rsvision.report import console, training_progress
+from rsvision.run.files import BEST, LOG, META, RECIPE, STATE, progress_file
 from rsvision.run.folder import save_run
 from rsvision.run.metadata import run_metadata
 from rsvision.tasks.base import Task
@@ -82,6 +82,8 @@ class RunProgress:
     history: list[dict[str, Any]] = field(default_factory=list)
     layout: str | None = None
     layout_reason: str | None = None
+    #: The best evaluated epoch by ``train.keep_best``: ``{"epoch", "value"}``.
+    best: dict[str, Any] | None = None
 
 
 def synchronized_bn(model: nn.Module) -> nn.Module:
@@ -191,10 +193,13 @@ class Loop:
     workers: tuple[int, str]
     autotuning: tuple[bool, str]
     precision: tuple[str, str]
+    #: The sub-networks' multiply-adds, once a ``best/`` folder needs them before the last epoch.
+    best_madds: dict[str, int] | None = None
 
 
-def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: bool = False) -> Path:
-    """Train ``recipe`` and return its run folder (``model.safetensors`` + ``rsvision.json``)."""
+def train(recipe: Recipe, *, name: str = "run", resume: bool | Path = False, quiet: bool = False) -> Path:
+    """Train ``recipe`` and return its run folder (``model.safetensors`` + ``rsvision.json``);
+    ``resume``: continue the latest run of ``name`` (True) or the run folder given."""
     benchmark = torch.backends.cudnn.benchmark
     try:
         loop = _prepare(recipe, name, resume, quiet)
@@ -206,15 +211,11 @@ def train(recipe: Recipe, *, name: str = "run", resume: bool = False, quiet: boo
     finally:
         torch.backends.cudnn.benchmark = benchmark  # the run's choice stays with the run
     loop.accelerator.wait_for_everyone()
-    if loop.accelerator.is_main_process and not quiet:
-        meta = json.loads((loop.run_dir / META).read_text())
-        console.print(results_table(_with_costs(rows, meta["madds"]), columns=loop.method.columns))
-        console.print(f"run folder: {loop.run_dir}")
     loop.accelerator.end_training()
     return loop.run_dir
 
 
-def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
+def _prepare(recipe: Recipe, name: str, resume: bool | Path, quiet: bool) -> Loop:
     """The task, the method, the data and the optimiser, prepared by Accelerate; the run
     folder created (or found and its state loaded, with ``resume``)."""
     load_plugins(recipe.plugins)
@@ -228,12 +229,12 @@ def _prepare(recipe: Recipe, name: str, resume: bool, quiet: bool) -> Loop:
     t = recipe.train
     if t.sync_bn and not torch.cuda.is_available():
         raise UserError(f"{recipe.source}: train.sync_bn: SyncBatchNorm runs on CUDA only; set it to false on CPU")
+    train_set = EpochSeeded(task.train_dataset(), t.seed)  # the data checked before the model's weights are downloaded
     set_seed(t.seed)
     model = task.build_model()
     method = method_cls(synchronized_bn(model) if t.sync_bn else model, task, recipe)
     run_dir = _agreed_run_dir(PartialState(), recipe, name, resume)  # before Accelerate, whose trackers write into it
     accelerator = make_accelerator(recipe, method, run_dir)
-    train_set = EpochSeeded(task.train_dataset(), t.seed)
     sampler = EpochSampler(len(train_set), t.seed)
     workers = loader_workers(recipe.data.workers, accelerator.device, recipe.data.oversubscribe)
     loader = DataLoader(
@@ -322,6 +323,10 @@ def _run_epoch(loop: Loop, epoch: int, bar, rows: list[dict]) -> list[dict]:
     log["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     loop.state.epoch = epoch + 1
     loop.state.history.append(log)
+    if t.keep_best and "val" in log:
+        value = best_value(rows, t.keep_best, {s.id for s in method.eval_subnets()}, loop.recipe.source)
+        if loop.state.best is None or value > loop.state.best["value"]:
+            loop.state.best = {"epoch": epoch + 1, "value": value}
     _save_epoch(loop, rows)
     if t.log_with:
         loop.accelerator.log(epoch_values(log, {s.id for s in method.model.subnets}), step=epoch + 1)
@@ -453,11 +458,11 @@ def average_gradients(parameters) -> None:
         offset += g.numel()
 
 
-def _agreed_run_dir(processes: PartialState, recipe: Recipe, name: str, resume: bool) -> Path:
+def _agreed_run_dir(processes: PartialState, recipe: Recipe, name: str, resume: bool | Path) -> Path:
     """The run folder, chosen by the main process and sent to the others."""
     chosen = [None]
     if processes.is_main_process:
-        chosen = [str(latest_resumable(recipe, name) if resume else new_run_dir(recipe, name))]
+        chosen = [str(latest_resumable(recipe, name) if resume is True else resume if resume else new_run_dir(recipe, name))]
     if processes.num_processes > 1:
         broadcast_object_list(chosen, from_process=0)
     return Path(chosen[0])
@@ -483,8 +488,10 @@ def _save_epoch(loop: Loop, rows: list[dict]) -> None:
     accelerator.wait_for_everyone()  # every process has written its random state into tmp
     if accelerator.is_main_process:
         write_json(progress_file(tmp), asdict(state))
-        replace_dir(tmp, run_dir / STATE)
         meta = run_metadata(loop.task, method, loop.recipe, rows, madds, state.epoch)
+        if state.best is not None:
+            _save_best(loop, meta, final)  # before the state that says it is saved
+        replace_dir(tmp, run_dir / STATE)
         meta["memory_layout"] = {"layout": state.layout, "reason": state.layout_reason}
         meta["data_workers"] = {"workers": loop.workers[0], "reason": loop.workers[1]}
         meta["cudnn_benchmark"] = {"enabled": loop.autotuning[0], "reason": loop.autotuning[1]}
@@ -495,13 +502,42 @@ def _save_epoch(loop: Loop, rows: list[dict]) -> None:
     accelerator.wait_for_everyone()
 
 
+def best_value(rows: list[dict], spec: str, trained: set[str], source: str) -> float:
+    """The number ``train.keep_best`` ranks epochs by (higher is better): ``METRIC/SUBNET``,
+    that row's metric; ``METRIC``, its mean over the trained sub-networks' rows."""
+    metric, _, subnet = spec.partition("/")
+    chosen = [r for r in rows if (r.get("subnet") == subnet if subnet else r.get("subnet") in trained)]
+    if not chosen or any(metric not in r for r in chosen):
+        metrics = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k not in ("resolution", "width")})
+        raise UserError(
+            f"{source}: train.keep_best: '{spec}' names no evaluated value (metrics: {', '.join(metrics)}; "
+            f"sub-networks: {', '.join(r['subnet'] for r in rows)}; e.g. {metrics[0] if metrics else 'top1'} or "
+            f"{metrics[0] if metrics else 'top1'}/{rows[0]['subnet'] if rows else '224'})"
+        )
+    return sum(float(r[metric]) for r in chosen) / len(chosen)
+
+
+def _save_best(loop: Loop, meta: dict, final: bool) -> None:
+    """``best/``: a run folder of the best epoch by ``train.keep_best``, written when an epoch
+    beats the earlier ones; marked complete once the run has finished."""
+    best, folder = loop.state.best, loop.run_dir / BEST
+    if best["epoch"] == loop.state.epoch:
+        if loop.best_madds is None:
+            loop.best_madds = meta["madds"] or _madds(loop.method.model, loop.task)
+        tmp = loop.run_dir / f"{BEST}.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        best_meta = {**meta, "madds": loop.best_madds, "complete": final, "best": {"by": loop.recipe.train.keep_best, **best}}
+        save_run(tmp, loop.method.model, loop.method.artifact_tensors(), best_meta)
+        write_json(tmp / RECIPE, loop.recipe.model_dump(mode="json"))
+        replace_dir(tmp, folder)
+    elif final:
+        finished = json.loads((folder / META).read_text())
+        write_json(folder / META, {**finished, "complete": True})
+
+
 def _madds(model: nn.Module, task: Task) -> dict[str, int]:
     device = next(model.parameters()).device
     return {s.id: subnet_madds(model, s, send_to_device(task.example_input(s.resolution), device)) for s in model.subnets}
-
-
-def _with_costs(rows: list[dict], madds: dict[str, int]) -> list[dict]:
-    return [{**row, "madds": madds[row["subnet"]]} if row.get("subnet") in madds else row for row in rows]
 
 
 def _epoch_line(log: dict, primary: str, method_text: str = "") -> str:

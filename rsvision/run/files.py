@@ -4,7 +4,7 @@ A run folder holds the weights with the training method's tensors (``model.safet
 the metadata (``rsvision.json``), the validated recipe (``recipe.json``), one line per epoch
 (``log.jsonl``), the state ``--resume`` needs (``state/``, with ``progress.json``) and,
 once written by later commands, the calibration file, the kept evaluations and the query
-table.
+table. Training copies the plugin files it imported into ``plugins/``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ QUERY = "query.json"
 #: What ``train.log_with`` trackers write into the run folder (``rsvision.engine.tracking``).
 TENSORBOARD = "tensorboard"
 METRICS_CSV = "metrics.csv"
+#: The run folder of the best epoch by ``train.keep_best``, inside the run folder.
+BEST = "best"
+PLUGINS = "plugins"
 
 
 def progress_file(state_dir: Path) -> Path:

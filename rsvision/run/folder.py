@@ -2,11 +2,10 @@
 
 A run folder holds ``model.safetensors`` (the network's state and the training method's
 tensors, e.g. ``mred.alpha``), ``rsvision.json`` (the task, the recipe, the sub-networks,
-
-
-class names, input format, metrics, MAdds, library versions and whether training
+class names, input format, metrics, MAdds, the plugins, library versions and whether training
 finished), optionally ``calibration.safetensors`` (BN statistics recomputed after
-training) and ``state/`` (everything ``--resume`` needs). Files are written atomically.
+training), ``state/`` (everything ``--resume`` needs) and ``plugins/`` (copies of the plugin
+files the run was trained with). Files are written atomically.
 
 Other formats (``rsvision export``'s packed files) register a loader with
 :func:`register_format`; :func:`load_artifact` tries each.
@@ -25,12 +24,13 @@ from safetensors.torch import load_file
 
 from rsvision.constants import RUNS_DIR
 from rsvision.data.transforms import InputFormat
-from rsvision.errors import UserError
+from rsvision.errors import RegistryError, UserError
 from rsvision.io import library_versions, save_tensors, write_json
 from rsvision.recipe import validate_recipe
-from rsvision.registry import TASKS, load_builtins, load_plugins
+from rsvision.registry import TASKS, load_builtins
 from rsvision.run.calibration import load_calibration
 from rsvision.run.files import CALIBRATION, META, WEIGHTS
+from rsvision.run.plugins import load_recorded_plugins, plugin_hint, record_plugins
 from rsvision.subnet import SubNet
 from rsvision.training.ensemble import ALPHA_KEY
 
@@ -92,9 +92,11 @@ def load_artifact(path: str | Path, data_root: str | None = None) -> Artifact:
 
 
 def save_run(run_dir: Path, model: torch.nn.Module, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write the weights (with the method's tensors), then the metadata that describes them."""
+    """Write the weights (with the method's tensors), then the metadata that describes them,
+    with the plugins of its recipe recorded (:mod:`rsvision.run.plugins`)."""
     save_tensors(run_dir / WEIGHTS, {**model.state_dict(), **tensors})
-    meta = {**meta, "versions": library_versions(), "saved": time.strftime("%Y-%m-%d %H:%M:%S")}
+    plugins = record_plugins(run_dir, meta.get("recipe", {}).get("plugins", []))
+    meta = {**meta, "plugins": plugins, "versions": library_versions(), "saved": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_json(run_dir / META, meta)
 
 
@@ -108,15 +110,20 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{path}: corrupt metadata ({exc})") from None
 
 
-def build_from_meta(meta: dict[str, Any], source: str, data_root: str | None = None):
-    """The task and the (untrained) model that a run's metadata describes."""
+def build_from_meta(meta: dict[str, Any], source: str, data_root: str | None = None, run_dir: Path | None = None):
+    """The task and the (untrained) model that a run's metadata describes, after importing the
+    plugins it records (their copies in ``run_dir``); an unknown name says which plugin the run
+    was trained with."""
     recipe = validate_recipe(meta["recipe"], source)
     if data_root is not None:
         recipe.data.root = data_root
-    load_plugins(recipe.plugins)
+    load_recorded_plugins(meta, run_dir)
     recipe.model.pretrained = None  # the run's own weights replace any starting point
-    task = TASKS.get(recipe.task)(recipe)
-    return task, task.build_model()
+    try:
+        task = TASKS.get(recipe.task)(recipe)
+        return task, task.build_model()
+    except RegistryError as exc:
+        raise RegistryError(f"{source}: {exc}; {plugin_hint(meta)}") from None
 
 
 #: What ``torch.compile``'s wrapper adds to the keys of the module it wraps: runs saved with
@@ -132,7 +139,7 @@ def split_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple
 
 def load_run_folder(run_dir: Path, data_root: str | None = None) -> Artifact:
     meta = read_meta(run_dir)
-    task, model = build_from_meta(meta, str(run_dir / META), data_root)
+    task, model = build_from_meta(meta, str(run_dir / META), data_root, run_dir)
     weights = run_dir / WEIGHTS
     if not weights.is_file():
         raise UserError(f"{run_dir}: no {WEIGHTS} (did the run finish an epoch?)")

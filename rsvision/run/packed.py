@@ -268,7 +268,7 @@ def pack_run(run_dir: str | Path, path: str | Path, *, remainder: str = "float32
     artifact = load_artifact(run_dir)
     model = artifact.model
     if not any(isinstance(m, QUANT_LAYERS) for m in model.modules()):
-        raise UserError(f"{run_dir}: the model is not quantized (its recipe has no quant: section)")
+        raise UserError(f"{run_dir}: the model is not quantized (its recipe has no quant: section); export it with --format onnx")
     compact_(model, remainder=remainder, linear_bits=linear_bits)
     size = export_packed(model, path, artifact.meta, artifact.tensors, remainder=remainder, linear_bits=linear_bits)
     return size_report(model, size, remainder=remainder, linear_bits=linear_bits)
