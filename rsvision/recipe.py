@@ -119,6 +119,10 @@ class TrainConfig(_Section):
     #: Label smoothing epsilon of the cross-entropy against the labels (L_cls; MRED's L_ens
     #: and L_dis stay the paper's); 0: off.
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    #: Keep a copy of the best evaluated epoch in ``best/`` (a run folder), ranked by
+    #: ``METRIC`` (its mean over the trained sub-networks) or ``METRIC/SUBNET`` (e.g.
+    #: ``top1/ensemble``); higher is better. Unset: off.
+    keep_best: str | None = None
 
     @model_validator(mode="after")
     def _milestones(self) -> "TrainConfig":

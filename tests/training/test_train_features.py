@@ -96,3 +96,30 @@ def test_a_val_split_too_small_for_the_data_is_one_line(tmp_path):
     _one_folder(tmp_path / "images", classes=2, per_class=2)
     with pytest.raises(UserError, match="data.val_split: 0.1 of 4 samples leaves 0 for validation"):
         TASKS.get("cls")(_folder_recipe(tmp_path, val_split=0.1)).dataset("val")
+
+
+def test_keep_best_ranks_by_a_metric_of_the_subnetworks_or_one_row(tmp_path):
+    from rsvision.engine.trainer import best_value
+
+    rows = [{"subnet": "16", "resolution": 16, "top1": 50.0}, {"subnet": "8", "resolution": 8, "top1": 30.0}, {"subnet": "ensemble", "top1": 60.0}]
+    assert best_value(rows, "top1", {"16", "8"}, "r.yaml") == 40.0  # the mean over the trained sub-networks
+    assert best_value(rows, "top1/ensemble", {"16", "8"}, "r.yaml") == 60.0
+    with pytest.raises(UserError, match=r"r.yaml: train.keep_best: 'top9' names no evaluated value \(metrics: top1;"):
+        best_value(rows, "top9", {"16", "8"}, "r.yaml")
+
+
+def test_keep_best_keeps_a_run_folder_of_the_best_epoch(tmp_path, one_thread):
+    from rsvision.analysis.evaluate import evaluate_artifact
+    from rsvision.engine import train
+    from rsvision.run.folder import load_artifact
+
+    recipe = validate_recipe(tiny_recipe_dict(tmp_path, train={"epochs": 3, "max_steps_per_epoch": 2, "keep_best": "top1/12"}))
+    run = train(recipe, name="best", quiet=True)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    scores = [next(r["top1"] for r in e["val"] if r["subnet"] == "12") for e in log]
+    best_epoch = scores.index(max(scores)) + 1
+    meta = json.loads((run / "best" / "rsvision.json").read_text())
+    assert meta["best"] == {"by": "top1/12", "epoch": best_epoch, "value": max(scores)}
+    assert meta["complete"] and meta["epochs_done"] == best_epoch and meta["metrics"] == log[best_epoch - 1]["val"]
+    rows = evaluate_artifact(load_artifact(run / "best"))
+    assert next(r["top1"] for r in rows if r["subnet"] == "12") == max(scores)  # the weights of that epoch
