@@ -123,6 +123,10 @@ class TrainConfig(_Section):
     #: ``METRIC`` (its mean over the trained sub-networks) or ``METRIC/SUBNET`` (e.g.
     #: ``top1/ensemble``); higher is better. Unset: off.
     keep_best: str | None = None
+    #: Decay of an exponential moving average of the weights and BN statistics, updated after
+    #: every optimiser step, evaluated per sub-network each evaluated epoch (``val_ema`` in
+    #: ``log.jsonl``) and saved as the run folder ``ema/``; e.g. 0.999. Unset: off.
+    ema: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _milestones(self) -> "TrainConfig":

@@ -97,17 +97,18 @@ def epoch_values(log: dict[str, Any], subnets: set[str]) -> dict[str, float]:
     """What one epoch's ``log.jsonl`` line sends to the trackers: its numbers under their own
     keys, a training number per sub-network (``ce/16``, a key ending in one of ``subnets``'
     ids) as ``train_ce/16``, other keys with ``/`` as ``students_weight``, and each evaluation
-    row's measurements as ``metric/subnet``."""
+    row's measurements as ``metric/subnet`` (``ema_metric/subnet`` for the averaged weights')."""
     values: dict[str, float] = {}
     for key, value in log.items():
         if key == "epoch" or isinstance(value, bool) or not isinstance(value, Real):
             continue
         head, _, tail = key.rpartition("/")
         values[f"train_{key}" if head and tail in subnets else key.replace("/", "_")] = float(value)
-    for row in log.get("val", []):
-        for key, value in row.items():
-            if key not in ROW_LABELS and isinstance(value, Real) and not isinstance(value, bool):
-                values[f"{key}/{row['subnet']}"] = float(value)
+    for rows, prefix in ((log.get("val", []), ""), (log.get("val_ema", []), "ema_")):
+        for row in rows:
+            for key, value in row.items():
+                if key not in ROW_LABELS and isinstance(value, Real) and not isinstance(value, bool):
+                    values[f"{prefix}{key}/{row['subnet']}"] = float(value)
     return values
 
 

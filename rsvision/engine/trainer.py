@@ -43,6 +43,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType, broadcast_object_list, send_to_device, set_seed
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from rsvision.data.sampling import EpochSampler, EpochSeeded
@@ -57,7 +58,7 @@ from rsvision.nn.cost import subnet_madds
 from rsvision.recipe import Recipe, check_unused
 from rsvision.registry import TASKS, load_plugins
 from rsvision.report import console, training_progress
-from rsvision.run.files import BEST, LOG, META, RECIPE, STATE, progress_file
+from rsvision.run.files import BEST, EMA, LOG, META, RECIPE, STATE, progress_file
 from rsvision.run.folder import save_run
 from rsvision.run.metadata import run_metadata
 from rsvision.tasks.base import Task
@@ -195,6 +196,8 @@ class Loop:
     precision: tuple[str, str]
     #: The sub-networks' multiply-adds, once a ``best/`` folder needs them before the last epoch.
     best_madds: dict[str, int] | None = None
+    #: The exponential moving average of the network's weights and buffers (``train.ema``).
+    ema: AveragedModel | None = None
 
 
 def train(recipe: Recipe, *, name: str = "run", resume: bool | Path = False, quiet: bool = False) -> Path:
@@ -262,6 +265,11 @@ def _prepare(recipe: Recipe, name: str, resume: bool | Path, quiet: bool) -> Loo
         recipe, task, accelerator.unwrap_model(prepared), prepared, optimizer, loader, sampler, accelerator,
         layouts, state, run_dir, steps, math.ceil(steps / t.grad_accum), quiet, workers, autotuning, precision,
     )
+    if t.ema:
+        # BN statistics are averaged with the weights (use_buffers), so the average is a network
+        # that evaluates as it is; its state is saved and resumed with the others.
+        loop.ema = AveragedModel(loop.method.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
+        accelerator.register_for_checkpointing(loop.ema)
     if resume:
         accelerator.load_state(str(run_dir / STATE))
         if accelerator.is_main_process:
@@ -319,6 +327,8 @@ def _run_epoch(loop: Loop, epoch: int, bar, rows: list[dict]) -> list[dict]:
         with method.evaluation(subnets):
             rows = evaluate(method.model, loop.task, subnets, method.combiners(), accelerator=loop.accelerator, progress=bar)
         rows = log["val"] = method.annotate(rows)
+        if loop.ema is not None:
+            log["val_ema"] = _evaluate_ema(loop, subnets, bar)
     log["epoch_seconds"] = round(time.perf_counter() - start, 3)  # training and evaluation
     log["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     loop.state.epoch = epoch + 1
@@ -386,6 +396,8 @@ def _train_epoch(loop: Loop, epoch: int, bar) -> dict:
                 group["lr"] = lr
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if loop.ema is not None:
+                loop.ema.update_parameters(method.model)
             loop.state.step += 1
         bar.update(bar_id, advance=1)
         if (i + 1) % READ_EVERY == 0 or i + 1 == steps:  # the last step is read before the epoch is saved
@@ -489,17 +501,44 @@ def _save_epoch(loop: Loop, rows: list[dict]) -> None:
     if accelerator.is_main_process:
         write_json(progress_file(tmp), asdict(state))
         meta = run_metadata(loop.task, method, loop.recipe, rows, madds, state.epoch)
-        if state.best is not None:
-            _save_best(loop, meta, final)  # before the state that says it is saved
-        replace_dir(tmp, run_dir / STATE)
         meta["memory_layout"] = {"layout": state.layout, "reason": state.layout_reason}
         meta["data_workers"] = {"workers": loop.workers[0], "reason": loop.workers[1]}
         meta["cudnn_benchmark"] = {"enabled": loop.autotuning[0], "reason": loop.autotuning[1]}
         meta["mixed_precision"] = {"precision": loop.precision[0], "source": loop.precision[1]}
+        if state.best is not None:
+            _save_best(loop, meta, final)  # before the state that says it is saved
+        if loop.ema is not None:
+            _save_ema(loop, meta)
+        replace_dir(tmp, run_dir / STATE)
         save_run(run_dir, method.model, method.artifact_tensors(), meta)
         with (run_dir / LOG).open("a") as f:
             f.write(json.dumps(state.history[-1], default=str) + "\n")
     accelerator.wait_for_everyone()
+
+
+def _evaluate_ema(loop: Loop, subnets: list, bar) -> list[dict]:
+    """The averaged weights evaluated as the trained ones are (inside the method's evaluation
+    context, every sub-network and combined row): swapped into the network, then swapped back."""
+    method = loop.method
+    trained = {k: v.detach().clone() for k, v in method.model.state_dict().items()}
+    method.model.load_state_dict(loop.ema.module.state_dict())
+    try:
+        sync_buffers(method)
+        with method.evaluation(subnets):
+            rows = evaluate(method.model, loop.task, subnets, method.combiners(), accelerator=loop.accelerator, progress=bar)
+    finally:
+        method.model.load_state_dict(trained)
+    return method.annotate(rows)
+
+
+def _save_ema(loop: Loop, meta: dict) -> None:
+    """``ema/``: a run folder of the averaged weights, with their latest evaluation rows."""
+    rows = next((e["val_ema"] for e in reversed(loop.state.history) if "val_ema" in e), [])
+    tmp = loop.run_dir / f"{EMA}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_run(tmp, loop.ema.module, loop.method.artifact_tensors(), {**meta, "metrics": rows, "ema": {"decay": loop.recipe.train.ema}})
+    write_json(tmp / RECIPE, loop.recipe.model_dump(mode="json"))
+    replace_dir(tmp, loop.run_dir / EMA)
 
 
 def best_value(rows: list[dict], spec: str, trained: set[str], source: str) -> float:

@@ -25,6 +25,8 @@ TENSORBOARD = "tensorboard"
 METRICS_CSV = "metrics.csv"
 #: The run folder of the best epoch by ``train.keep_best``, inside the run folder.
 BEST = "best"
+#: The run folder of the averaged weights (``train.ema``), inside the run folder.
+EMA = "ema"
 PLUGINS = "plugins"
 
 

@@ -123,3 +123,39 @@ def test_keep_best_keeps_a_run_folder_of_the_best_epoch(tmp_path, one_thread):
     assert meta["complete"] and meta["epochs_done"] == best_epoch and meta["metrics"] == log[best_epoch - 1]["val"]
     rows = evaluate_artifact(load_artifact(run / "best"))
     assert next(r["top1"] for r in rows if r["subnet"] == "12") == max(scores)  # the weights of that epoch
+
+
+def test_ema_of_the_weights_and_bn_statistics_is_evaluated_per_subnetwork_and_saved(tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    from rsvision.analysis.evaluate import evaluate_artifact
+    from rsvision.engine import train
+    from rsvision.run.folder import load_artifact
+
+    recipe = validate_recipe(tiny_recipe_dict(tmp_path, train={"epochs": 2, "max_steps_per_epoch": 3, "ema": 0.5}))
+    run = train(recipe, name="ema", quiet=True)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert all([r["subnet"] for r in e["val_ema"]] == ["16", "12", "8", "ensemble"] for e in log)
+    meta = json.loads((run / "ema" / "rsvision.json").read_text())
+    assert meta["ema"] == {"decay": 0.5} and meta["metrics"] == log[-1]["val_ema"]
+    trained, averaged = load_file(str(run / "model.safetensors")), load_file(str(run / "ema" / "model.safetensors"))
+    assert trained.keys() == averaged.keys()
+    bn_means = [k for k in trained if k.endswith("running_mean")]
+    assert bn_means and all(not torch.equal(trained[k], averaged[k]) for k in bn_means)  # BN statistics averaged too
+    rows = evaluate_artifact(load_artifact(run / "ema"))
+    assert [{k: v for k, v in r.items() if k != "madds"} for r in rows] == [{k: v for k, v in r.items() if k != "madds"} for r in meta["metrics"]]
+
+
+def test_ema_after_one_step_is_the_trained_network_and_then_the_decayed_mean():
+    """torch's AveragedModel with an EMA: the first update copies, then a <- d a + (1 - d) w."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    net = torch.nn.BatchNorm1d(1)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.75), use_buffers=True)
+    with torch.no_grad():
+        net.weight.fill_(2.0), net.running_mean.fill_(4.0)
+        ema.update_parameters(net)
+        net.weight.fill_(6.0), net.running_mean.fill_(8.0)
+        ema.update_parameters(net)
+    assert ema.module.weight.item() == 0.75 * 2.0 + 0.25 * 6.0 == 3.0
+    assert ema.module.running_mean.item() == 0.75 * 4.0 + 0.25 * 8.0 == 5.0
