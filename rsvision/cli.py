@@ -399,6 +399,7 @@ def evaluate(args, task_name, res, widths, checkpoint, data_root, batch_size, as
 
     load_plugins(plugins)
     device = _device(device)
+    parse_subnets(res)  # a bad --res is named before the latest run is looked for
     run_dir, sizes = _run_and_sizes(args, checkpoint, "eval", default=lambda: find_latest_run(RUNS_DIR, task_name))
     chosen = parse_subnets(res + tuple(sizes))
     artifact = _load_for_eval(run_dir, task_name, chosen, data_root, device)
