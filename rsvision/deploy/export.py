@@ -82,7 +82,7 @@ from rsvision.nn.switchable import (
 )
 from rsvision.quant.dequantize import compare_quantized
 from rsvision.run.folder import load_artifact
-from rsvision.subnet import SubNet, SubNetLike, subnets_of
+from rsvision.subnet import SubNet, SubNetLike, check_scale, subnets_of
 
 TOLERANCE = 1e-4
 CHECK_IMAGES = 4
@@ -100,7 +100,8 @@ def resolve_subnets(model: nn.Module, requested: Sequence[SubNetLike] | None, so
     A sub-network the run cannot serve is refused in one line: an id that does not parse,
     a width on a run without a width axis, outside the trained width range or without BN
     parameters, a resolution outside the trained range (its BN would be extrapolated)
-    unless calibrated statistics exist for it.
+    unless calibrated statistics exist for it: the line advises ``rsvision calibrate``, or,
+    above the size calibration takes (:func:`rsvision.subnet.check_scale`), states that limit.
     """
     if not requested:
         found = trained_subnets(model) + calibrated_subnets(model)
@@ -116,6 +117,7 @@ def resolve_subnets(model: nn.Module, requested: Sequence[SubNetLike] | None, so
         if reason:
             raise UserError(f"{source}: sub-network {subnet.id}: {reason}")
         if subnet_status(model, subnet) == "nearest":
+            check_scale([subnet], trained, source)  # calibration refuses these too: state the limit, advise nothing
             raise UserError(
                 f"{source}: resolution {subnet.resolution} is outside the trained range {trained[-1]}..{trained[0]} "
                 f"(its BN statistics would be extrapolated); run `rsvision calibrate {source} --res {subnet.id}` first or choose a resolution in range"

@@ -8,7 +8,10 @@ sub-network: a BN-folded PyTorch network in eval mode, or an onnxruntime session
 wrapper; ``at(r).predict(images)`` is ``predict(images, r)``) and
 ``predict(images, resolution=None)``, which takes PIL images, file paths, uint8 (or
 16-bit) arrays or tensors, decodes every image to 8 bits
-(:func:`rsvision.data.transforms.eight_bit`), applies the stored input format and the evaluation view
+(:func:`rsvision.data.transforms.eight_bit`), takes arrays, tensors and PIL images with an
+alpha channel (RGBA, grey + alpha) as it reads such files (:func:`read_rgb`: alpha dropped),
+refuses float arrays and tensors with values outside [0, 1] (a float image is taken as
+[0, 1]: 0..255 values would be read as nearly all white), applies the stored input format and the evaluation view
 (classification: shorter side to int(r / 0.875), centre crop r; segmentation: the image
 resized to r x r, logits upsampled back to the image's size; detection: the image as it
 is, resized inside the detector) and returns, per image, the top class (index, name,
@@ -35,12 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import convert_to_fp32, send_to_device
+from PIL import Image
 from torch import nn
 
 from rsvision.analysis.device import AUTO, autocast_dtype, device_of, is_auto, resolve_device, to_device
 from rsvision.data.datasets import read_rgb
 from rsvision.data.detection import float_image
-from rsvision.data.transforms import EvalTransform, InputFormat, resize
+from rsvision.data.transforms import EvalTransform, InputFormat, eight_bit, resize
 from rsvision.deploy.export import resolve_subnets
 from rsvision.deploy.manifest import MANIFEST, read_manifest, subnet_file
 from rsvision.deploy.network import plain_subnet
@@ -81,9 +85,27 @@ def _is_batch(images: Any) -> bool:
     return isinstance(images, (list, tuple)) or (isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4)
 
 
-def _read(image: Any) -> Any:
+def _read(image: Any, channels: int, name: str = "the image") -> Any:
+    """``image`` as ``predict`` takes it: a file decoded (:func:`read_rgb`); a PIL image in
+    another mode than RGB or L, and an array (``HxWxC``) or tensor (``CxHxW``) with an alpha
+    channel the model does not take (2 or 4 channels), converted as a file of that kind is
+    read (alpha dropped); a float image outside [0, 1] refused, naming ``name``."""
     if isinstance(image, (str, Path)):
         return read_rgb(image)
+    if isinstance(image, Image.Image):
+        image = eight_bit(image)
+        return image if image.mode in ("RGB", "L") or (image.mode == "RGBA" and channels == 4) else image.convert("RGB")
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] in (2, 4) and image.shape[-1] != channels:
+        image = image[..., :-1]
+    elif isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] in (2, 4) and image.shape[0] != channels:
+        image = image[:-1]
+    if isinstance(image, (np.ndarray, torch.Tensor)) and (image.dtype.is_floating_point if isinstance(image, torch.Tensor) else image.dtype.kind == "f"):
+        low, high = float(image.min()), float(image.max())
+        if low < 0 or high > 1:
+            raise UserError(
+                f"{name}: a float image with values in [{low:g}, {high:g}]; float images are taken as [0, 1] "
+                "(divide 0..255 values by 255, or pass uint8)"
+            )
     if isinstance(image, np.ndarray) and not image.flags.writeable:
         return image.copy()
     return image
@@ -124,7 +146,7 @@ class LoadedModel:
 
     def preprocess(self, image: Any, resolution: int) -> torch.Tensor:
         """One image as the ``[C, r, r]`` float tensor evaluation feeds the network."""
-        image = _read(image)
+        image = _read(image, self.input_format.channels)
         if self.kind == "detection":
             return float_image(image, self.input_format.channels)
         if self.kind == "classification":
@@ -143,7 +165,8 @@ class LoadedModel:
         batch = list(images) if _is_batch(images) else [images]
         if not batch:
             return []
-        decoded = [_read(image) for image in batch]
+        channels = self.input_format.channels
+        decoded = [_read(image, channels, f"images[{i}]" if _is_batch(images) else "the image") for i, image in enumerate(batch)]
         if self.kind == "detection":
             out = [self._detections(network, self.preprocess(image, subnet.resolution)) for image in decoded]
             return out if _is_batch(images) else out[0]

@@ -3,8 +3,10 @@ segmentation masks, or a detection run's boxes and masks (:mod:`rsvision.deploy.
 
 ``predict_mask`` is the inference step of App. B: the image resized to r x r, the
 logits resized back to the image's size, the arg-max per pixel. ``predict_files``
-writes ``<stem>_r<res>.png`` per image and resolution, and with ``compare`` one
-``<stem>_compare.png``: the image and its predictions side by side, largest resolution first.
+writes ``<name>_r<res>.png`` per image and resolution, and with ``compare`` one
+``<name>_compare.png``: the image and its predictions side by side, largest resolution first.
+``<name>`` is the image's file name without its extension, made distinct where inputs share
+one (:func:`output_names`), so that no output overwrites another.
 The network runs on ``device``, in the precision :mod:`rsvision.analysis.device` picks there.
 """
 
@@ -65,6 +67,33 @@ def side_by_side(panels: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def output_names(images: Sequence[str | Path]) -> list[str]:
+    """One distinct output name per image: its file name without the extension; where several
+    images share that name, it is prefixed with as many parent folders as tell them apart
+    (``a/photo.png``, ``b/photo.png``: ``a_photo``, ``b_photo``); a name still taken (one file
+    given twice, ``photo.png`` beside ``photo.jpg``) gets ``_2``, ``_3``, ... in the order given."""
+    paths = [Path(p).resolve() for p in images]
+    names = [p.stem for p in paths]
+    for stem in {n for n in names if names.count(n) > 1}:
+        group = [i for i, n in enumerate(names) if n == stem]
+        for depth in range(1, max(len(paths[i].parent.parts) for i in group)):
+            qualified = ["_".join([*paths[i].parent.parts[1:][-depth:], stem]) for i in group]
+            if len(set(qualified)) == len(group):
+                for i, name in zip(group, qualified):
+                    names[i] = name
+                break
+    preferred, taken = set(names), set()
+    out = []
+    for name in names:
+        unique, k = name, 1
+        while unique in taken or (unique != name and unique in preferred):
+            k += 1
+            unique = f"{name}_{k}"
+        taken.add(unique)
+        out.append(unique)
+    return out
+
+
 def predict_files(
     run_dir: str | Path,
     images: Sequence[str | Path],
@@ -98,13 +127,13 @@ def predict_files(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path, image in decoded:
+    for name, (path, image) in zip(output_names([path for path, _ in decoded]), decoded):
         with inference_precision(task.recipe, model):
             masks = [drawn(image, r) for r in resolutions]
         for r, mask in zip(resolutions, masks):
-            written.append(out / f"{path.stem}_r{r}.png")
+            written.append(out / f"{name}_r{r}.png")
             Image.fromarray(mask).save(written[-1])
         if compare:
-            written.append(out / f"{path.stem}_compare.png")
+            written.append(out / f"{name}_compare.png")
             Image.fromarray(side_by_side([image, *masks])).save(written[-1])
     return written
