@@ -42,8 +42,11 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     backbone: str
     head: str = "classifier"
-    num_classes: int = Field(1000, ge=1)
-    pretrained: str | None = None
+    #: Outputs of the network; unset: the number of classes the training data names.
+    num_classes: int | None = Field(None, ge=1)
+    #: Starting weights: true (the library's default), a tag (timm's ``c3_in1k``, torchvision's
+    #: ``IMAGENET1K_V1``), a file; unset: the tag in a timm backbone's name, if any; false: none.
+    pretrained: bool | str | None = None
     shared_bn: bool = False
     #: Image channels the network takes (3; 1 for grey data such as MNIST-format files).
     in_channels: int = Field(3, ge=1)
