@@ -159,3 +159,27 @@ def test_ema_after_one_step_is_the_trained_network_and_then_the_decayed_mean():
         ema.update_parameters(net)
     assert ema.module.weight.item() == 0.75 * 2.0 + 0.25 * 6.0 == 3.0
     assert ema.module.running_mean.item() == 0.75 * 4.0 + 0.25 * 8.0 == 5.0
+
+
+def test_a_resumed_run_continues_its_ema(tmp_path, monkeypatch, one_thread):
+    from safetensors.torch import load_file
+
+    from rsvision.engine import train
+    from rsvision.engine import trainer as trainer_module
+
+    recipe = validate_recipe(tiny_recipe_dict(tmp_path, train={"epochs": 2, "max_steps_per_epoch": 2, "ema": 0.5}))
+    full = train(recipe, name="full", quiet=True)
+    real_save = trainer_module._save_epoch
+
+    def crash_after_first_epoch(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "_save_epoch", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, name="crashy", quiet=True)
+    monkeypatch.setattr(trainer_module, "_save_epoch", real_save)
+    resumed = train(recipe, name="crashy", resume=True, quiet=True)
+    a, b = (load_file(str(run / "ema" / "model.safetensors")) for run in (full, resumed))
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
