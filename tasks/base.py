@@ -26,6 +26,7 @@ from rsvision.data.transforms import InputFormat
 from rsvision.data.workers import loader_workers
 from rsvision.errors import UserError
 from rsvision.models import build_model
+from rsvision.models.pretrained import loaded_weights
 from rsvision.nn.switchable import RSNet
 from rsvision.recipe import Recipe, TaskFields, task_fields
 from rsvision.registry import DATASETS
@@ -84,10 +85,28 @@ class Task:
         self.resolutions = recipe.resolutions
         self.input_format = input_format_of(recipe)
         self._datasets: dict[str, Dataset] = {}
+        #: What :meth:`build_model` loaded (``weights``, ``classifier``), for the run's metadata.
+        self.pretrained: dict[str, Any] | None = None
 
     def build_model(self) -> RSNet:
-        """The switchable network for this recipe."""
-        return build_model(self.recipe)
+        """The switchable network for this recipe (``model.num_classes`` from the data when unset)."""
+        self.resolve_num_classes()
+        model = build_model(self.recipe)
+        self.pretrained = loaded_weights(model)
+        return model
+
+    def resolve_num_classes(self) -> int:
+        """``model.num_classes``: the number of classes the training data names when the recipe
+        leaves it out (written into the recipe, so the run records it); :meth:`check_classes`
+        refuses a value the data contradicts."""
+        m = self.recipe.model
+        if m.num_classes is None:
+            self.dataset("train")  # check_classes takes the count from it
+        if m.num_classes is None:
+            raise UserError(
+                f"{self.recipe.source}: model.num_classes: dataset '{self.recipe.data.dataset}' does not name its classes; set model.num_classes"
+            )
+        return m.num_classes
 
     def dataset(self, split: str) -> Dataset:
         """The raw dataset of ``split``, built once (and decoded once with ``data.cache: memory``).
@@ -104,12 +123,19 @@ class Task:
         return self._datasets[split]
 
     def check_classes(self, dataset: Dataset, split: str) -> None:
+        """The network predicts the data's classes: unset, ``model.num_classes`` becomes their
+        number; set, it must equal it (a mismatch either way would train outputs no label reaches
+        or labels no output can predict)."""
         classes = getattr(dataset, "classes", None)
-        num_classes = self.recipe.model.num_classes
-        if classes is not None and len(classes) > num_classes:
+        m = self.recipe.model
+        if classes is None:
+            return
+        if m.num_classes is None:
+            m.num_classes = len(classes)
+        elif len(classes) != m.num_classes:
             raise UserError(
-                f"{self.recipe.source}: model.num_classes is {num_classes} but the {split} data of "
-                f"'{self.recipe.data.dataset}' has {len(classes)} classes"
+                f"{self.recipe.source}: model.num_classes is {m.num_classes} but the {split} data of "
+                f"'{self.recipe.data.dataset}' has {len(classes)} classes (leave model.num_classes out to take it from the data)"
             )
 
     def train_dataset(self) -> Dataset:
@@ -185,8 +211,8 @@ class Task:
         return torch.zeros(1, self.input_format.channels, resolution, resolution)
 
     def describe(self) -> dict[str, Any]:
-        """Extra metadata stored in the run's ``rsvision.json``."""
-        return {}
+        """Extra metadata stored in the run's ``rsvision.json``: the starting weights loaded, if any."""
+        return {"pretrained": self.pretrained} if self.pretrained else {}
 
 
 def input_format_of(recipe: Recipe) -> InputFormat:

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from rsvision.data.detection import DetectionEvalTransform, DetectionTrainTransform
 from rsvision.data.mapped import MappedDataset
+from rsvision.models.pretrained import loaded_weights
 from rsvision.nn.switchable import RSNet
 from rsvision.recipe import TaskFields
 from rsvision.registry import register_task
@@ -129,10 +130,10 @@ class DetectionTask(Task):
         m, d = self.recipe.model, self.recipe.data
         own = set(inspect.signature(create_detector).parameters)
         head_args = {k: v for k, v in m.head_args.items() if k not in own}
-        return create_detector(
+        model = create_detector(
             backbone=m.backbone,
             head=m.head,
-            num_classes=m.num_classes,
+            num_classes=self.resolve_num_classes(),
             subnets=self.recipe.subnets,
             in_channels=m.in_channels,
             mean=tuple(d.mean) if d.normalize else (0.0,) * m.in_channels,
@@ -145,6 +146,8 @@ class DetectionTask(Task):
             shared_bn=self.recipe.widths.bn == "posthoc" if self.recipe.widths is not None else m.shared_bn,
             **{k: v for k, v in m.head_args.items() if k in own},
         )
+        self.pretrained = loaded_weights(model)
+        return model
 
     def train_dataset(self) -> Dataset:
         return MappedDataset(self.dataset("train"), DetectionTrainTransform(self.input_format.channels, self.fields.flip, self.masks))
@@ -180,6 +183,7 @@ class DetectionTask(Task):
 
     def describe(self) -> dict[str, Any]:
         return {
+            **super().describe(),
             "eval": "shorter side resized to the sub-network's size (longer side capped); boxes mapped back to the image",
             "metric": "COCO AP (pycocotools through torchmetrics), percent",
         }

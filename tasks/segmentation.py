@@ -19,7 +19,6 @@ from torch.utils.data import Dataset
 
 from rsvision.constants import VOID
 from rsvision.data.mapped import MappedDataset
-from rsvision.errors import UserError
 from rsvision.recipe import TaskFields, ordered_pair
 from rsvision.registry import register_task
 
@@ -84,15 +83,6 @@ class SegmentationTask(Task):
     primary_metric = "miou"
     data_fields = SegmentationFields
 
-    def check_classes(self, dataset: Dataset, split: str) -> None:
-        """Mask values are class indices, so the class list must be the network's exactly."""
-        classes = getattr(dataset, "classes", None)
-        if classes is not None and len(classes) != self.recipe.model.num_classes:
-            raise UserError(
-                f"{self.recipe.source}: model.num_classes is {self.recipe.model.num_classes} but dataset "
-                f"'{self.recipe.data.dataset}' has {len(classes)} classes"
-            )
-
     def train_dataset(self) -> Dataset:
         from rsvision.data.seg_transforms import JointTrainTransform  # albumentations, for seg runs only
 
@@ -139,4 +129,4 @@ class SegmentationTask(Task):
         return SegmentationMetrics(self.recipe.model.num_classes, self.ignore_index)
 
     def describe(self) -> dict[str, Any]:
-        return {"ignore_index": self.ignore_index, "eval": "image resized to r x r; logits resized to the original size"}
+        return {**super().describe(), "ignore_index": self.ignore_index, "eval": "image resized to r x r; logits resized to the original size"}

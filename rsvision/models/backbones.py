@@ -12,6 +12,7 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
+from rsvision.models.pretrained import Weights, load_exactly, torchvision_weights
 from rsvision.nn.slimmable import keep_full_outputs
 from rsvision.registry import register_backbone
 
@@ -35,9 +36,12 @@ class TorchvisionResNet(StageBackbone):
     """A torchvision ResNet without its pooling and fc, returning the outputs of layer1..layer4."""
 
     output_stride = 32
+    #: The classifier's key in torchvision's full model (loaded into the classifier head when it fits).
+    classifier_key = "fc"
 
     def __init__(self, arch: str, **kwargs) -> None:
         super().__init__()
+        self.arch = arch
         net = getattr(tvm, arch)(weights=None, **kwargs)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
@@ -46,12 +50,17 @@ class TorchvisionResNet(StageBackbone):
     def load_pretrained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load a torchvision ResNet state dict (its fc is dropped)."""
         rename = {"conv1": "stem.0", "bn1": "stem.1"} | {f"layer{i}": f"layers.{i - 1}" for i in range(1, 5)}
-        mapped = {}
+        mapped, file_keys = {}, {}
         for key, value in state.items():
             head, _, rest = key.partition(".")
             if head != "fc":
                 mapped[f"{rename.get(head, head)}.{rest}"] = value
-        self.load_state_dict(mapped)
+                file_keys[f"{rename.get(head, head)}.{rest}"] = key
+        load_exactly(self, mapped, file_keys)
+
+    def library_weights(self, tag: str | None) -> Weights:
+        """torchvision's weights ``tag`` of this ResNet (None: the default)."""
+        return torchvision_weights(self.arch, tag, self.classifier_key)
 
 
 def _last_channels(layer: nn.Sequential) -> int:
@@ -69,6 +78,7 @@ class TorchvisionMobileNetV2(nn.Module):
 
     output_stride = 32
     _stage_ends = (4, 7, 14, 19)
+    classifier_key = "classifier.1"
 
     def __init__(self, width_mult: float = 1.0, full_last_conv: bool = True) -> None:
         super().__init__()
@@ -92,14 +102,19 @@ class TorchvisionMobileNetV2(nn.Module):
         ``features.n`` becomes ``stages.s.n``: slicing an ``nn.Sequential`` keeps the
         original indices as module names.
         """
-        mapped = {}
+        mapped, file_keys = {}, {}
         for key, value in state.items():
             parts = key.split(".")
-            if parts[0] != "features":
+            if parts[0] != "features" or len(parts) < 3 or not parts[1].isdigit():
                 continue
-            stage = next(i for i, end in enumerate(self._stage_ends) if int(parts[1]) < end)
+            stage = next((i for i, end in enumerate(self._stage_ends) if int(parts[1]) < end), len(self._stage_ends))
             mapped[".".join(["stages", str(stage), *parts[1:]])] = value
-        self.load_state_dict(mapped)
+            file_keys[".".join(["stages", str(stage), *parts[1:]])] = key
+        load_exactly(self, mapped, file_keys)
+
+    def library_weights(self, tag: str | None) -> Weights:
+        """torchvision's weights ``tag`` of MobileNetV2 (None: the default); they fit width 1 only."""
+        return torchvision_weights("mobilenet_v2", tag, self.classifier_key)
 
 
 def _conv_out(module: nn.Module) -> int:

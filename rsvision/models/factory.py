@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rsvision.errors import UserError
-from rsvision.models.pretrained import load_pretrained
+from rsvision.models.pretrained import Weights, load_backbone_weights, load_classifier, resolve_weights
 from rsvision.nn.slimmable import make_slimmable
 from rsvision.nn.switchable import RSNet
 from rsvision.recipe import Recipe
@@ -67,16 +67,29 @@ def adapt_input_channels(backbone: nn.Module, channels: int) -> None:
     first.weight = nn.Parameter(weight)
 
 
-def build_backbone(name: str, backbone_args: dict[str, Any] | None = None, pretrained: str | None = None, in_channels: int = 3) -> nn.Module:
+def build_backbone(name: str, backbone_args: dict[str, Any] | None = None, pretrained: bool | str | None = None, in_channels: int = 3) -> nn.Module:
     """The registered backbone ``name``, checked against the backbone contract, with its
     pretrained weights loaded and its first convolution taking ``in_channels``."""
+    return _backbone_and_weights(name, backbone_args, pretrained, in_channels)[0]
+
+
+def _backbone_and_weights(
+    name: str, backbone_args: dict[str, Any] | None, pretrained: bool | str | None, in_channels: int
+) -> tuple[nn.Module, Weights | None]:
+    """:func:`build_backbone`, and the weights loaded into it (their classifier may fit the head).
+
+    What was loaded stays on the backbone as ``pretrained_record`` (read by
+    :func:`rsvision.models.pretrained.loaded_weights` for the run's metadata).
+    """
     net = BACKBONES.build(name, field="model.backbone_args", **(backbone_args or {}))
     check_backbone(net, name)
-    if pretrained:
-        load_pretrained(net, pretrained, name)
+    weights = resolve_weights(net, pretrained, name)
+    if weights is not None:
+        load_backbone_weights(net, weights, name)
+        net.pretrained_record = {"weights": weights.source}
     if in_channels != 3:
         adapt_input_channels(net, in_channels)
-    return net
+    return net, weights
 
 
 def _positive_int(value: Any) -> bool:
@@ -105,7 +118,7 @@ def create_model(
     resolutions: Sequence[int] = (224,),
     subnets: Sequence[SubNetLike] | None = None,
     in_channels: int = 3,
-    pretrained: str | None = None,
+    pretrained: bool | str | None = None,
     shared_bn: bool = False,
     backbone_args: dict[str, Any] | None = None,
     head_args: dict[str, Any] | None = None,
@@ -117,13 +130,17 @@ def create_model(
 
     ``subnets`` defaults to ``resolutions`` (an RS-Net), or with ``widths`` to every
     (width, resolution). ``quant`` is a quantizer recipe, e.g. ``{"method": "lq",
-    "weight_bits": 2, "act_bits": 2}``. ``widths`` (e.g. ``[1.0, 0.25]``, a range's ends,
+    "weight_bits": 2, "act_bits": 2}``. ``pretrained``: ``true``, a tag or a file
+    (:mod:`rsvision.models.pretrained`); a linear classifier head takes the weights'
+    classifier when its shape fits. ``widths`` (e.g. ``[1.0, 0.25]``, a range's ends,
     or a list) makes the network width-switchable over ``[min(widths), max(widths)]``
     (:func:`rsvision.nn.slimmable.make_slimmable`, channels rounded to ``width_divisor``).
     """
     check_arguments(resolutions, subnets, num_classes, in_channels)
-    net = build_backbone(backbone, backbone_args, pretrained, in_channels)
+    net, weights = _backbone_and_weights(backbone, backbone_args, pretrained, in_channels)
     head_module = HEADS.build(head, field="model.head_args", backbone=net, num_classes=num_classes, **(head_args or {}))
+    if weights is not None:
+        net.pretrained_record["classifier"] = load_classifier(head_module, weights)
     body = EncoderDecoder(net, head_module)
     if widths:
         if quant is not None:
@@ -149,6 +166,8 @@ def create_model(
 def build_model(recipe: Recipe) -> RSNet:
     """The switchable network a recipe describes (a thin adapter over :func:`create_model`)."""
     m = recipe.model
+    if m.num_classes is None:
+        raise UserError(f"{recipe.source}: model.num_classes is not set; the task takes it from the data (Task.build_model), or set it")
     return create_model(
         backbone=m.backbone,
         head=m.head,

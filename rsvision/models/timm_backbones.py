@@ -1,26 +1,32 @@
 """Any timm CNN as a backbone: ``backbone: timm/<name>`` (e.g. ``timm/resnet18``, ``timm/efficientnet_b0``).
 
-timm builds the network as a feature extractor (``features_only=True``) and never downloads
-anything: ``pretrained=False`` always, and ``model.pretrained`` takes a local file holding
-the state dict of the same timm model. timm's BatchNorms (``BatchNormAct2d`` included, a
-``nn.BatchNorm2d`` subclass) become switchable like any other; a model without BatchNorm
-has nothing to switch and is refused. timm is imported on first use, not with rsvision.
+timm builds the network as a feature extractor (``features_only=True``). Weights
+(``model.pretrained``, :mod:`rsvision.models.pretrained`) come through timm's own loading:
+``timm.create_model(name, pretrained=True)`` reads the Hugging Face hub cache (or torch hub's)
+first; a tag in the name (``timm/resnet10t.c3_in1k``) or in ``model.pretrained`` selects
+them, and a local file holding the state dict of the same timm model works too. timm's
+BatchNorms (``BatchNormAct2d`` included, a ``nn.BatchNorm2d`` subclass) become switchable
+like any other; a model without BatchNorm has nothing to switch and is refused. timm is
+imported on first use, not with rsvision.
 """
 
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from rsvision.errors import RegistryError, UserError
+from rsvision.models.pretrained import Weights
 from rsvision.nn.switchable import BN_TYPES
 from rsvision.registry import BACKBONES
 
 PREFIX = "timm/"
-#: Arguments rsvision sets itself: passing them would let timm fetch weights or change the output.
+#: Arguments rsvision sets itself (weights go in ``model.pretrained``): passing them would change the output.
 _RESERVED = ("pretrained", "features_only", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
 
 
@@ -32,8 +38,15 @@ class TimmBackbone(nn.Module):
     """
 
     def __init__(self, name: str, model: nn.Module, keep: Sequence[int]) -> None:
+        from timm.models import get_pretrained_cfg_value
+
         super().__init__()
         self.timm_name = name
+        arch, _, tag = name.partition(".")
+        #: The pretrained tag in the backbone's name: its weights load unless ``model.pretrained: false``.
+        self.name_tag = tag or None
+        #: The classifier's key in timm's full model (loaded into the classifier head when it fits).
+        self.classifier_key = get_pretrained_cfg_value(arch, "classifier")
         self.model = model
         self.keep = list(keep)
         channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
@@ -66,6 +79,43 @@ class TimmBackbone(nn.Module):
             raise RuntimeError(f"{len(missing)} of {len(own)} tensors of timm/{self.timm_name} are not in the file (first: '{missing[0]}')")
         self.model.load_state_dict(mapped)
 
+    def library_weights(self, tag: str | None) -> Weights:
+        """timm's weights ``tag`` (None: the tag in the name, else timm's default), loaded by
+        ``timm.create_model(pretrained=True)``: the hub cache first, a download otherwise."""
+        import timm
+        from timm.models import get_pretrained_cfg
+
+        arch = self.timm_name.split(".", 1)[0]
+        if tag and self.name_tag and tag != self.name_tag:
+            raise UserError(f"model.pretrained: tag '{tag}' differs from the tag in model.backbone '{PREFIX}{self.timm_name}'; give one of them")
+        name = f"{arch}.{tag or self.name_tag}" if (tag or self.name_tag) else arch
+        _check_name(name, "model.pretrained")
+        cfg = get_pretrained_cfg(name)
+        if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+            raise UserError(f"model.pretrained: timm has no pretrained weights for '{name}' (timm.list_pretrained('{arch}*') lists those it has)")
+        full_name = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+        try:
+            full = timm.create_model(name, pretrained=True)
+        except Exception as exc:  # offline without a cached copy: huggingface_hub's or urllib's error
+            raise UserError(f"model.pretrained: {_not_cached(full_name, cfg)} ({type(exc).__name__})") from None
+        where = f"Hugging Face hub {cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url or cfg.file
+        return Weights(full.state_dict(), f"{PREFIX}{full_name} ({where})", cfg.classifier)
+
+
+def _not_cached(name: str, cfg: Any) -> str:
+    """Which weights are missing, and where to put them so timm finds them offline."""
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants
+
+        repo = cfg.hf_hub_id.split("@", 1)[0]
+        return (
+            f"the weights {PREFIX}{name} are not in the Hugging Face hub cache ({constants.HF_HUB_CACHE}) and could not be "
+            f"downloaded; fetch them into it where there is a network (hf download {repo}), or download "
+            f"https://huggingface.co/{repo}/resolve/main/model.safetensors and give its path as model.pretrained"
+        )
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
+    return f"the weights {PREFIX}{name} are not in the cache and could not be downloaded; put {cfg.url} at {cached}, or give a downloaded file's path as model.pretrained"
+
 
 def _source_keys(key: str) -> list[str]:
     """``key`` and the spellings it had before timm flattened a Sequential (``stages_0.x`` → ``stages.0.x``)."""
@@ -74,17 +124,22 @@ def _source_keys(key: str) -> list[str]:
     return [key, *unflattened]
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, field: str = "model.backbone") -> None:
     import timm
 
     if ":" in name:  # hf-hub:..., local-dir:...: timm would fetch or read a model config
         raise UserError(
             f"model.backbone: '{PREFIX}{name}' names a model source; give a timm architecture name "
-            "(weights come from a local file in model.pretrained)"
+            "(weights come from model.pretrained: true, a tag or a local file)"
         )
+    arch, _, tag = name.partition(".")  # a pretrained tag (resnet50.a1_in1k)
+    if timm.is_model(arch) and tag:
+        if name in timm.list_pretrained(f"{arch}.*"):
+            return
+        tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*")]
+        raise UserError(f"{field}: unknown pretrained tag '{tag}' of timm model '{arch}' (its tags: {', '.join(tags) or 'none'})")
     if timm.is_model(name):
         return
-    arch = name.split(".", 1)[0]  # drop a pretrained tag (resnet50.a1_in1k)
     close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(repr(PREFIX + c) for c in close)}?" if close else "no close match (timm.list_models('*resnet*') lists timm's names)"
     raise RegistryError(f"unknown timm model '{name}'; {hint}")
@@ -104,7 +159,7 @@ def timm_backbone(name: str, /, *, out_indices: Sequence[int] | int | None = Non
     if reserved:
         raise UserError(
             f"model.backbone_args: {', '.join(repr(k) for k in reserved)} is set by rsvision for timm models "
-            "(nothing is downloaded; give weights as a local file in model.pretrained)"
+            "(give weights in model.pretrained: true, a tag or a local file)"
         )
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices) if isinstance(out_indices, (list, tuple)) else out_indices

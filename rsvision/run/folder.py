@@ -118,7 +118,7 @@ def build_from_meta(meta: dict[str, Any], source: str, data_root: str | None = N
     if data_root is not None:
         recipe.data.root = data_root
     load_recorded_plugins(meta, run_dir)
-    recipe.model.pretrained = None  # the run's own weights replace any starting point
+    recipe.model.pretrained = False  # the run's own weights replace any starting point (a tag in the backbone name too)
     try:
         task = TASKS.get(recipe.task)(recipe)
         return task, task.build_model()

@@ -52,8 +52,9 @@ def test_download_offline_gives_a_clear_message(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(UserError, match="could not download resnet18 IMAGENET1K_V1.*pass the local file path"):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UserError, match="ResNet18_Weights.IMAGENET1K_V1 is not in the cache and could not be downloaded.*give a downloaded file's path"):
         build_model(_recipe(tmp_path, "IMAGENET1K_V1"))
     with pytest.raises(UserError, match="neither a file nor a torchvision weight name"):
         build_model(_recipe(tmp_path, "NOT_A_WEIGHT"))

@@ -223,7 +223,7 @@ def test_nyudv2_mat_bad_label_names_the_image(tmp_path):
 def test_num_classes_must_match_the_dataset(tmp_path):
     write_segfolder(tmp_path)
     task = make_task(dataset="segfolder", root=str(tmp_path), num_classes=5)
-    with pytest.raises(UserError, match="num_classes is 5 but dataset 'segfolder' has 3"):
+    with pytest.raises(UserError, match="num_classes is 5 but the train data of 'segfolder' has 3 classes"):
         task.train_dataset()
 
 
