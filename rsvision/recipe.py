@@ -31,8 +31,23 @@ from rsvision.constants import (
     RUNS_DIR,
 )
 from rsvision.errors import UserError
-from rsvision.registry import METHODS, TASKS
+from rsvision.registry import DATASETS, METHODS, TASKS, RegistryError
 from rsvision.subnet import SubNet
+
+
+#: Default of ``max_resolution``: above the sizes detection trains at (800-1333) and below
+#: those a typo gives.
+MAX_RESOLUTION = 2048
+
+
+def _dataset_task(name: str) -> str | None:
+    """The task whose samples the registered dataset ``name`` gives (its builder's ``task``
+    attribute: ``cls``, ``seg``, ``det``); None when it does not say, or is not registered yet
+    (a plugin's, loaded after validation)."""
+    try:
+        return getattr(DATASETS.get(name), "task", None)
+    except RegistryError:
+        return None
 
 
 class _Section(BaseModel):
@@ -251,6 +266,9 @@ class QuantConfig(_Section):
 class Recipe(_Section):
     task: str
     resolutions: list[int] = Field(min_length=1)
+    #: The largest training size a recipe may ask for: a bound against a typo (``20000`` for
+    #: ``200``) that would end in the allocator after the run folder was made.
+    max_resolution: int = Field(MAX_RESOLUTION, ge=1)
     model: ModelConfig
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -272,6 +290,21 @@ class Recipe(_Section):
         if len(set(v)) != len(v):
             raise ValueError(f"expected distinct sizes, got {v}")
         return sorted(v, reverse=True)
+
+    @model_validator(mode="after")
+    def _bounded_sizes(self) -> "Recipe":
+        over = [r for r in self.resolutions if r > self.max_resolution]
+        if over:
+            raise ValueError(f"resolutions: {over[0]} is above max_resolution ({self.max_resolution}); set max_resolution: {over[0]} if that size is meant")
+        return self
+
+    @model_validator(mode="after")
+    def _data_for_task(self) -> "Recipe":
+        served, kinds = _dataset_task(self.data.dataset), {_dataset_task(name) for name in DATASETS.list()}
+        if served is not None and served != self.task and self.task in kinds:
+            fitting = sorted(name for name in DATASETS.list() if _dataset_task(name) == self.task)
+            raise ValueError(f"data.dataset: '{self.data.dataset}' gives samples for task '{served}', not '{self.task}'; datasets for '{self.task}': {', '.join(fitting)}")
+        return self
 
     @model_validator(mode="after")
     def _normalization_channels(self) -> "Recipe":

@@ -296,3 +296,8 @@ def cifar10(*, root: str | None = None, split: str = "train") -> Dataset:
 @register_dataset("cifar100")
 def cifar100(*, root: str | None = None, split: str = "train") -> Dataset:
     return _cifar("CIFAR100", root, split)
+
+
+#: The task whose samples they give: a recipe of another task is refused when validated.
+for _builder in (synthetic, imagefolder, cifar10, cifar100):
+    _builder.task = "cls"

@@ -468,3 +468,8 @@ class DetectionEvalTransform:
 def float_image(image, channels: int) -> torch.Tensor:
     """Any image as the ``[C, H, W]`` float tensor in [0, 1] a detector takes (it resizes and normalises itself)."""
     return InputFormat(channels, None, None).tensor(image)
+
+
+#: The task whose samples they give: a recipe of another task is refused when validated.
+for _builder in (coco, synthetic_det, fashion_canvas):
+    _builder.task = "det"

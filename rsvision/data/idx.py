@@ -143,3 +143,7 @@ def _held_out(total: int, train_size: int | None, val_size: int | None, seed: in
     used = _subset(total, train_size, seed, "data.args.train_size", path)
     rest = np.setdiff1d(np.arange(total), used)
     return rest[:val_size] if seed is None else np.sort(np.random.default_rng(seed + 1).choice(rest, val_size, replace=False))
+
+
+#: The task whose samples it gives: a recipe of another task is refused when validated.
+mnist.task = "cls"

@@ -282,3 +282,8 @@ def synthetic_seg(
     check_split(split)
     size = train_size if split == "train" else val_size
     return SyntheticScenes(size, image_size, seed=split_seed(seed, split))
+
+
+#: The task whose samples they give: a recipe of another task is refused when validated.
+for _builder in (segfolder, nyudv2, synthetic_seg):
+    _builder.task = "seg"
