@@ -36,12 +36,13 @@ from rsvision.tasks.base import Task
 from rsvision.training.base import StepContext, StepOutput, TrainingMethod, frozen_state
 from rsvision.training.ensemble import AlphaEnsemble
 from rsvision.training.loss import MREDLoss, MREDOutput
+from rsvision.training.mixup import BatchMix, loss_target
 
 
 def mred_standard(model: nn.Module, criterion: MREDLoss, task: Task, images: list[torch.Tensor], batch: dict[str, Any]) -> tuple[MREDOutput, list[torch.Tensor]]:
     """All resolutions forward at once; the loss of Eq. 9 (one graph) and the logits."""
     logits = task.loss_logits(model(images), batch)
-    return criterion(logits, batch["target"]), logits
+    return criterion(logits, loss_target(batch)), logits
 
 
 def mred_low_memory(
@@ -49,7 +50,7 @@ def mred_low_memory(
 ) -> tuple[MREDOutput, list[torch.Tensor]]:
     """Forward and backward one resolution at a time (see the module docstring); the loss
     terms (detached) and the detached logits."""
-    target = batch["target"]
+    target = loss_target(batch)
     S = len(images)
     teachers: list[torch.Tensor | None] = [None] * (S + 1)
     if criterion.ensemble_teaches:
@@ -86,7 +87,7 @@ class MREDTraining(AlphaEnsemble, TrainingMethod):
     """The network and its MRED criterion as one module, so data parallelism also averages
     the gradient of alpha."""
 
-    recipe_fields = frozenset({"mred.mode", "train.label_smoothing"})
+    recipe_fields = frozenset({"mred.mode", "train.label_smoothing", "train.mixup"})
 
     def __init__(self, model: RSNet, task: Task, recipe: Recipe) -> None:
         super().__init__(model, task, recipe)
@@ -95,6 +96,7 @@ class MREDTraining(AlphaEnsemble, TrainingMethod):
             len(self.resolutions), mode=recipe.mred.mode, ignore_index=task.ignore_index, label_smoothing=recipe.train.label_smoothing
         )
         self.multi_backward = recipe.train.memory == "low"
+        self.mix = BatchMix(recipe, recipe.model.num_classes, task.input_format) if recipe.train.mixup else None
 
     @property
     def fixed_shapes(self) -> bool:
@@ -103,12 +105,16 @@ class MREDTraining(AlphaEnsemble, TrainingMethod):
 
     def forward(self, batch: dict[str, Any]) -> StepOutput:
         """All resolutions forward; the loss of Eq. 9."""
+        if self.mix is not None:
+            batch = self.mix(batch)
         out, logits = mred_standard(self.model, self.criterion, self.task, batch_resolutions(batch, self.resolutions, self.task.input_format), batch)
         return self._output(out, logits, batch)
 
     def step(self, batch: dict[str, Any], ctx: StepContext) -> StepOutput:
         if not self.multi_backward:
             return super().step(batch, ctx)
+        if self.mix is not None:
+            batch = self.mix(batch)
         images = batch_resolutions(batch, self.resolutions, self.task.input_format)
         out, logits = mred_low_memory(self.model, self.criterion, self.task, images, batch, ctx)
         return self._output(out, logits, batch)

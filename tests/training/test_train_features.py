@@ -183,3 +183,50 @@ def test_a_resumed_run_continues_its_ema(tmp_path, monkeypatch, one_thread):
     a, b = (load_file(str(run / "ema" / "model.safetensors")) for run in (full, resumed))
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_mixup_mixes_the_full_resolution_batch_once_and_its_labels(tmp_path):
+    """Mixup alone (prob 1): image 0 becomes lam * x_0 + (1 - lam) * x_1 (timm pairs a batch with
+    its flip), its target lam at class y_0 and 1 - lam at y_1, with lam the same for both."""
+    from rsvision.data.transforms import batch_resolutions
+    from rsvision.registry import TASKS
+    from rsvision.training.mixup import MIXED_TARGET, BatchMix
+
+    recipe = validate_recipe(tiny_recipe_dict(tmp_path, train={"mixup": {"mixup_alpha": 1.0, "cutmix_alpha": 0.0}}))
+    task = TASKS.get("cls")(recipe)
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    batch = {"image": images, "target": torch.tensor([1, 3])}
+    np.random.seed(0)
+    mixed = BatchMix(recipe, 4, task.input_format)(batch)
+    lam = mixed[MIXED_TARGET][0, 1].item()
+    assert 0 < lam < 1
+    assert torch.allclose(mixed[MIXED_TARGET], torch.tensor([[0, lam, 0, 1 - lam], [0, 1 - lam, 0, lam]]))
+    x = batch_resolutions(batch, [16], task.input_format)[0]
+    torch.testing.assert_close(mixed["image"][0], lam * x[0] + (1 - lam) * x[1])
+    assert torch.equal(mixed["target"], batch["target"]) and torch.equal(batch["image"], images)  # labels kept, input untouched
+    inputs = batch_resolutions(mixed, [16, 12, 8], task.input_format)  # then resized, one mix for all resolutions
+    assert [tuple(t.shape[-2:]) for t in inputs] == [(16, 16), (12, 12), (8, 8)] and torch.equal(inputs[0], mixed["image"])
+
+
+def test_mred_with_one_hot_soft_targets_equals_hard_labels():
+    torch.manual_seed(0)
+    logits = [torch.randn(4, 5) for _ in range(2)]
+    target = torch.tensor([0, 1, 2, 3])
+    hard = MREDLoss(2, mode="full", label_smoothing=0.1)(logits, target)
+    soft = MREDLoss(2, mode="full", label_smoothing=0.1)(logits, torch.nn.functional.one_hot(target, 5).float())
+    for a, b in ((hard.cls, soft.cls), (hard.ens, soft.ens), (hard.dis, soft.dis)):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_mixup_run_trains_and_wrong_settings_are_one_line(tmp_path, one_thread):
+    from rsvision.engine import train
+
+    run = train(validate_recipe(tiny_recipe_dict(tmp_path, train={"epochs": 1, "max_steps_per_epoch": 2, "mixup": {}})), name="mix", quiet=True)
+    log = json.loads((run / "log.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(log["loss"])
+    odd = tiny_recipe_dict(tmp_path, train={"epochs": 1, "mixup": {}})
+    odd["data"]["batch_size"] = 7
+    with pytest.raises(UserError, match="train.mixup: .* data.batch_size must be even, not 7"):
+        train(validate_recipe(odd), name="odd", quiet=True)
+    with pytest.raises(UserError, match="nothing to mix"):
+        validate_recipe(tiny_recipe_dict(tmp_path, train={"mixup": {"mixup_alpha": 0, "cutmix_alpha": 0}}))
