@@ -106,6 +106,25 @@ class DataConfig(_Section):
         return v
 
 
+class MixupConfig(_Section):
+    """Mixup / CutMix through timm's ``Mixup`` (its argument names), drawn once per batch."""
+
+    #: Beta(alpha, alpha) of mixup's weight; 0: no mixup.
+    mixup_alpha: float = Field(0.8, ge=0)
+    #: Beta(alpha, alpha) of CutMix's box area; 0: no CutMix.
+    cutmix_alpha: float = Field(1.0, ge=0)
+    #: Probability that a batch is mixed at all.
+    prob: float = Field(1.0, ge=0, le=1)
+    #: With both on: probability of CutMix instead of mixup.
+    switch_prob: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_on(self) -> "MixupConfig":
+        if not self.mixup_alpha and not self.cutmix_alpha:
+            raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix (remove train.mixup)")
+        return self
+
+
 class TrainConfig(_Section):
     epochs: int = Field(120, ge=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -145,6 +164,9 @@ class TrainConfig(_Section):
     #: every optimiser step, evaluated per sub-network each evaluated epoch (``val_ema`` in
     #: ``log.jsonl``) and saved as the run folder ``ema/``; e.g. 0.999. Unset: off.
     ema: float | None = Field(None, gt=0, lt=1)
+    #: Mixup / CutMix of the training batches (classification, RS-Nets): ``{}`` for timm's
+    #: usual setting (mixup 0.8, CutMix 1.0, switching half the time); unset: off.
+    mixup: MixupConfig | None = None
 
     @model_validator(mode="after")
     def _milestones(self) -> "TrainConfig":
