@@ -24,13 +24,16 @@ from rsvision.run.files import PLUGINS
 
 def resolve_plugins(plugins: list[str] | tuple[str, ...], base: Path) -> list[str]:
     """Plugins as a run records them: a ``.py`` path relative to ``base`` (the recipe's folder,
-    or the current one for ``--plugin``) made absolute, a module that is a file in ``base``
+    or the current one for ``--plugin``) made absolute (relative to the current folder when
+    only there, as before recipes resolved them), a module that is a file in ``base``
     (``my_parts`` for ``base/my_parts.py``) that file; other module names as given."""
     resolved = []
     for plugin in plugins:
         if plugin.endswith(".py"):
             path = Path(plugin).expanduser()
-            resolved.append(str(path if path.is_absolute() else (base / path).resolve()))
+            if not path.is_absolute():
+                path = path if path.is_file() and not (base / path).is_file() else base / path
+            resolved.append(str(path.resolve()))
             continue
         as_file = base / (plugin.replace(".", "/") + ".py")
         resolved.append(str(as_file.resolve()) if as_file.is_file() else plugin)

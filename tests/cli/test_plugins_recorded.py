@@ -125,3 +125,18 @@ def test_an_unknown_backbone_names_the_plugin_the_run_was_trained_with(project):
 @pytest.mark.parametrize("command", ["eval", "calibrate", "export", "deploy", "predict", "query", "plot", "profile", "serve"])
 def test_every_command_that_loads_a_run_takes_plugin(command):
     assert "--plugin" in [opt for p in cli.commands[command].params for opt in p.opts]
+
+
+def test_plugin_paths_resolve_next_to_the_recipe_first(tmp_path, monkeypatch):
+    from rsvision.run.plugins import resolve_plugins
+
+    for folder in ("recipe_dir", "cwd"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "both.py").write_text("")
+    (tmp_path / "recipe_dir" / "parts.py").write_text("")
+    (tmp_path / "cwd" / "only_here.py").write_text("")
+    monkeypatch.chdir(tmp_path / "cwd")
+    base = tmp_path / "recipe_dir"
+    assert resolve_plugins(["both.py", "only_here.py", "parts", "some.module", str(tmp_path / "x.py")], base) == [
+        str(base / "both.py"), str(tmp_path / "cwd" / "only_here.py"), str(base / "parts.py"), "some.module", str(tmp_path / "x.py"),
+    ]
