@@ -143,7 +143,8 @@ def synthetic(
 
 #: The most pixels an image file may hold: above the largest camera sensors (100-150 Mpixel)
 #: and below Pillow's own refusal of a decompression bomb (2 x ``PIL.Image.MAX_IMAGE_PIXELS``,
-#: 179 Mpixel), so an image over it is named with its size before any pixel is decoded.
+#: 179 Mpixel), so an image over it is named with its size before any pixel is decoded; Pillow
+#: refuses a larger one first, and its message is given with the file.
 MAX_PIXELS = 160_000_000
 
 

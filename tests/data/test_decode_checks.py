@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +67,23 @@ def test_pillows_decompression_bomb_error_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses above twice this
     with pytest.raises(UserError, match=r"bomb\.png: too many pixels to decode \(Image size \(1200 pixels\)"):
         read_rgb(tmp_path / "bomb.png")
+
+
+def _png_header(path, width: int, height: int) -> None:
+    """A PNG file that declares ``width`` x ``height`` RGB pixels and holds none (the header is all a size check reads)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_a_200_megapixel_photo_given_to_predict_is_named(tmp_path_factory, tmp_path):
+    path = tmp_path / "pano.png"
+    _png_header(path, 16320, 12240)  # a 200 Mpixel phone photo's size
+    with pytest.raises(UserError, match=r"pano\.png: too many pixels to decode \(Image size \(199756800 pixels\)"):
+        rsvision.load(cls_run(tmp_path_factory)).predict(path)
 
 
 def test_an_empty_class_folder_is_named(tmp_path):
