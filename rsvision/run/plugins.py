@@ -5,7 +5,8 @@ its SHA-256 when the run is first saved; a plugin module (``my_pkg.parts``) is r
 its import path. Loading a run (:func:`rsvision.run.folder.build_from_meta`) imports the
 copies and the modules before it builds the network, so ``eval``, ``export``, ``deploy``,
 ``rsvision.load`` ... need no ``--plugin``. A ``--plugin`` given to a later command is
-imported first and wins over the copy of the same file name.
+imported first and wins over the run's copy (of the same file name, or registering the same
+names).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from rsvision.errors import UserError
+from rsvision.errors import RegistryError, UserError
 from rsvision.io import atomic_write, file_sha256
 from rsvision.registry import load_plugins
 from rsvision.run.files import PLUGINS
@@ -79,7 +80,10 @@ def load_recorded_plugins(meta: dict[str, Any], run_dir: Path | None) -> None:
             continue  # an unknown name then says which plugin the run was trained with (plugin_hint)
         if file_sha256(path) != record["sha256"]:
             warnings.warn(f"plugin {path}: differs from the file the run was trained with (SHA-256 {record['sha256'][:12]}...)", stacklevel=2)
-        load_plugins([str(path)])
+        try:
+            load_plugins([str(path)])
+        except RegistryError as exc:  # a --plugin of another file name registered these names first: it wins
+            warnings.warn(f"plugin {path}: not imported, a --plugin registered its names first ({exc})", stacklevel=2)
 
 
 def plugin_hint(meta: dict[str, Any]) -> str:

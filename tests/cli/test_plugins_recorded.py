@@ -122,6 +122,18 @@ def test_an_unknown_backbone_names_the_plugin_the_run_was_trained_with(project):
     assert code == 0, err
 
 
+def test_a_plugin_given_later_wins_over_the_runs_copy(project):
+    recipe = project / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(project)))
+    run = _train(recipe, "--plugin", project / "proj" / "tiny_parts.py")
+    fixed = project / "fixed_parts.py"
+    fixed.write_text(PLUGIN)
+    _forget_the_plugin()
+    code, _, err = _invoke("eval", run, "--plugin", fixed)
+    assert code == 0, err
+    assert "warning: plugin " in err and "not imported, a --plugin registered its names first" in err
+
+
 @pytest.mark.parametrize("command", ["eval", "calibrate", "export", "deploy", "predict", "query", "plot", "profile", "serve"])
 def test_every_command_that_loads_a_run_takes_plugin(command):
     assert "--plugin" in [opt for p in cli.commands[command].params for opt in p.opts]
