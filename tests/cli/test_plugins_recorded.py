@@ -152,3 +152,15 @@ def test_plugin_paths_resolve_next_to_the_recipe_first(tmp_path, monkeypatch):
     assert resolve_plugins(["both.py", "only_here.py", "parts", "some.module", str(tmp_path / "x.py")], base) == [
         str(base / "both.py"), str(tmp_path / "cwd" / "only_here.py"), str(base / "parts.py"), "some.module", str(tmp_path / "x.py"),
     ]
+
+
+def test_a_module_plugin_is_recorded_by_its_import_path_and_two_files_of_one_name_are_refused(tmp_path):
+    from rsvision.errors import UserError
+    from rsvision.run.plugins import record_plugins
+
+    assert record_plugins(tmp_path, ["json"]) == [{"module": "json", "source": sys.modules["json"].__file__}]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "parts.py").write_text("")
+    with pytest.raises(UserError, match="have the same file name; rename one of them"):
+        record_plugins(tmp_path / "run", [str(tmp_path / "a" / "parts.py"), str(tmp_path / "b" / "parts.py")])
