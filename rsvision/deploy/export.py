@@ -82,7 +82,7 @@ from rsvision.nn.switchable import (
 )
 from rsvision.quant.dequantize import compare_quantized
 from rsvision.run.folder import load_artifact
-from rsvision.subnet import SubNet, SubNetLike, check_scale, subnets_of
+from rsvision.subnet import MAX_SCALE, SubNet, SubNetLike, subnets_of
 
 TOLERANCE = 1e-4
 CHECK_IMAGES = 4
@@ -101,7 +101,8 @@ def resolve_subnets(model: nn.Module, requested: Sequence[SubNetLike] | None, so
     a width on a run without a width axis, outside the trained width range or without BN
     parameters, a resolution outside the trained range (its BN would be extrapolated)
     unless calibrated statistics exist for it: the line advises ``rsvision calibrate``, or,
-    above the size calibration takes (:func:`rsvision.subnet.check_scale`), states that limit.
+    above the size calibration takes (:data:`rsvision.subnet.MAX_SCALE` x the largest trained
+    resolution), states that limit.
     """
     if not requested:
         found = trained_subnets(model) + calibrated_subnets(model)
@@ -117,7 +118,13 @@ def resolve_subnets(model: nn.Module, requested: Sequence[SubNetLike] | None, so
         if reason:
             raise UserError(f"{source}: sub-network {subnet.id}: {reason}")
         if subnet_status(model, subnet) == "nearest":
-            check_scale([subnet], trained, source)  # calibration refuses these too: state the limit, advise nothing
+            limit = MAX_SCALE * trained[0]  # calibration refuses sizes above it too (rsvision.subnet.check_scale)
+            if subnet.resolution > limit:
+                raise UserError(
+                    f"{source}: resolution {subnet.resolution} is outside the trained range {trained[-1]}..{trained[0]} and more than "
+                    f"{MAX_SCALE}x its largest; the limit is {limit}: choose a resolution in range, or one up to {limit} after "
+                    f"`rsvision calibrate {source} --res SIZE`"
+                )
             raise UserError(
                 f"{source}: resolution {subnet.resolution} is outside the trained range {trained[-1]}..{trained[0]} "
                 f"(its BN statistics would be extrapolated); run `rsvision calibrate {source} --res {subnet.id}` first or choose a resolution in range"
