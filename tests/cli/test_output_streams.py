@@ -78,5 +78,6 @@ def test_every_command_has_a_whole_line_in_the_help():
     listed = out.split("Commands:", 1)[1].splitlines()
     for name, command in cli.commands.items():
         (line,) = [line for line in listed if line.split()[:1] == [name]]
-        assert command.short_help and line.split(None, 1)[1] == command.short_help, line
+        assert command.short_help, f"{name}: give the command a short_help (click cuts a docstring's first line at a full stop or at the width)"
+        assert line.split(None, 1)[1] == command.short_help, line
         assert not line.endswith("..."), line
