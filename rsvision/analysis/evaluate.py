@@ -40,9 +40,13 @@ def evaluate_artifact(artifact, subnets: Sequence[SubNetLike] | None = None, bat
 def check_classes(artifact: Artifact) -> None:
     """Refuse evaluation data whose classes are not the run's, in the run's order: labels are
     compared by number, so another class set (``eval --data OTHER``) would score against the
-    wrong names. A run without recorded class names is not checked."""
+    wrong names. Data naming the run's first classes only is taken (label i names the same
+    class in both); a run whose class names are only numbers (a converted official
+    checkpoint) is not checked."""
     trained, data = artifact.meta.get("class_names"), artifact.task.class_names()
-    if trained and data != trained:
+    if not trained or trained == [str(i) for i in range(len(trained))]:
+        return
+    if data != trained[: len(data)]:
         d = artifact.task.recipe.data
         raise UserError(
             f"{d.root or d.dataset}: its classes ({', '.join(data)}) are not those {artifact.path} was trained on "

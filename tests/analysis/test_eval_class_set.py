@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from det_fixtures import write_coco
 
+from rsvision.analysis.evaluate import check_classes
 from rsvision.cli import main
 from rsvision.engine.trainer import train
+from rsvision.errors import UserError
 from rsvision.recipe import validate_recipe
 
 HEAD = {"fpn_channels": 8, "anchor_sizes": [8, 16, 32, 64], "box_representation": 16, "rpn_pre_nms_top_n_train": 20, "rpn_post_nms_top_n_train": 10,
@@ -40,3 +43,27 @@ def test_eval_on_data_with_other_categories_is_refused(tmp_path, capsys):
     assert f"{other}: its classes (bee, cat) are not those {run} was trained on (ant, cat)" in err
     assert sorted(p.name for p in run.iterdir()) == evaluations  # nothing stored
     main(["eval", str(run), "--data", str(tmp_path / "coco")])  # the run's own classes: evaluated
+
+
+def _artifact(trained: list[str] | None, data: list[str]) -> SimpleNamespace:
+    recipe = SimpleNamespace(data=SimpleNamespace(root="data/other", dataset="coco"))
+    return SimpleNamespace(meta={"class_names": trained}, task=SimpleNamespace(class_names=lambda: data, recipe=recipe), path="runs/det")
+
+
+@pytest.mark.parametrize(
+    "trained, data, refused",
+    [
+        (["ant", "cat"], ["ant", "cat"], False),
+        (["ant", "cat"], ["ant"], False),  # the run's first classes: label 1 is 'ant' in both
+        (["ant", "cat"], ["cat"], True),  # label 1 would be 'cat' here, 'ant' in the run
+        (["ant", "cat"], ["ant", "cat", "bee"], True),
+        (["0", "1", "2"], ["class0", "class1"], False),  # numbers only (a converted checkpoint): nothing to compare
+        (None, ["ant"], False),
+    ],
+)
+def test_class_set_rule(trained, data, refused):
+    if refused:
+        with pytest.raises(UserError, match=rf"data/other: its classes \({', '.join(data)}\) are not those runs/det was trained on"):
+            check_classes(_artifact(trained, data))
+    else:
+        check_classes(_artifact(trained, data))
