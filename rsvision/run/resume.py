@@ -44,7 +44,10 @@ def resumable(run_dir: str | Path) -> Resumable:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir}: no such run folder")
-    recover_dir(run_dir / STATE)
+    try:
+        recover_dir(run_dir / STATE)
+    except FileNotFoundError:  # another process of the same launch put it back first
+        pass
     progress, recipe, meta = progress_file(run_dir / STATE), run_dir / RECIPE, run_dir / META
     if not progress.is_file() or not recipe.is_file():
         raise UserError(f"--resume {run_dir}: no saved training state (no {STATE}/{progress.name} or {RECIPE}); not a run folder, or it never finished an epoch")
