@@ -41,7 +41,9 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType, broadcast_object_list, send_to_device, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType, broadcast_object_list, parse_flag_from_env, send_to_device, set_seed,
+)
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
@@ -236,7 +238,9 @@ def _prepare(recipe: Recipe, name: str, resume: bool | Path, quiet: bool) -> Loo
     set_seed(t.seed)
     model = task.build_model()
     method = method_cls(synchronized_bn(model) if t.sync_bn else model, task, recipe)
-    run_dir = _agreed_run_dir(PartialState(), recipe, name, resume)  # before Accelerate, whose trackers write into it
+    # The processes agree on the run folder before Accelerate starts, whose trackers write into
+    # it: the process group started as Accelerate starts it (on the CPU where the launcher says so).
+    run_dir = _agreed_run_dir(PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")), recipe, name, resume)
     accelerator = make_accelerator(recipe, method, run_dir)
     sampler = EpochSampler(len(train_set), t.seed)
     workers = loader_workers(recipe.data.workers, accelerator.device, recipe.data.oversubscribe)
