@@ -11,15 +11,18 @@ A request's path:
    is not an image, is truncated, or has too many pixels is answered 4xx here, before it
    takes a place in the queue, and decoding runs beside the network on another core.
 3. The image joins the scheduler's queue (:mod:`rsvision.serve.scheduler`) with an asyncio
-   future. ONE worker thread, with its own intra-op threads, loops: take a batch from the
-   scheduler, run it, set the futures through ``loop.call_soon_threadsafe``; requests the
-   scheduler sheds are answered 503 the same way. The event loop only accepts, refuses
-   and answers, so it stays responsive under overload.
+   future. ONE worker thread loops: take a batch from the scheduler, hand it to the executor
+   (:mod:`rsvision.serve.executor`: ``rsvision serve`` runs the network in a process of its
+   own, with its own intra-op threads and interpreter), set the futures through
+   ``loop.call_soon_threadsafe``; requests the scheduler sheds are answered 503 the same
+   way. The event loop only accepts, refuses and answers, so it stays responsive under
+   overload, and the network's time does not depend on it.
 4. The answer is the prediction's fields (those of ``rsvision.load(...).predict``) plus the
    sub-network used and the time spent decoding, queued and computing.
 
-At start-up the worker measures the latency table over its whole path
-(:meth:`Runner.measure`) before the server accepts connections. Every refusal is a 4xx
+At start-up the worker measures the latency table over its whole path (the executor's
+``run`` on copies of :meth:`Runner.probe`: hand-over, view, network, answer fields) before
+the server accepts connections. Every refusal is a 4xx
 with one JSON line, ``{"error": "..."}``; the server goes on answering the others.
 ``/metrics`` gives requests, answers per sub-network, a latency histogram, deadline misses,
 drops, the queue length, the chosen sub-network and the latency table. On SIGTERM uvicorn
@@ -38,7 +41,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,10 +58,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from rsvision.analysis.latency import REPEATS, WARMUP, torch_threads
+from rsvision.analysis.latency import REPEATS, WARMUP, median_ms, torch_threads
 from rsvision.errors import UserError
 from rsvision.serve.decode import BadInput, body_kind
-from rsvision.serve.runner import Prepared, Runner, answer_fields
+from rsvision.serve.executor import ChildProcess, InThread, WorkerDied
+from rsvision.serve.runner import Prepared, Runner
 from rsvision.serve.scheduler import (
     ADAPTIVE,
     HOPELESS,
@@ -70,6 +74,7 @@ from rsvision.serve.scheduler import (
 )
 
 HOST = "127.0.0.1"
+WORKERS = ("process", "thread")
 PORT = 8000
 DEADLINE_HEADER = "X-Deadline-Ms"
 #: Latency histogram buckets (seconds); the SLO is added to them.
@@ -88,6 +93,8 @@ class ServeConfig:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     threads: int | None = None
     margin_ms: float = 2.0
+    #: Where :func:`serve` runs the network: ``process`` (its own, :class:`ChildProcess`) or ``thread``.
+    worker: str = "process"
     repeats: int = REPEATS
     warmup: int = WARMUP
     #: Called once the latency table is measured, with :meth:`Worker.describe`.
@@ -104,6 +111,8 @@ class ServeConfig:
             raise UserError(f"--max-queue {self.max_queue}: expected at least 1")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads {self.threads}: expected at least 1")
+        if self.worker not in WORKERS:
+            raise UserError(f"--worker {self.worker}: expected one of {', '.join(WORKERS)}")
 
 
 class Metrics:
@@ -137,9 +146,9 @@ class Job:
 
 @dataclass(frozen=True)
 class Answered:
-    """A prediction and how it was made (times on the scheduler's clock, ms)."""
+    """A prediction's JSON fields and how it was made (times on the scheduler's clock, ms)."""
 
-    result: Any
+    fields: dict[str, Any]
     subnet: str
     batch_size: int
     start: float
@@ -162,10 +171,11 @@ def _settle(future: asyncio.Future, outcome: Any) -> None:
 
 
 class Worker:
-    """The thread that measures the latency table, then runs the scheduler's batches."""
+    """The thread that measures the latency table, then runs the scheduler's batches on ``executor``."""
 
-    def __init__(self, runner: Runner, config: ServeConfig, metrics: Metrics, clock: Callable[[], float]) -> None:
+    def __init__(self, runner: Runner, config: ServeConfig, metrics: Metrics, clock: Callable[[], float], executor=None) -> None:
         self.runner, self.config, self.metrics, self.clock = runner, config, metrics, clock
+        self.executor = executor if executor is not None else InThread(runner)
         self.allowed = parse_policy(config.policy, list(runner.subnets))  # checked before any measuring
         self.scheduler: Scheduler | None = None
         self.lock = threading.Condition()
@@ -224,7 +234,8 @@ class Worker:
     def _main(self) -> None:
         try:
             with torch_threads(self.config.threads):
-                table = self.runner.measure(self.config.batch_sizes, repeats=self.config.repeats, warmup=self.config.warmup)
+                self.executor.start()
+                table = self._measure()
                 ranked = [s for s in self.runner.ranked(table) if s in self.allowed]
                 self.scheduler = Scheduler(ranked, LatencyTable(table), max_queue=self.config.max_queue, margin_ms=self.config.margin_ms, clock=self.clock)
                 self._show_table()
@@ -233,6 +244,7 @@ class Worker:
         except BaseException as exc:
             self.error = exc
             if not self.ready.is_set():  # the start-up reports it
+                self.executor.close()
                 self.ready.set()
                 return
             with self.lock:  # a fault of the worker itself: answer what waits, take nothing more
@@ -240,7 +252,17 @@ class Worker:
                 for request in self.scheduler.drain():
                     job: Job = request.payload
                     job.loop.call_soon_threadsafe(_settle, job.future, Failed(f"the worker stopped: {type(exc).__name__}: {exc}"))
+            self.executor.close()
             raise
+        self.executor.close()
+
+    def _measure(self) -> dict[str, dict[int, float]]:
+        """``lat[s][b]``: the median time of the executor's ``run`` on ``b`` copies of the probe (ms)."""
+        probe = self.runner.probe()
+        return {
+            s: {b: median_ms(lambda s=s, b=b: self.executor.run(s, [probe] * b), self.config.repeats, self.config.warmup) for b in self.config.batch_sizes}
+            for s in self.runner.subnets
+        }
 
     def _loop(self) -> None:
         while True:
@@ -260,12 +282,12 @@ class Worker:
         jobs: list[Job] = [r.payload for r in batch.requests]
         try:
             start = self.clock()
-            results = self.runner.run(batch.subnet, [j.prepared.image for j in jobs])
+            results = self.executor.run(batch.subnet, [j.prepared.image for j in jobs])
             end = self.clock()
         except BaseException as exc:  # a fault of this batch: answer 500 and go on (the worker's own: stop)
             for job in jobs:
                 job.loop.call_soon_threadsafe(_settle, job.future, Failed(f"{type(exc).__name__}: {exc}"))
-            if not isinstance(exc, Exception):
+            if not isinstance(exc, Exception) or isinstance(exc, WorkerDied):
                 raise
             return
         with self.lock:
@@ -355,13 +377,14 @@ async def _image_body(request: Request) -> bytes:
         await form.close()
 
 
-def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callable[[], float] = monotonic_ms) -> FastAPI:
-    """The FastAPI application serving ``runner`` (module docstring). The worker starts with
+def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callable[[], float] = monotonic_ms, executor=None) -> FastAPI:
+    """The FastAPI application serving ``runner`` (module docstring); its batches run on
+    ``executor`` (default: :class:`InThread`, in the worker thread). The worker starts with
     the application's lifespan: its latency table is measured before the first request."""
     config = config or ServeConfig()
     config.check()
     metrics = Metrics(config.slo_ms, config.batch_sizes)
-    worker = Worker(runner, config, metrics, clock)
+    worker = Worker(runner, config, metrics, clock, executor)
     max_pixels = int(config.max_megapixels * 1e6)
     decoders = anyio.CapacityLimiter(os.cpu_count() or 1)
     retry_after = {"Retry-After": str(max(1, math.ceil(config.slo_ms / 1000)))}
@@ -475,8 +498,7 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
         outcome, refused = await predict_one(prepared, arrival, deadline, queued)
         if refused is not None:
             return refused
-        fields = answer_fields(outcome.result) if runner.kind == "classification" else await anyio.to_thread.run_sync(answer_fields, outcome.result)
-        return JSONResponse({**fields, **timing(outcome, arrival, queued)})
+        return JSONResponse({**outcome.fields, **timing(outcome, arrival, queued)})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -553,7 +575,7 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
         if refused is not None:
             return refused
         outcomes = [o for o, _ in settled]
-        answers = [answer_fields(o.result) for o in outcomes]
+        answers = [o.fields for o in outcomes]
         n = len(answers)
         if runner.kind == "classification":
             outputs = [
@@ -647,10 +669,13 @@ def serve(
     device: str | torch.device | None = None,
     name: str | None = None,
     log_level: str = "warning",
+    plugins: Sequence[str | Path] = (),
 ) -> None:
     """Serve a run folder, packed file or ONNX export (read by :func:`rsvision.load`, the model
     on ``device``) on ``host:port`` (0: any free port) until SIGTERM or SIGINT; then finish the
-    requests in flight and return (module docstring). ``config.on_ready`` gets
+    requests in flight and return (module docstring). With ``config.worker`` ``process`` the
+    network runs in a child process that loads the model on ``device`` (this process keeps a
+    copy on the CPU for decoding and describing; the child loads ``plugins`` first). ``config.on_ready`` gets
     :meth:`Worker.describe` with the ``url`` once the latency table is measured."""
     from rsvision.deploy.load import load
 
@@ -658,11 +683,16 @@ def serve(
     config.check()
     sock = listen(host, port)  # before the model loads: a taken port fails at once
     try:
-        runner = Runner(load(source) if device is None else load(source, device), name, config.threads)
+        if config.worker == "process":
+            runner = Runner(load(source), name, config.threads)
+            executor = ChildProcess(source, device, name, config.threads, plugins)
+        else:
+            runner = Runner(load(source) if device is None else load(source, device), name, config.threads)
+            executor = InThread(runner)
         bound_host, bound_port = sock.getsockname()[:2]
         url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
         announce = config.on_ready
-        app = create_app(runner, replace(config, on_ready=lambda info: announce({**info, "url": url}) if announce else None))
+        app = create_app(runner, replace(config, on_ready=lambda info: announce({**info, "url": url}) if announce else None), executor=executor)
         server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=30, lifespan="on"))
         previous = {sig: signal.signal(sig, _ignore_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
