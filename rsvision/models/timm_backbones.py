@@ -38,7 +38,7 @@ class TimmBackbone(nn.Module):
     """
 
     def __init__(self, name: str, model: nn.Module, keep: Sequence[int]) -> None:
-        from timm.models import get_pretrained_cfg_value
+        from timm.models import get_pretrained_cfg
 
         super().__init__()
         self.timm_name = name
@@ -46,7 +46,8 @@ class TimmBackbone(nn.Module):
         #: The pretrained tag in the backbone's name: its weights load unless ``model.pretrained: false``.
         self.name_tag = tag or None
         #: The classifier's key in timm's full model (loaded into the classifier head when it fits).
-        self.classifier_key = get_pretrained_cfg_value(arch, "classifier")
+        cfg = get_pretrained_cfg(arch)  # None for an architecture without weights
+        self.classifier_key = cfg.classifier if cfg is not None else None
         self.model = model
         self.keep = list(keep)
         channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
@@ -97,7 +98,8 @@ class TimmBackbone(nn.Module):
         try:
             full = timm.create_model(name, pretrained=True)
         except Exception as exc:  # offline without a cached copy: huggingface_hub's or urllib's error
-            raise UserError(f"model.pretrained: {_not_cached(full_name, cfg)} ({type(exc).__name__})") from None
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise UserError(f"model.pretrained: {_not_cached(full_name, cfg)} ({type(exc).__name__}: {detail})") from None
         where = f"Hugging Face hub {cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url or cfg.file
         return Weights(full.state_dict(), f"{PREFIX}{full_name} ({where})", cfg.classifier)
 
