@@ -5,6 +5,8 @@ Face hub cache, torch hub's checkpoints); downloads are made to fail, so a test 
 loaded from the cache.
 """
 
+import json
+import shutil
 import urllib.error
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,13 +20,14 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2, resnet18
 
+import rsvision
+from rsvision.engine import train
 from rsvision.errors import UserError
 from rsvision.models import create_model
 from rsvision.models.pretrained import loaded_weights
 from rsvision.nn.switchable import at_resolution
 from rsvision.recipe import validate_recipe
 from rsvision.run.folder import build_from_meta
-from rsvision.registry import TASKS
 
 TIMM = "test_resnet.r160_in1k"  # timm's tiny test network (0.47M parameters), weights on the hub as timm/test_resnet.r160_in1k
 
@@ -139,15 +142,20 @@ def test_torchvision_weights_from_the_torch_hub_cache(offline, tmp_path):
 
 
 def test_the_run_records_the_weights_a_tag_in_the_name_loaded(offline, tmp_path):
-    """``timm/<arch>.<tag>`` with ``model.pretrained`` unset: the tag's weights, named in rsvision.json's metadata."""
+    """``timm/<arch>.<tag>`` with ``model.pretrained`` and ``model.num_classes`` unset: the tag's
+    weights, named in rsvision.json, and the data's 4 classes; the run then loads without them."""
     _cache_timm_weights(offline, TIMM)
-    recipe = validate_recipe(tiny_recipe_dict(tmp_path, model={"backbone": f"timm/{TIMM}", "pretrained": True}))
-    task = TASKS.get("cls")(recipe)
-    task.build_model()
-    assert task.describe()["pretrained"] == {
+    recipe = tiny_recipe_dict(tmp_path, resolutions=[32], model={"backbone": f"timm/{TIMM}"}, train={"epochs": 1, "max_steps_per_epoch": 1})
+    recipe["data"]["args"]["image_size"] = 32
+    run = train(validate_recipe(recipe), name="tagged", quiet=True)
+    meta = json.loads((run / "rsvision.json").read_text())
+    assert meta["pretrained"] == {
         "weights": f"timm/{TIMM} (Hugging Face hub timm/{TIMM})",
-        "classifier": "new (the weights' classifier is (1000, 96), this model's (4, 96))",  # 4 classes in the data
+        "classifier": "new (the weights' classifier is (1000, 96), this model's (4, 96))",
     }
+    assert meta["recipe"]["model"]["num_classes"] == 4
+    shutil.rmtree(offline)  # the run's own weights are all it needs from now on
+    assert len(rsvision.load(run).class_names) == 4
 
 
 def test_checkpoints_are_unwrapped_and_their_classifier_loaded(tmp_path):
