@@ -18,15 +18,21 @@
    :mod:`rsvision.serve.loadgen` and stops it with SIGTERM. The first piece reads the
    server's latency table and accuracies (``GET /info``) into ``--profile``; every piece
    then runs the loads of that profile, so every policy gets the same requests at the same
-   times (same seed). Loads, from each sub-network's capacity ``1000 / (lat[s][b*] / b*)``
-   requests/s at its best batch size within the SLO:
+   times (same seed). Each sub-network's capacity is measured over the whole path (this load
+   generator, HTTP, decoding, the hand-over to the network's process and back):
+   ``fixed:s`` served to a closed loop of ``2 b*`` clients, each sending its next image as
+   soon as its answer arrives (``b*``: the best batch size whose batch takes at most half
+   the SLO in the server's table, so one batch waits while one runs), for ``--capacity-s``
+   seconds; the capacity is the answers within the SLO per second. Loads, from those
+   capacities:
    - ``step``: 0.5x the largest sub-network's capacity, then 0.9x each cheaper one's in
      turn up to the smallest, and back down (one phase per rate, ``--phase-s`` each);
    - ``spike``: 0.5x the largest's capacity with ``--spikes`` bursts at 0.9x the smallest's.
 3. ``--combine`` prints, per load, the table policy x phase (SLO attainment, effective
    accuracy, p99, the sub-network mix), the fluid bound per phase
    (:func:`rsvision.serve.bound.fluid_bound`: the best effective accuracy any scheduler could
-   reach at that rate with this latency table) and ``adaptive``'s fraction of it; then the
+   reach at that rate, each sub-network costing ``1000 / capacity`` ms per request, its
+   measured whole-path cost) and ``adaptive``'s fraction of it; then the
    issue's targets as PASS/FAIL lines, beside SuperServe's +4.67 points / 2.85x.
 
 Run on a quiet machine: the capacities and the loads come from this machine's timings.
@@ -49,19 +55,19 @@ from typing import Iterator
 
 import httpx
 
-from rsvision.serve.bound import capacity, fluid_bound
+from rsvision.serve.bound import best_batch, capacity, fluid_bound
 from rsvision.serve.loadgen import Schedule, load_phases, make_schedule, mix_text, read_images, run_load, stairs
 
-#: The benchmark's run: the quickstart's network at twice its width (4x its multiply-adds, 55M at
-#: 128 px), so the network, not HTTP and decoding, is most of a request's cost, and it trains in
-#: minutes on 2 cores (ResNet-18 took about 3 min an epoch there and had not left chance after one).
+#: The benchmark's run: the quickstart's ResNet-8 at 1.5x its width with 192/128/96/64 px (about 290M
+#: multiply-adds at 192 px, 9x the 64 px cost), so the network, not HTTP and decoding, is most of
+#: a request's cost at the larger sizes, and it trains in about half an hour on 2 cores.
 RECIPE = {
     "task": "cls",
-    "resolutions": [128, 96, 64, 48],
-    "model": {"backbone": "resnet8", "backbone_args": {"width": 32, "stem_stride": 4}, "head": "classifier", "num_classes": 10},
+    "resolutions": [192, 128, 96, 64],
+    "model": {"backbone": "resnet8", "backbone_args": {"width": 48, "stem_stride": 4}, "head": "classifier", "num_classes": 10},
     "data": {"dataset": "synthetic", "batch_size": 32, "workers": 1, "crop_scale": [0.7, 1.0],
-             "args": {"train_size": 2560, "val_size": 1000, "image_size": 144}},
-    "train": {"epochs": 12, "lr": 0.01, "momentum": 0.9, "weight_decay": 5.0e-4, "schedule": "cosine", "seed": 0},  # the quickstart's schedule
+             "args": {"train_size": 2560, "val_size": 1000, "image_size": 224}},
+    "train": {"epochs": 5, "lr": 0.01, "momentum": 0.9, "weight_decay": 5.0e-4, "schedule": "cosine", "seed": 0},
     "mred": {"mode": "full"},
 }
 #: ``--tiny``: the same path at toy scale (a few training steps, tiny images, short loads).
@@ -96,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spike-duration", type=float, default=60.0, help="seconds of the spike load")
     parser.add_argument("--spike-s", type=float, default=5.0, help="seconds of each spike")
     parser.add_argument("--spikes", type=int, default=3)
+    parser.add_argument("--capacity-s", type=float, default=10.0, help="seconds of the closed loop that measures each sub-network's capacity")
     parser.add_argument("--threads", type=int, default=1, help="the server's intra-op threads")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16")
     parser.add_argument("--repeats", type=int, help="timed runs per cell of the server's latency table (default: the server's)")
@@ -193,14 +200,66 @@ def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float
     raise SystemExit(f"rsvision serve was not ready after {timeout_s:g} s; see {log}")
 
 
-def make_profile(info: dict, args: argparse.Namespace) -> dict:
-    """The latency table and accuracies of ``/info``, each sub-network's capacity, and the loads."""
+def closed_loop(url: str, images, clients: int, seconds: float, slo_ms: float, warmup_s: float = 1.0) -> dict:
+    """``clients`` clients each sending its next image as soon as its answer arrives, for
+    ``seconds`` after ``warmup_s``: answers within ``slo_ms`` per second, and what else came back."""
+    import asyncio
+
+    async def drive() -> dict:
+        loop = asyncio.get_running_loop()
+        start = loop.time() + warmup_s
+        end = start + seconds
+        counts = {"on_time": 0, "late": 0, "refused": 0}
+
+        async def client(k: int, http: httpx.AsyncClient) -> None:
+            i = k
+            while loop.time() < end:
+                body = images.bodies[i % len(images.bodies)]
+                sent = loop.time()
+                response = await http.post(f"{url}/predict", content=body, headers={"Content-Type": images.types[i % len(images.bodies)]})
+                done = loop.time()
+                i += clients
+                if sent < start:
+                    continue
+                if response.status_code != 200:
+                    counts["refused"] += 1
+                else:
+                    counts["on_time" if (done - sent) * 1000 <= slo_ms else "late"] += 1
+
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+            await asyncio.gather(*(client(k, http) for k in range(clients)))
+        return {**counts, "clients": clients, "seconds": seconds, "capacity": counts["on_time"] / seconds}
+
+    return asyncio.run(drive())
+
+
+def clients_for(row: dict[int, float], slo_ms: float) -> int:
+    """``2 b*``: ``b*`` the best batch size whose batch takes at most half the SLO (1 if none)."""
+    best = best_batch(row, slo_ms / 2)
+    return 2 * (best.batch if best else 1)
+
+
+def measure_capacities(args: argparse.Namespace, table: dict, images, logs: Path) -> dict[str, dict]:
+    """Each sub-network's whole-path capacity (module docstring), ``fixed:s`` served alone."""
+    out = {}
+    for s in table:
+        with server(args.run, f"fixed:{s}", args, logs / f"capacity-{s}.log") as (url, _):
+            out[s] = closed_loop(url, images, clients_for(table[s], args.slo_ms), args.capacity_s, args.slo_ms)
+        print(f"  capacity of {s}: {out[s]['capacity']:.1f} requests/s within the SLO ({out[s]['clients']} clients; "
+              f"{out[s]['late']} late, {out[s]['refused']} refused; the table alone: {capacity(table[s], args.slo_ms):.0f}/s)", flush=True)
+    return out
+
+
+def make_profile(info: dict, args: argparse.Namespace, measured: dict[str, dict]) -> dict:
+    """The latency table and accuracies of ``/info``, each sub-network's measured capacity
+    (:func:`measure_capacities`), and the loads."""
     table = {s: {int(b): ms for b, ms in row.items()} for s, row in info["latency_ms"].items()}
     accuracy = {s["id"]: s["accuracy"] for s in info["subnets"]}
     missing = [s for s, a in accuracy.items() if a is None]
     if missing:
         raise SystemExit(f"the run has no held-out accuracy for {', '.join(missing)}: evaluate it first (rsvision eval RUN)")
-    caps = {s: capacity(table[s], args.slo_ms) for s in table}
+    caps = {s: measured[s]["capacity"] for s in table}
     dear = sorted(caps, key=caps.get)  # the largest (least capacity) first
     up = [0.5 * caps[dear[0]]] + [0.9 * caps[s] for s in dear[1:]]
     return {
@@ -211,6 +270,8 @@ def make_profile(info: dict, args: argparse.Namespace) -> dict:
         "latency_ms": table,
         "accuracy": accuracy,
         "capacity": caps,
+        "table_capacity": {s: capacity(table[s], args.slo_ms) for s in table},
+        "closed_loop": measured,
         "largest": dear[0],
         "smallest": dear[-1],
         "loads": {
@@ -244,26 +305,28 @@ def scale_loads(profile: dict, max_rate: float) -> None:
 
 
 def run_pieces(args: argparse.Namespace) -> dict:
-    """Serve each policy and drive it with each load of the profile (measured by the first
-    server when ``--profile`` does not exist yet: every server measures every sub-network)."""
+    """Serve each policy and drive it with each load of the profile (measured first when
+    ``--profile`` does not exist yet: the server's latency table, then each capacity)."""
     logs = Path(tempfile.mkdtemp(prefix="rsvision-serving-"))
     profile = read_profile(json.loads(args.profile.read_text())) if args.profile and args.profile.is_file() else None
     images = read_images(args.images, limit=10**9, seed=args.seed)
     policies = list(args.policies or (default_policies(profile) if profile else ["adaptive"]))
+    if profile is None:
+        with server(args.run, "adaptive", args, logs / "table.log") as (_, info):
+            table = {s: {int(b): ms for b, ms in row.items()} for s, row in info["latency_ms"].items()}
+        profile = make_profile(info, args, measure_capacities(args, table, images, logs))
+        if args.max_rate:
+            scale_loads(profile, args.max_rate)
+        if args.profile:
+            args.profile.parent.mkdir(parents=True, exist_ok=True)
+            args.profile.write_text(json.dumps(profile, indent=2))
+        print(profile_text(profile), flush=True)
+        if not args.policies:
+            policies = default_policies(profile)
     cells, i = [], 0
     while i < len(policies):
         policy = policies[i]
         with server(args.run, policy, args, logs / f"serve-{i}.log") as (url, info):
-            if profile is None:
-                profile = make_profile(info, args)
-                if args.max_rate:
-                    scale_loads(profile, args.max_rate)
-                if args.profile:
-                    args.profile.parent.mkdir(parents=True, exist_ok=True)
-                    args.profile.write_text(json.dumps(profile, indent=2))
-                print(profile_text(profile), flush=True)
-                if not args.policies:
-                    policies = default_policies(profile)
             for name in args.loads:
                 load = profile["loads"][name]
                 started = time.time()
@@ -278,13 +341,14 @@ def run_pieces(args: argparse.Namespace) -> dict:
 
 
 def profile_text(profile: dict) -> str:
-    lines = [f"SLO {profile['slo_ms']:g} ms; per sub-network: held-out accuracy, best batch within the SLO, capacity"]
-    from rsvision.serve.bound import best_batch
-
+    lines = [f"SLO {profile['slo_ms']:g} ms; per sub-network: held-out accuracy, best batch within the SLO in the server's table, "
+             "capacity measured over the whole path (and the table's alone)"]
     for s in sorted(profile["capacity"], key=profile["capacity"].get):
         best = best_batch(profile["latency_ms"][s], profile["slo_ms"])
         where = f"batch {best.batch} at {best.ms:.2f} ms/request" if best else "no batch fits the SLO"
-        lines.append(f"  {s}: {profile['accuracy'][s]:.2f} %, {where}, {profile['capacity'][s]:.0f} requests/s")
+        alone = profile.get("table_capacity", {}).get(s)
+        lines.append(f"  {s}: {profile['accuracy'][s]:.2f} %, {where}, {profile['capacity'][s]:.0f} requests/s"
+                     + (f" ({alone:.0f} from the table)" if alone is not None else ""))
     for name, load in profile["loads"].items():
         lines.append(f"  {name} load: " + ", ".join(f"{r:.0f}" for r in load["rates"]) + f" requests/s over {load['duration']:g} s")
     return "\n".join(lines)
@@ -306,7 +370,9 @@ def bounds(profile: dict, load: str) -> list[dict]:
     """The fluid bound at each phase's rate."""
     spec = profile["loads"][load]
     phases = load_phases(spec["shape"], spec["rates"], spec["duration"], spec.get("spike_s"), spec.get("spikes", 1))
-    return [fluid_bound(p.rate, profile["accuracy"], profile["latency_ms"], profile["slo_ms"]).as_dict() | {"name": p.name} for p in phases]
+    service = {s: {1: 1000.0 / cap} for s, cap in profile["capacity"].items() if cap > 0}  # whole-path ms per request
+    accuracy = {s: a for s, a in profile["accuracy"].items() if s in service}
+    return [fluid_bound(p.rate, accuracy, service).as_dict() | {"name": p.name} for p in phases]
 
 
 def _f(value: float | None, digits: int = 1) -> str:
@@ -452,7 +518,7 @@ def tiny(args: argparse.Namespace) -> dict:
     args.run, args.images = run, write_images(run, work / "images")
     args.profile = args.profile or work / "profile.json"
     args.phase_s, args.spike_duration, args.spike_s, args.spikes = 1.0, 2.0, 0.5, 1
-    args.batch_sizes, args.max_rate, args.repeats = "1,2,4", args.max_rate or 40.0, args.repeats or 5
+    args.batch_sizes, args.max_rate, args.repeats, args.capacity_s = "1,2,4", args.max_rate or 40.0, args.repeats or 5, 1.0
     return run_pieces(args)
 
 
