@@ -192,3 +192,8 @@ def test_a_run_with_a_tag_in_its_backbone_name_loads_offline_without_the_weights
     recipe = tiny_recipe_dict(tmp_path, model={"backbone": f"timm/{TIMM}", "num_classes": 4})
     task, model = build_from_meta({"recipe": recipe}, "rsvision.json")
     assert loaded_weights(model) is None and "pretrained" not in task.describe()
+
+
+def test_a_backbone_without_library_weights_takes_a_file_only():
+    with pytest.raises(UserError, match=r"^model\.pretrained: backbone 'resnet8' has no library weights to name by True; give the path of a weights file"):
+        create_model(backbone="resnet8", resolutions=[16], pretrained=True)
