@@ -25,7 +25,8 @@ At start-up the worker measures the latency table over its whole path (the execu
 the server accepts connections. Every refusal is a 4xx
 with one JSON line, ``{"error": "..."}``; the server goes on answering the others.
 ``/metrics`` gives requests, answers per sub-network, a latency histogram, deadline misses,
-drops, the queue length, the chosen sub-network and the latency table. On SIGTERM uvicorn
+drops, the queue length, the chosen sub-network and the latency table; ``GET /`` is a live
+page drawn from ``GET /live.json`` (:mod:`rsvision.serve.live`). On SIGTERM uvicorn
 stops accepting, the requests in flight (queued ones included) are answered, and the worker
 stops: :func:`serve` returns and the command exits 0.
 """
@@ -52,7 +53,7 @@ import numpy as np
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -62,6 +63,7 @@ from rsvision.analysis.latency import REPEATS, WARMUP, median_ms, torch_threads
 from rsvision.errors import UserError
 from rsvision.serve.decode import BadInput, body_kind
 from rsvision.serve.executor import ChildProcess, InThread, WorkerDied
+from rsvision.serve.live import LiveWindows
 from rsvision.serve.runner import Prepared, Runner
 from rsvision.serve.scheduler import (
     ADAPTIVE,
@@ -79,6 +81,8 @@ PORT = 8000
 DEADLINE_HEADER = "X-Deadline-Ms"
 #: Latency histogram buckets (seconds); the SLO is added to them.
 BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+#: The live page served at ``GET /`` (package data).
+LIVE_PAGE = Path(__file__).with_name("static") / "live.html"
 
 
 @dataclass
@@ -389,6 +393,7 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
     decoders = anyio.CapacityLimiter(os.cpu_count() or 1)
     retry_after = {"Retry-After": str(max(1, math.ceil(config.slo_ms / 1000)))}
     state = {"accepting": False}
+    live = LiveWindows(config.slo_ms, clock=clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -410,6 +415,7 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
     app = FastAPI(title="rsvision serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.worker = worker
     app.state.metrics = metrics
+    app.state.live = live
 
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
@@ -449,12 +455,14 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
                 worker.observe_handover(done - outcome.end)
                 metrics.answers.labels(outcome.subnet).inc()
                 metrics.latency.observe((done - arrival) / 1000)
+                live.answered(done, done - arrival, outcome.subnet)
                 if done > deadline:
                     metrics.misses.inc()
                 return outcome, None
             if isinstance(outcome, Failed):
                 return None, _error(500, f"the batch failed: {outcome.message}")
             reason = outcome.reason
+        live.dropped(clock())
         why = "it cannot be answered within its deadline" if reason == HOPELESS else f"the queue is full ({config.max_queue} requests)"
         return None, _error(503, f"dropped: {why}; retry later", retry_after)
 
@@ -467,6 +475,7 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
         if reason is None:
             return None
         metrics.drops.labels(reason).inc()
+        live.dropped(clock())
         why = "it cannot be answered within its deadline" if reason == HOPELESS else f"the queue is full ({config.max_queue} requests)"
         return _error(503, f"dropped: {why}; retry later", retry_after)
 
@@ -487,6 +496,7 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
     async def predict(request: Request) -> Response:
         arrival = clock()
         metrics.requests.inc()
+        live.arrived(arrival)
         deadline = arrival + _deadline_ms(request, config.slo_ms)
         body_kind(request.headers.get("content-type"))
         refused = refusal(deadline)
@@ -513,6 +523,16 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/")
+    async def live_page() -> Response:
+        """The live page: draws ``/live.json`` every second (rsvision/serve/static/live.html)."""
+        return HTMLResponse(LIVE_PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/live.json")
+    async def live_json() -> dict[str, Any]:
+        """The last minutes in one-second windows (:mod:`rsvision.serve.live`)."""
+        return live.snapshot(worker.scheduler.subnets if worker.scheduler is not None else ())
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
@@ -562,6 +582,7 @@ def create_app(runner: Runner, config: ServeConfig | None = None, clock: Callabl
         deadline = arrival + _deadline_ms(request, config.slo_ms)
         bodies, request_id = _v2_images(await request.body())
         metrics.requests.inc(len(bodies))
+        live.arrived(arrival, len(bodies))
         refused = refusal(deadline)
         if refused is not None:
             return refused
