@@ -1,8 +1,10 @@
 """Request bodies to images, and what the server refuses.
 
 An image arrives as the raw body of a request or as a file field of a multipart form. It is
-decoded as :func:`rsvision.load` reads files: 16-bit, float, grey, palette and RGBA images
-are accepted and converted to 8-bit RGB (:func:`rsvision.data.transforms.eight_bit`, then
+decoded as :func:`rsvision.load` reads files (:func:`rsvision.data.datasets.read_rgb`): in
+the frame it is shown in, its EXIF orientation applied (a phone's portrait photo, stored
+sideways, comes out upright), and 16-bit, float, grey, palette and RGBA images converted to
+8-bit RGB (:func:`rsvision.data.transforms.eight_bit`, then
 Pillow's ``convert("RGB")``). Before any pixel is decoded, the size Pillow reads from the
 header is checked against the pixel limit, so a 10,000 x 10,000 image costs nothing. A
 JPEG whose view needs only a smaller image is decoded at the smallest 1/2, 1/4 or 1/8
@@ -16,7 +18,7 @@ from __future__ import annotations
 import io
 import math
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rsvision.data.transforms import eight_bit
 
@@ -69,6 +71,7 @@ def decode_image(body: bytes, max_pixels: int, shorter_side: int | None = None, 
         image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
     try:
         image.load()
+        image = ImageOps.exif_transpose(image)
         return eight_bit(image).convert("RGB")
     except Exception as exc:  # truncated or corrupt data: OSError, SyntaxError, zlib.error, ...
         raise BadInput(400, f"{what}: truncated or corrupt {image.format or 'image'} file ({type(exc).__name__}: {exc})") from None

@@ -53,6 +53,25 @@ def test_decoding_converts_as_rsvision_load_and_refuses_what_it_cannot_take():
     assert refused.value.status == 415
 
 
+def test_a_phone_photo_is_decoded_upright_as_rsvision_load_reads_it(tmp_path):
+    """EXIF orientation 6 (stored sideways, shown turned 90 degrees clockwise): a 40 wide x 20
+    high stored image is shown 20 wide x 40 high, its left column at the top."""
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :8] = 255  # a white band on the stored image's left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    Image.fromarray(stored).save(out, format="JPEG", exif=exif, quality=95)
+    decoded = decode_image(out.getvalue(), 10**6)
+    assert decoded.size == (20, 40)
+    shown = np.asarray(decoded)
+    assert shown[:8].mean() > 200 and shown[-8:].mean() < 50  # the band is now on top
+    (tmp_path / "photo.jpg").write_bytes(out.getvalue())
+    from rsvision.data.datasets import read_rgb
+
+    assert np.array_equal(shown, np.asarray(read_rgb(tmp_path / "photo.jpg")))
+
+
 def test_answers_as_json_fields():
     assert answer_fields(Prediction(2, "cat", 0.75)) == {"index": 2, "name": "cat", "probability": 0.75}
     class_map = np.array([[0, 1, 2], [3, 4, 5]], dtype=np.uint8)
