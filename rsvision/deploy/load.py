@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import convert_to_fp32, send_to_device
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 
 from rsvision.analysis.device import AUTO, autocast_dtype, device_of, is_auto, resolve_device, to_device
@@ -86,14 +86,15 @@ def _is_batch(images: Any) -> bool:
 
 
 def _read(image: Any, channels: int, name: str = "the image") -> Any:
-    """``image`` as ``predict`` takes it: a file decoded (:func:`read_rgb`); a PIL image in
-    another mode than RGB or L, and an array (``HxWxC``) or tensor (``CxHxW``) with an alpha
+    """``image`` as ``predict`` takes it: a file decoded (:func:`read_rgb`); a PIL image turned
+    upright by its EXIF orientation as a file is (``Image.open`` leaves a phone's portrait
+    photo sideways), and in another mode than RGB or L, and an array (``HxWxC``) or tensor (``CxHxW``) with an alpha
     channel the model does not take (2 or 4 channels), converted as a file of that kind is
     read (alpha dropped); a float image outside [0, 1] refused, naming ``name``."""
     if isinstance(image, (str, Path)):
         return read_rgb(image)
     if isinstance(image, Image.Image):
-        image = eight_bit(image)
+        image = eight_bit(ImageOps.exif_transpose(image))
         return image if image.mode in ("RGB", "L") or (image.mode == "RGBA" and channels == 4) else image.convert("RGB")
     if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] in (2, 4) and image.shape[-1] != channels:
         image = image[..., :-1]
