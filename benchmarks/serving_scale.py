@@ -16,6 +16,8 @@ times of the latency table measured on this machine (``--profile``, written by
 - ``fixed``: every replica serves the most accurate sub-network (``fixed:``), the replica
   count follows Ray Serve's default rule on the requests waiting or running
   (``--target-ongoing`` per replica);
+- ``static``: the same sub-network on ``--replicas`` replicas all the time (provisioned for
+  the bursts, no autoscaling);
 - ``degrade``: every replica runs ``adaptive``; the count follows the replicas' SLO signals
   (shed rate, share of batches below the most accurate sub-network).
 
@@ -48,13 +50,14 @@ from rsvision.serve.simulate import Autoscale, DegradeThenScale, QueueLength, bu
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "benchmarks" / "results" / "serving" / "profile.json"
 #: The default sweep: each policy over the setting that trades replicas for attainment.
-SWEEP = [("fixed", {"target_ongoing": t}) for t in (1.0, 2.0, 4.0, 8.0)] + [("degrade", {"degraded_up": g, "slack": 0.7}) for g in (0.05, 0.2, 0.5)]
+SWEEP = [("fixed", {"target_ongoing": t}) for t in (1.0, 2.0, 4.0, 8.0)] + [("static", {"replicas": n}) for n in (16, 24, 32)] + [("degrade", {"degraded_up": g, "slack": 0.7}) for g in (0.05, 0.2, 0.5)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", type=Path, default=PROFILE, help="latency table (ms), accuracies and SLO, as benchmarks/serving.py writes them")
-    parser.add_argument("--policy", choices=["fixed", "degrade"], help="the cell's policy")
+    parser.add_argument("--policy", choices=["fixed", "static", "degrade"], help="the cell's policy")
+    parser.add_argument("--replicas", type=int, default=16, help="static: the fixed sub-network on this many replicas, no autoscaling")
     parser.add_argument("--target-ongoing", type=float, default=2.0, help="fixed: requests waiting or running per replica (Ray Serve's default is 2)")
     parser.add_argument("--degraded-up", type=float, default=0.2, help="degrade: scale up above this share of batches below the top sub-network")
     parser.add_argument("--slack", type=float, default=0.7, help="degrade: scale down while one replica fewer would stay below this busy share")
@@ -77,11 +80,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_cell(args: argparse.Namespace, policy_name: str, settings: dict) -> dict:
     """Simulate one policy on the trace (module docstring); the cell's JSON."""
     profile = read_profile(args.profile)
-    policy = QueueLength(**settings) if policy_name == "fixed" else DegradeThenScale(**settings)
+    policy = DegradeThenScale(**settings) if policy_name == "degrade" else QueueLength(**({} if policy_name == "static" else settings))
     trace = bursty_trace(args.mean_rate, args.duration, args.seed, args.burst_factor, args.burst_share)
-    scale = Autoscale(args.min_replicas, args.max_replicas, args.startup_s, down_s=args.down_s)
+    if policy_name == "static":  # no autoscaling: the replicas a burst needs, all the time
+        scale = Autoscale(settings["replicas"], settings["replicas"], args.startup_s, down_s=args.down_s)
+    else:
+        scale = Autoscale(args.min_replicas, args.max_replicas, args.startup_s, down_s=args.down_s)
     base = args.mean_rate / (1 + args.burst_share * (args.burst_factor - 1))
-    initial = min(args.max_replicas, max(args.min_replicas, math.ceil(base / capacity(profile.latency_ms[profile.top], profile.slo_ms))))
+    initial = min(scale.max_replicas, max(scale.min_replicas, math.ceil(base / capacity(profile.latency_ms[profile.top], profile.slo_ms))))
     started = time.perf_counter()
     result = simulate(trace, profile, policy, scale, initial=initial)
     summary = result.summary(profile)
@@ -89,7 +95,7 @@ def run_cell(args: argparse.Namespace, policy_name: str, settings: dict) -> dict
     bound = fluid_bound(mean_rate / summary["mean_replicas"], profile.accuracy, profile.latency_ms, profile.slo_ms)
     return {
         "policy": policy_name,
-        "name": policy.name,
+        "name": f"fixed, {settings['replicas']} replicas always" if policy_name == "static" else policy.name,
         "settings": settings,
         "trace": {"mean_rate": mean_rate, "duration_s": args.duration, "seed": args.seed, "burst_factor": args.burst_factor,
                   "burst_share": args.burst_share, "requests": len(trace)},
@@ -132,7 +138,7 @@ def combine(cells: list[dict]) -> int:
         print(f"| {cell['name']} | {r['attainment']:.1f} % | {r['effective_accuracy']:.1f} % | {r['answer_accuracy']:.1f} % | "
               f"{r['replica_seconds']:.0f} | {r['mean_replicas']:.1f} / {r['peak_replicas']} | {b['accuracy']:.1f} % |")
     print()
-    fixed = [c for c in cells if c["policy"] == "fixed"]
+    fixed = [c for c in cells if c["policy"] in ("fixed", "static")]
     degrade = [c for c in cells if c["policy"] == "degrade"]
     beaten = 0
     for f in fixed:
@@ -170,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             return combine(cells)
         if args.policy is None:
             raise UserError("give --policy fixed|degrade (one cell), --sweep DIR, --combine CELLS or --tiny")
-        settings = {"target_ongoing": args.target_ongoing} if args.policy == "fixed" else {"degraded_up": args.degraded_up, "slack": args.slack}
+        settings = {"fixed": {"target_ongoing": args.target_ongoing}, "static": {"replicas": args.replicas},
+                    "degrade": {"degraded_up": args.degraded_up, "slack": args.slack}}[args.policy]
         cell = run_cell(args, args.policy, settings)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
