@@ -49,8 +49,18 @@ from rsvision.serve.simulate import Autoscale, DegradeThenScale, QueueLength, bu
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "benchmarks" / "results" / "serving" / "profile.json"
-#: The default sweep: each policy over the setting that trades replicas for attainment.
-SWEEP = [("fixed", {"target_ongoing": t}) for t in (1.0, 2.0, 4.0, 8.0)] + [("static", {"replicas": n}) for n in (16, 24, 32)] + [("degrade", {"degraded_up": g, "slack": 0.7}) for g in (0.05, 0.2, 0.5)]
+#: Static cells: replicas for the burst's peak rate on the most accurate sub-network, times these.
+HEADROOM = (1.0, 1.5, 2.0)
+
+
+def sweep(args: argparse.Namespace, profile) -> list[tuple[str, dict]]:
+    """The default cells: each policy over the setting that trades replicas for attainment;
+    the static counts from the burst's peak rate over the top sub-network's capacity."""
+    peak = args.mean_rate / (1 + args.burst_share * (args.burst_factor - 1)) * args.burst_factor
+    needed = peak / capacity(profile.latency_ms[profile.top], profile.slo_ms)
+    return ([("fixed", {"target_ongoing": t}) for t in (1.0, 2.0, 4.0, 8.0)]
+            + [("static", {"replicas": math.ceil(needed * h)}) for h in HEADROOM]
+            + [("degrade", {"degraded_up": g, "slack": 0.7}) for g in (0.05, 0.2, 0.5)])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -125,11 +135,15 @@ def combine(cells: list[dict]) -> int:
     """Print the table and, per fixed cell, whether a degrade-then-scale cell beats it; 0 when one beats every fixed cell."""
     if not cells:
         raise UserError("--combine: no cells")
-    trace, scale = cells[0]["trace"], cells[0]["autoscale"]
+    trace, scale, table = cells[0]["trace"], cells[0]["autoscale"], cells[0]["profile"]
+    top = max(table["accuracy"], key=table["accuracy"].get)
+    top_capacity = capacity({int(b): ms for b, ms in table["latency_ms"][top].items()}, table["slo_ms"])
     print(f"Simulated: {trace['requests']} requests over {trace['duration_s']:g} s (mean {trace['mean_rate']:.0f}/s, bursts at "
           f"{trace['burst_factor']:g}x for {100 * trace['burst_share']:.0f} % of the time, seed {trace['seed']}); SLO {cells[0]['profile']['slo_ms']:g} ms; "
           f"{scale['min_replicas']}-{scale['max_replicas']} replicas, start-up {scale['startup_s']:g} s, scale-down after {scale['down_s']:g} s; "
           f"latency table of {cells[0]['profile']['path']}")
+    print(f"A flat load at the mean rate would need {trace['mean_rate'] / top_capacity:.1f} replicas of sub-network {top} "
+          f"({top_capacity:.0f}/s each within the SLO, {trace['mean_rate'] / top_capacity * trace['duration_s']:.0f} replica-seconds).")
     print()
     print("| policy | attainment | effective accuracy | accuracy of the answers | replica-seconds | mean / peak replicas | fluid bound at mean rate / mean replicas |")
     print("|---|---|---|---|---|---|---|")
@@ -165,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             args = tiny(args)
         if args.sweep or args.tiny:
             cells = []
-            for policy_name, settings in SWEEP:
+            for policy_name, settings in sweep(args, read_profile(args.profile)):
                 cell = run_cell(args, policy_name, settings)
                 cells.append(cell)
                 if args.sweep:
