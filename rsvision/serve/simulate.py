@@ -17,7 +17,10 @@ arrives and again when its batch ends; what the scheduler sheds is dropped (a 50
   ``lookback_s`` and sets a target count in ``[min_replicas, max_replicas]``; a target
   above the count launches replicas at once, one below it removes them only after it has
   held for ``down_s`` (scaling down waits out a burst's gaps, as Ray Serve's
-  ``downscale_delay_s`` does). Two policies:
+  ``downscale_delay_s`` does). It decides nothing while launched replicas are still
+  starting, and after every change waits for a whole look-back of the new count: the
+  signals of a count that is about to change would launch replicas twice for one burst.
+  Two policies:
 
   - :class:`QueueLength` (the baseline: every replica runs ``fixed:`` the most accurate
     sub-network): Ray Serve's default rule, ``target = ceil(ongoing / target_ongoing)``,
