@@ -20,11 +20,10 @@
    then runs the loads of that profile, so every policy gets the same requests at the same
    times (same seed). Each sub-network's capacity is measured over the whole path (this load
    generator, HTTP, decoding, the hand-over to the network's process and back):
-   ``fixed:s`` served to a closed loop of ``2 b*`` clients, each sending its next image as
-   soon as its answer arrives (``b*``: the best batch size whose batch takes at most half
-   the SLO in the server's table, so one batch waits while one runs), for ``--capacity-s``
-   seconds; the capacity is the answers within the SLO per second. Loads, from those
-   capacities:
+   ``fixed:s`` served alone under open-loop Poisson arrivals, the capacity is the highest
+   rate at which it keeps >= 99 % of the requests within the SLO (:func:`measure_capacities`:
+   climbing from ``--capacity-start`` by 1.5x, then bisecting; at most the table's own
+   capacity ``1000 b* / lat[s][b*]``). Loads, from those capacities:
    - ``step``: 0.5x the largest sub-network's capacity, then 0.9x each cheaper one's in
      turn up to the smallest, and back down (one phase per rate, ``--phase-s`` each);
    - ``spike``: 0.5x the largest's capacity with ``--spikes`` bursts at 0.9x the smallest's.
@@ -102,7 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spike-duration", type=float, default=60.0, help="seconds of the spike load")
     parser.add_argument("--spike-s", type=float, default=5.0, help="seconds of each spike")
     parser.add_argument("--spikes", type=int, default=3)
-    parser.add_argument("--capacity-s", type=float, default=10.0, help="seconds of the closed loop that measures each sub-network's capacity")
+    parser.add_argument("--capacity-s", type=float, default=8.0, help="seconds of each open-loop probe of a sub-network's capacity")
+    parser.add_argument("--capacity-probes", type=int, default=8, help="probes per sub-network (climb, then bisect)")
+    parser.add_argument("--capacity-start", type=float, default=20.0, help="requests/s of the first probe")
     parser.add_argument("--threads", type=int, default=1, help="the server's intra-op threads")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16")
     parser.add_argument("--repeats", type=int, help="timed runs per cell of the server's latency table (default: the server's)")
@@ -200,54 +201,41 @@ def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float
     raise SystemExit(f"rsvision serve was not ready after {timeout_s:g} s; see {log}")
 
 
-def closed_loop(url: str, images, clients: int, seconds: float, slo_ms: float, warmup_s: float = 1.0) -> dict:
-    """``clients`` clients each sending its next image as soon as its answer arrives, for
-    ``seconds`` after ``warmup_s``: answers within ``slo_ms`` per second, and what else came back."""
-    import asyncio
-
-    async def drive() -> dict:
-        loop = asyncio.get_running_loop()
-        start = loop.time() + warmup_s
-        end = start + seconds
-        counts = {"on_time": 0, "late": 0, "refused": 0}
-
-        async def client(k: int, http: httpx.AsyncClient) -> None:
-            i = k
-            while loop.time() < end:
-                body = images.bodies[i % len(images.bodies)]
-                sent = loop.time()
-                response = await http.post(f"{url}/predict", content=body, headers={"Content-Type": images.types[i % len(images.bodies)]})
-                done = loop.time()
-                i += clients
-                if sent < start:
-                    continue
-                if response.status_code != 200:
-                    counts["refused"] += 1
-                else:
-                    counts["on_time" if (done - sent) * 1000 <= slo_ms else "late"] += 1
-
-        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(limits=limits, timeout=60) as http:
-            await asyncio.gather(*(client(k, http) for k in range(clients)))
-        return {**counts, "clients": clients, "seconds": seconds, "capacity": counts["on_time"] / seconds}
-
-    return asyncio.run(drive())
-
-
-def clients_for(row: dict[int, float], slo_ms: float) -> int:
-    """``2 b*``: ``b*`` the best batch size whose batch takes at most half the SLO (1 if none)."""
-    best = best_batch(row, slo_ms / 2)
-    return 2 * (best.batch if best else 1)
+def probe(url: str, images, rate: float, seconds: float, slo_ms: float, seed: int) -> dict:
+    """Poisson arrivals at ``rate`` for ``seconds``, open loop: the attainment and what came back."""
+    result = run_load(url, make_schedule("constant", [rate], seconds, seed), images, slo_ms, seed=seed, max_requests=10**6, max_in_flight=1024)
+    overall = result["overall"]
+    return {"rate": rate, "attainment": overall["attainment"] or 0.0, "requests": overall["requests"], "p99_ms": overall["p99_ms"]}
 
 
 def measure_capacities(args: argparse.Namespace, table: dict, images, logs: Path) -> dict[str, dict]:
-    """Each sub-network's whole-path capacity (module docstring), ``fixed:s`` served alone."""
+    """Each sub-network's whole-path capacity (module docstring): ``fixed:s`` served alone, the
+    highest open-loop rate it keeps >= 99 % within the SLO. The rate climbs by 1.5x from
+    ``--capacity-start`` until a probe misses (or the table's capacity holds), then bisects
+    between the last rate that held and the first that did not (``--capacity-probes`` probes
+    of ``--capacity-s`` seconds in all): only one probe overloads the server, a little, and
+    the server is given a few seconds to drain after it."""
     out = {}
     for s in table:
+        ceiling = capacity(table[s], args.slo_ms)
+        low, high, probes = 0.0, None, []
         with server(args.run, f"fixed:{s}", args, logs / f"capacity-{s}.log") as (url, _):
-            out[s] = closed_loop(url, images, clients_for(table[s], args.slo_ms), args.capacity_s, args.slo_ms)
-        print(f"  capacity of {s}: {out[s]['capacity']:.1f} requests/s within the SLO ({out[s]['clients']} clients; "
-              f"{out[s]['late']} late, {out[s]['refused']} refused; the table alone: {capacity(table[s], args.slo_ms):.0f}/s)", flush=True)
+            rate = min(args.capacity_start, ceiling)
+            for k in range(args.capacity_probes):
+                result = probe(url, images, rate, args.capacity_s, args.slo_ms, args.seed + k)
+                probes.append(result)
+                if result["attainment"] >= ATTAINMENT_TARGET:
+                    low = rate
+                    if rate >= ceiling:  # the table's capacity holds: no higher rate to try
+                        break
+                else:
+                    high = rate
+                    time.sleep(3.0)  # let what the overload left queued drain
+                rate = min(ceiling, 1.5 * rate) if high is None else (low + high) / 2
+        out[s] = {"capacity": low, "probes": probes}
+        print(f"  capacity of {s}: {low:.1f} requests/s within the SLO for >= {ATTAINMENT_TARGET:g} % (probes: "
+              + ", ".join(f"{p['rate']:.0f}/s {p['attainment']:.1f} %" for p in probes)
+              + f"; the table alone: {capacity(table[s], args.slo_ms):.0f}/s)", flush=True)
     return out
 
 
@@ -271,7 +259,7 @@ def make_profile(info: dict, args: argparse.Namespace, measured: dict[str, dict]
         "accuracy": accuracy,
         "capacity": caps,
         "table_capacity": {s: capacity(table[s], args.slo_ms) for s in table},
-        "closed_loop": measured,
+        "capacity_probes": measured,
         "largest": dear[0],
         "smallest": dear[-1],
         "loads": {
@@ -518,7 +506,8 @@ def tiny(args: argparse.Namespace) -> dict:
     args.run, args.images = run, write_images(run, work / "images")
     args.profile = args.profile or work / "profile.json"
     args.phase_s, args.spike_duration, args.spike_s, args.spikes = 1.0, 2.0, 0.5, 1
-    args.batch_sizes, args.max_rate, args.repeats, args.capacity_s = "1,2,4", args.max_rate or 40.0, args.repeats or 5, 1.0
+    args.batch_sizes, args.max_rate, args.repeats, args.capacity_s, args.capacity_probes = "1,2,4", args.max_rate or 40.0, args.repeats or 5, 1.0, 2
+    args.capacity_start = 10.0
     return run_pieces(args)
 
 
