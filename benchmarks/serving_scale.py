@@ -30,7 +30,8 @@ replica count: no policy spending those replica-seconds reaches a higher effecti
 accuracy on this trace's mean load. ``--combine`` prints the table and the comparison.
 
 This is a simulation: the network's time is the table's (no scatter), routing is free and
-instant, and a replica's start-up is a fixed delay. It says what the policies would do with
+instant, a replica's start-up is a fixed delay, and what a request costs outside the
+worker (HTTP, decoding) is left out, as if it ran on other cores of the replica. It says what the policies would do with
 this machine's latency table at a scale this 2-core machine cannot run.
 """
 
