@@ -124,15 +124,16 @@ class Task:
 
     def check_classes(self, dataset: Dataset, split: str) -> None:
         """The network predicts the data's classes: unset, ``model.num_classes`` becomes their
-        number; set, it must equal it (a mismatch either way would train outputs no label reaches
-        or labels no output can predict)."""
+        number; set, the training data must have exactly that many (a mismatch either way would
+        train outputs no label reaches or labels no output can predict), and other splits at most
+        that many (a trained network may be scored on a subset of its classes)."""
         classes = getattr(dataset, "classes", None)
         m = self.recipe.model
         if classes is None:
             return
         if m.num_classes is None:
             m.num_classes = len(classes)
-        elif len(classes) != m.num_classes:
+        elif len(classes) > m.num_classes or (split == "train" and len(classes) != m.num_classes):
             raise UserError(
                 f"{self.recipe.source}: model.num_classes is {m.num_classes} but the {split} data of "
                 f"'{self.recipe.data.dataset}' has {len(classes)} classes (leave model.num_classes out to take it from the data)"

@@ -75,3 +75,49 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def plugin_backbone_source(name: str) -> str:
+    """A plugin module registering a one-conv backbone as ``name`` (the backbone contract:
+    ``out_channels``, ``output_stride``, a list of stage features)."""
+    return f"""from torch import nn
+from rsvision import register_backbone
+
+
+class Tiny(nn.Module):
+    out_channels = [6]
+    output_stride = 1
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+
+    def forward(self, x):
+        return [self.body(x)]
+
+
+@register_backbone("{name}")
+def {name}():
+    return Tiny()
+"""
+
+
+def crash_then_resume(recipe, monkeypatch):
+    """Train ``recipe`` uninterrupted as ``full``; then as ``crashy``, stopped right after its
+    first epoch is saved, and resumed. Returns both run folders."""
+    from rsvision.engine import train
+    from rsvision.engine import trainer as trainer_module
+
+    full = train(recipe, name="full", quiet=True)
+    real_save = trainer_module._save_epoch
+
+    def crash_after_first_epoch(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "_save_epoch", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, name="crashy", quiet=True)
+    monkeypatch.setattr(trainer_module, "_save_epoch", real_save)
+    return full, train(recipe, name="crashy", resume=True, quiet=True)
+

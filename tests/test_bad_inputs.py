@@ -197,7 +197,7 @@ def test_command_line_usage_errors_are_one_line(tmp_path, capsys):
     code, err = _run(["calibrate", str(tmp_path), "--images", "abc"], capsys)
     _one_line(code, err, "Invalid value for '--images': 'abc' is not a valid integer", "(see `rsvision calibrate --help`)")
     code, err = _run(["train"], capsys)
-    _one_line(code, err, "Missing argument 'RECIPE'")
+    _one_line(code, err, "train: give RECIPE", "rsvision recipes")
     code, err = _run(["fly"], capsys)
     _one_line(code, err, "No such command 'fly'")
 

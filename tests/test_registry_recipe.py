@@ -1,11 +1,10 @@
 """Registry (names, duplicates, plugins) and recipe validation messages."""
 
-import textwrap
 
 import pytest
 import torch
 import yaml
-from conftest import tiny_recipe_dict
+from conftest import plugin_backbone_source, tiny_recipe_dict
 
 from rsvision import list_backbones, load_plugins
 from rsvision.errors import RegistryError, UserError
@@ -33,29 +32,7 @@ def test_list_filters_with_a_pattern():
 
 
 def test_backbone_from_a_user_module_is_used_by_name(tmp_path, monkeypatch, clean_plugins):
-    (tmp_path / "user_backbones.py").write_text(
-        textwrap.dedent(
-            """
-            from torch import nn
-            from rsvision import register_backbone
-
-            class Tiny(nn.Module):
-                out_channels = [6]
-                output_stride = 1
-
-                def __init__(self):
-                    super().__init__()
-                    self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-
-                def forward(self, x):
-                    return [self.body(x)]
-
-            @register_backbone("user_tiny")
-            def user_tiny():
-                return Tiny()
-            """
-        )
-    )
+    (tmp_path / "user_backbones.py").write_text(plugin_backbone_source("user_tiny"))
     monkeypatch.chdir(tmp_path)
     recipe = validate_recipe(tiny_recipe_dict(tmp_path, model={"backbone": "user_tiny", "num_classes": 3}, plugins=["user_backbones"]))
     load_plugins(recipe.plugins)

@@ -4,39 +4,18 @@ folder without ``--plugin``; an unknown backbone in a run names the plugin it wa
 
 import json
 import sys
-import textwrap
 
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import tiny_recipe_dict
+from conftest import plugin_backbone_source, tiny_recipe_dict
 
 import rsvision
 from rsvision import registry
 from rsvision.cli import cli
 from rsvision.io import file_sha256
 
-PLUGIN = textwrap.dedent(
-    """
-    from torch import nn
-    from rsvision import register_backbone
-
-    class TinyNet(nn.Module):
-        out_channels = [6]
-        output_stride = 1
-
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-
-        def forward(self, x):
-            return [self.body(x)]
-
-    @register_backbone("tinynet")
-    def tinynet():
-        return TinyNet()
-    """
-)
+PLUGIN = plugin_backbone_source("tinynet")
 
 
 def _invoke(*args):

@@ -6,13 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_recipe_dict
+from conftest import crash_then_resume, tiny_recipe_dict
 from safetensors.torch import load_file
 
 from rsvision.analysis.evaluate import evaluate_artifact
 from rsvision.cli import main
 from rsvision.engine import train
-from rsvision.engine import trainer as trainer_module
 from rsvision.recipe import validate_recipe
 from rsvision.run.folder import load_artifact
 
@@ -56,19 +55,7 @@ def test_checkpoint_round_trip_gives_identical_evaluation(trained):
 
 def test_resume_after_a_crash_finishes_like_an_uninterrupted_run(tmp_path, monkeypatch):
     recipe = validate_recipe(tiny_recipe_dict(tmp_path, train={"epochs": 2, "lr": 0.05, "weight_decay": 0.0, "seed": 0}))
-    full = train(recipe, name="full", quiet=True)
-
-    real_save = trainer_module._save_epoch
-
-    def crash_after_first_epoch(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_module, "_save_epoch", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe, name="crashy", quiet=True)
-    monkeypatch.setattr(trainer_module, "_save_epoch", real_save)
-    resumed = train(recipe, name="crashy", resume=True, quiet=True)
+    full, resumed = crash_then_resume(recipe, monkeypatch)
     assert [e["epoch"] for e in _log(resumed)] == [1, 2]
     a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for key in a:

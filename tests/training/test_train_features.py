@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_recipe_dict
+from conftest import crash_then_resume, tiny_recipe_dict
 
 from rsvision.errors import UserError
 from rsvision.recipe import validate_recipe
@@ -164,22 +164,8 @@ def test_ema_after_one_step_is_the_trained_network_and_then_the_decayed_mean():
 def test_a_resumed_run_continues_its_ema(tmp_path, monkeypatch, one_thread):
     from safetensors.torch import load_file
 
-    from rsvision.engine import train
-    from rsvision.engine import trainer as trainer_module
-
     recipe = validate_recipe(tiny_recipe_dict(tmp_path, train={"epochs": 2, "max_steps_per_epoch": 2, "ema": 0.5}))
-    full = train(recipe, name="full", quiet=True)
-    real_save = trainer_module._save_epoch
-
-    def crash_after_first_epoch(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_module, "_save_epoch", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe, name="crashy", quiet=True)
-    monkeypatch.setattr(trainer_module, "_save_epoch", real_save)
-    resumed = train(recipe, name="crashy", resume=True, quiet=True)
+    full, resumed = crash_then_resume(recipe, monkeypatch)
     a, b = (load_file(str(run / "ema" / "model.safetensors")) for run in (full, resumed))
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
