@@ -18,11 +18,10 @@ than a BN-folded copy per sub-network as ``load(...).at(r)`` builds. It owns thr
 - **Running** a batch: ``model.predict(images, subnet)``, the path :func:`rsvision.load`
   serves (the evaluation view, the network, the top class / class map / detections); the
   switched network computes what the folded one does, to float rounding.
-- **Measuring** the latency table ``lat[s][b]``: that same call on ``b`` copies of a probe
-  image, timed by :func:`rsvision.analysis.latency.median_ms` (median of 20 after 3): the
-  worker's whole path for one batch (view, network, answer), decoding excluded, since it
-  runs in the request handler before the request is queued and is paid out of the
-  request's slack there.
+- **The probe** the server's latency table is measured on (:meth:`probe`, an image the size
+  the worker sees): the server times its executor's run of ``b`` copies of it (see
+  :mod:`rsvision.serve.app`), decoding excluded, since decoding runs in the request handler
+  before the request is queued and is paid out of the request's slack there.
 
 Sub-networks are ranked by accuracy: the task's primary metric from the run's kept
 evaluations (``rsvision eval``) or the metrics its training ended with, and for an export
@@ -47,7 +46,6 @@ from torchvision.transforms.v2 import functional as TF
 
 from rsvision.analysis.device import autocast_dtype
 from rsvision.analysis.evaluate import evaluation_key, store_of
-from rsvision.analysis.latency import REPEATS, WARMUP, median_ms
 from rsvision.constants import val_resize
 from rsvision.data.transforms import BILINEAR
 from rsvision.deploy.export import resolve_subnets
@@ -204,11 +202,6 @@ class Runner:
         height, width = (self.shorter_side, round(self.shorter_side * 4 / 3)) if self.shorter_side else (480, 640)
         generator = torch.Generator().manual_seed(0)
         return torch.randint(0, 256, (self.model.input_format.channels, height, width), dtype=torch.uint8, generator=generator)
-
-    def measure(self, batch_sizes: Sequence[int], probe: torch.Tensor | None = None, repeats: int = REPEATS, warmup: int = WARMUP) -> dict[str, dict[int, float]]:
-        """``lat[s][b]``: the median time of :meth:`run` on ``b`` copies of ``probe`` (ms)."""
-        image = self.probe() if probe is None else probe
-        return {s: {b: median_ms(lambda s=s, b=b: self.run(s, [image] * b), repeats, warmup) for b in batch_sizes} for s in self.subnets}
 
     def _accuracy(self) -> dict[str, float | None]:
         rows: dict[str, dict[str, Any]] = {}

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from calib_fixtures import run_cli
 from deploy_fixtures import cls_run
 from PIL import Image
@@ -237,9 +236,6 @@ class FaultyRunner(Runner):
         if all(int(x.min()) == 255 for x in images):
             raise SystemExit("gone")
         return super().run(subnet, images)
-
-    def measure(self, batch_sizes, probe=None, repeats=3, warmup=1):
-        return super().measure(batch_sizes, torch.randint(1, 255, (3, 18, 24), dtype=torch.uint8), repeats, warmup)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the worker thread's own report
