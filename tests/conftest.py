@@ -121,3 +121,14 @@ def crash_then_resume(recipe, monkeypatch):
     monkeypatch.setattr(trainer_module, "_save_epoch", real_save)
     return full, train(recipe, name="crashy", resume=True, quiet=True)
 
+
+def benchmark_script(name: str):
+    """``benchmarks/NAME.py`` imported as a module (the scripts are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+

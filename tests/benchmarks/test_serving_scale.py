@@ -3,18 +3,14 @@ of the cells written as JSON (a few seconds)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+from conftest import benchmark_script
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("serving_scale", ROOT / "benchmarks" / "serving_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("serving_scale")
 
 
 def _profile(tmp_path: Path) -> Path:

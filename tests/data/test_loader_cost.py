@@ -1,22 +1,17 @@
 """benchmarks/loader_cost.py at tiny sizes, so it cannot rot; and its reproduction of the former path."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import torch
+from conftest import benchmark_script
 
 from rsvision.data.datasets import imagefolder
 from rsvision.data.transforms import InputFormat, MultiResolutionTransform
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "loader_cost.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("loader_cost", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("loader_cost")
 
 
 def test_the_former_float32_sample_is_the_new_uint8_sample_normalised(tmp_path):

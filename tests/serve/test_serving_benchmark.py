@@ -3,21 +3,16 @@ drive it with the load generator, combine: the benchmark's whole path, in second
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import benchmark_script
 
 pytest.importorskip("fastapi")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("serving")
 
 
 def test_the_tiny_benchmark_serves_measures_and_combines(tmp_path, capsys):
