@@ -237,6 +237,12 @@ class Worker:
 
     def _main(self) -> None:
         try:
+            self._serve()
+        finally:
+            self.executor.close()
+
+    def _serve(self) -> None:
+        try:
             with torch_threads(self.config.threads):
                 self.executor.start()
                 table = self._measure()
@@ -248,7 +254,6 @@ class Worker:
         except BaseException as exc:
             self.error = exc
             if not self.ready.is_set():  # the start-up reports it
-                self.executor.close()
                 self.ready.set()
                 return
             with self.lock:  # a fault of the worker itself: answer what waits, take nothing more
@@ -256,9 +261,7 @@ class Worker:
                 for request in self.scheduler.drain():
                     job: Job = request.payload
                     job.loop.call_soon_threadsafe(_settle, job.future, Failed(f"the worker stopped: {type(exc).__name__}: {exc}"))
-            self.executor.close()
             raise
-        self.executor.close()
 
     def _measure(self) -> dict[str, dict[int, float]]:
         """``lat[s][b]``: the median time of the executor's ``run`` on ``b`` copies of the probe (ms)."""

@@ -96,7 +96,7 @@ def _child(conn, source: str, device: str | None, name: str | None, threads: int
 
 
 class ChildProcess:
-    """Batches run in a spawned process holding its own copy of the model (module docstring).
+    """Batches run in a child process holding its own copy of the model (module docstring).
     ``source``, ``device``, ``name``, ``threads``: as for :class:`Runner` and ``rsvision.load``;
     ``plugins``: plugin files or modules the child loads first (``--plugin``)."""
 
@@ -119,18 +119,20 @@ class ChildProcess:
             self.close()
             raise RuntimeError(detail)
 
+    def _gone(self) -> WorkerDied:
+        return WorkerDied(f"the network process exited (code {self._process.poll()})")
+
     def _receive(self) -> tuple[str, Any]:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
-            code = self._process.poll() if self._process is not None else None
-            raise WorkerDied(f"the network process exited (code {code})") from None
+            raise self._gone() from None
 
     def run(self, subnet: str, images: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
         try:
             self._conn.send((subnet, [np.ascontiguousarray(image.numpy()) for image in images]))
         except (BrokenPipeError, OSError):
-            raise WorkerDied(f"the network process exited (code {self._process.poll()})") from None
+            raise self._gone() from None
         status, detail = self._receive()
         if status != "ok":
             raise RuntimeError(detail)
