@@ -1012,9 +1012,15 @@ def loadgen(url, images, slo_ms, shape, rates, duration, trace_file, spike_s, sp
 @click.option("--name", default=None, help="Model name in the KServe v2 routes (default: the folder's name).")
 @click.option("--worker", type=click.Choice(["process", "thread"]), default="process", show_default=True,
               help="Run the network in a process of its own (its time then does not depend on the HTTP traffic) or in a thread.")
+@click.option("--engine", type=click.Choice(["http", "ray"]), default="http", show_default=True,
+              help="http: one server process; ray: replicas of it on Ray Serve, their count set by the SLO signals (pip install \"rsvision[ray]\").")
+@click.option("--min-replicas", type=click.IntRange(min=1), default=1, show_default=True, help="--engine ray: the fewest replicas.")
+@click.option("--max-replicas", type=click.IntRange(min=1), default=1, show_default=True, help="--engine ray: the most replicas.")
+@click.option("--address", default=None, help="--engine ray: join the Ray cluster there (auto: the one `ray start` runs here); default: a local Ray instance.")
 @device_option
 @plugin_option
-def serve(source, slo_ms, policy, host, port, max_queue, max_body_mb, max_megapixels, batch_sizes, threads, margin_ms, repeats, name, worker, device, plugins) -> None:
+def serve(source, slo_ms, policy, host, port, max_queue, max_body_mb, max_megapixels, batch_sizes, threads, margin_ms, repeats, name, worker,
+          engine, min_replicas, max_replicas, address, device, plugins) -> None:
     """Serve RUN_OR_EXPORT over HTTP, choosing the sub-network per batch to meet --slo-ms (docs/serving.md).
 
     POST an image to /predict (curl --data-binary @img.png http://127.0.0.1:8000/predict);
@@ -1046,6 +1052,12 @@ def serve(source, slo_ms, policy, host, port, max_queue, max_body_mb, max_megapi
     config = ServeConfig(slo_ms=slo_ms, policy=policy, max_queue=max_queue, max_body_mb=max_body_mb, max_megapixels=max_megapixels,
                          batch_sizes=tuple(parse_batch_sizes(batch_sizes)), threads=threads, margin_ms=margin_ms, repeats=repeats, worker=worker,
                          on_ready=ready)
+    if engine == "ray":
+        from rsvision.serve.ray_engine import serve_ray
+
+        serve_ray(source, config, host=host, port=port, device=device, name=name, plugins=plugins,
+                  min_replicas=min_replicas, max_replicas=max_replicas, address=address)
+        return
     serve_http(source, config, host=host, port=port, device=device, name=name, plugins=plugins)
 
 
