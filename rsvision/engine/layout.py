@@ -2,8 +2,10 @@
 
 The two layouts round differently, so the layout is part of what makes a run's weights:
 the default, ``train.channels_last: device``, follows a fixed rule that reads no clock
-(channels-last on CUDA, whose cuDNN kernels prefer it, contiguous elsewhere), so the same
-recipe and seed give the same weights on the same machine whatever its load. ``true`` /
+(channels-last on CUDA, whose cuDNN kernels prefer it, and on the CPU, whose oneDNN
+convolutions are faster in it for the small networks CPUs train; contiguous elsewhere,
+and on the CPU for a network that oneDNN cannot train in channels-last, below), so the
+same recipe and seed give the same weights on the same machine whatever its load. ``true`` /
 ``false`` fix the layout. ``auto`` (opt-in) chooses by measurement on the run's own first
 steps: a warm-up step and a timed step in each layout in turn, then the faster layout for
 the rest of the run; the trial steps are ordinary training steps, so choosing costs no
@@ -13,8 +15,11 @@ even of one process) choose before DDP wraps the network (DDP's gradient buckets
 layout of the parameters it wraps), on extra steps on the training device that leave no
 trace (:meth:`LayoutChoice.decide`).
 
-Channels-last steps on the CPU run without oneDNN (:meth:`LayoutChoice._kernels`): the
-oneDNN of PyTorch 2.14 corrupts memory in a strided 1x1 convolution's channels-last backward.
+oneDNN 3.12 (PyTorch 2.14) computes wrong weight gradients, writing past its workspace, in
+the channels-last backward of a strided 1x1 convolution with fewer input channels per group
+than its channel block (8 with AVX2, 16 with AVX-512; oneDNN issue 6035): a network with
+such a convolution (:func:`onednn_hazard`) trains channels-last on the CPU without oneDNN
+(:meth:`LayoutChoice._kernels`), and its CPU default is contiguous.
 """
 
 from __future__ import annotations
@@ -28,6 +33,18 @@ from accelerate.utils import broadcast_object_list
 from torch import nn
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+#: The largest channel block of oneDNN's 1x1 backward-weights kernels (AVX-512; AVX2's is 8).
+ONEDNN_CHANNEL_BLOCK = 16
+
+
+def onednn_hazard(module: nn.Module) -> str | None:
+    """The name of the first strided 1x1 convolution of ``module`` with fewer input channels
+    per group than :data:`ONEDNN_CHANNEL_BLOCK` (whose channels-last backward oneDNN gets
+    wrong, module docstring), or None."""
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.in_channels // m.groups < ONEDNN_CHANNEL_BLOCK:
+            return name or type(m).__name__
+    return None
 
 
 def to_layout(batch: Any, layout: torch.memory_format) -> Any:
@@ -55,19 +72,22 @@ class LayoutChoice:
 
     def __init__(self, setting: bool | str, saved: str | None, module: nn.Module, accelerator, saved_reason: str | None = None) -> None:
         self.module, self.accelerator = module, accelerator
-        self.name, self.reason = self._rule(setting, saved, saved_reason, accelerator.device.type)
+        self.hazard = onednn_hazard(module) if accelerator.device.type == "cpu" else None
+        self.name, self.reason = self._rule(setting, saved, saved_reason, accelerator.device.type, self.hazard)
         self.trial = [] if self.name else [(name, timed) for name in LAYOUTS for timed in (False, True)]
         self.times: dict[str, float] = {}
         self.module.to(memory_format=LAYOUTS[self.name or self.trial[0][0]])
 
     @staticmethod
-    def _rule(setting: bool | str, saved: str | None, saved_reason: str | None, device: str) -> tuple[str | None, str]:
+    def _rule(setting: bool | str, saved: str | None, saved_reason: str | None, device: str, hazard: str | None) -> tuple[str | None, str]:
         if saved:
             return saved, saved_reason or "kept from the run's start"
         if setting == "auto":
             return None, "timed on the first steps, train.channels_last: auto"
         if setting == "device":
-            return ("channels_last" if device == "cuda" else "contiguous"), f"the rule for {device}, train.channels_last: device"
+            if device == "cpu" and hazard:
+                return "contiguous", f"the rule for cpu, train.channels_last: device; {hazard} is a strided 1x1 convolution oneDNN cannot train channels-last"
+            return ("channels_last" if device in ("cuda", "cpu") else "contiguous"), f"the rule for {device}, train.channels_last: device"
         return ("channels_last" if setting else "contiguous"), f"train.channels_last: {str(setting).lower()}"
 
     @contextmanager
@@ -92,10 +112,9 @@ class LayoutChoice:
 
     @contextmanager
     def _kernels(self, layout: torch.memory_format) -> Iterator[None]:
-        """Channels-last steps on the CPU run PyTorch's own convolutions: oneDNN 3.12 (PyTorch
-        2.14) writes out of bounds in the backward of a strided 1x1 convolution in channels-last
-        (a ResNet's downsampling shortcut), which crashes the process or corrupts the weights."""
-        if layout is not torch.channels_last or self.accelerator.device.type != "cpu":
+        """Channels-last steps on the CPU of a network with a convolution oneDNN gets wrong
+        (:func:`onednn_hazard`) run PyTorch's own convolutions (about 4x slower)."""
+        if layout is not torch.channels_last or not self.hazard:
             yield
             return
         enabled = torch.backends.mkldnn.enabled
