@@ -33,16 +33,40 @@ This is a simulation: the network's time is the table's (no scatter), routing is
 instant, a replica's start-up is a fixed delay, and what a request costs outside the
 worker (HTTP, decoding) is left out, as if it ran on other cores of the replica. It says what the policies would do with
 this machine's latency table at a scale this 2-core machine cannot run.
+
+The measured part drives the real Ray engine (``rsvision serve RUN --engine ray``) with the
+step load of ``benchmarks/serving.py`` (the loads of ``--profile``, same seed, same
+requests), one cell per replica count, the count held fixed (``--min-replicas`` =
+``--max-replicas``):
+
+    python benchmarks/serving_scale.py --measure 1 --run RUN --images DIR --json out/ray/ray-1.json
+    python benchmarks/serving_scale.py --measure 2 --run RUN --images DIR --json out/ray/ray-2.json
+    python benchmarks/serving_scale.py --combine-measured out/ray/*.json    # (a folder of their own: --combine reads simulated cells)
+
+Each cell starts the server through ``benchmarks/serving.py``'s command line with the
+engine options added, waits for it as that script does, drives it with
+:func:`rsvision.serve.loadgen.run_load` and prints ``benchmarks/serving.py``'s table. On
+one machine the replicas share its cores with Ray's proxy and the load generator: the cells
+show the engine at work, not what more machines would add.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import re
+import signal
+import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import httpx
 
 from rsvision.errors import UserError
 from rsvision.serve.bound import capacity, fluid_bound
@@ -85,6 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--combine", type=Path, nargs="+", help="print the table of earlier cells")
     parser.add_argument("--sweep", type=Path, help="run the default cells into this folder, then combine them")
     parser.add_argument("--tiny", action="store_true", help="the sweep on a short, slow trace (seconds)")
+    parser.add_argument("--measure", type=int, metavar="REPLICAS", help="measured: the step load against the Ray engine on this many replicas")
+    parser.add_argument("--run", type=Path, help="--measure: the run folder to serve")
+    parser.add_argument("--images", type=Path, help="--measure: held-out images in class folders (benchmarks/serving.py --train)")
+    parser.add_argument("--serve-policy", default="adaptive", help="--measure: the server's --policy")
+    parser.add_argument("--combine-measured", type=Path, nargs="+", help="print the table of earlier --measure cells")
     return parser.parse_args(argv)
 
 
@@ -167,6 +196,88 @@ def combine(cells: list[dict]) -> int:
     return 0 if fixed and degrade and beaten == len(fixed) else 1
 
 
+def serving_script():
+    """``benchmarks/serving.py``, whose server command, readiness wait, loads and tables the measured part reuses."""
+    spec = importlib.util.spec_from_file_location("serving", Path(__file__).with_name("serving.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def ray_server(serving, run: Path, policy: str, profile: dict, replicas: int, log: Path) -> Iterator[tuple[str, dict]]:
+    """``rsvision serve RUN --engine ray`` on ``replicas`` replicas and a free loopback port, with
+    the profile's SLO, threads and batch sizes: (its URL, its /info) once ready; SIGTERM on exit
+    (to the command only: it shuts Serve and its local Ray instance down itself)."""
+    settings = argparse.Namespace(slo_ms=profile["slo_ms"], threads=profile["threads"], repeats=None,
+                                  batch_sizes=",".join(str(b) for b in profile["batch_sizes"]))
+    port = serving.free_port()
+    command = serving.serve_command(run, policy, settings, port) + ["--engine", "ray", "--min-replicas", str(replicas), "--max-replicas", str(replicas)]
+    with open(log, "a") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        yield url, serving._wait_ready(url, process, log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def measure_cell(args: argparse.Namespace) -> dict:
+    """The step load of ``--profile`` against the Ray engine on ``--measure`` replicas (module docstring)."""
+    from rsvision.serve.loadgen import read_images, run_load
+
+    serving = serving_script()
+    if args.run is None or args.images is None:
+        raise UserError("--measure needs --run RUN and --images DIR (benchmarks/serving.py --train writes both)")
+    if args.measure < 1:
+        raise UserError(f"--measure {args.measure}: expected at least 1 replica")
+    profile = serving.read_profile(json.loads(args.profile.read_text()))
+    images = read_images(args.images, limit=10**9, seed=profile["seed"])
+    load = profile["loads"]["step"]
+    log = Path(tempfile.mkdtemp(prefix="rsvision-serving-scale-")) / "serve.log"
+    with ray_server(serving, args.run, args.serve_policy, profile, args.measure, log) as (url, info):
+        started = time.time()
+        result = run_load(url, serving.schedule_of(load, profile["seed"]), images, profile["slo_ms"], seed=profile["seed"],
+                          max_requests=10**6, max_in_flight=1024)
+        seconds = time.time() - started
+        metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    found = re.search(r"^rsvision_replicas (\S+)$", metrics, re.M)
+    noun = "replica" if args.measure == 1 else "replicas"
+    return {
+        "engine": "ray",
+        "replicas": args.measure,
+        "replicas_seen": float(found.group(1)) if found else None,
+        "policy": f"ray {args.serve_policy}, {args.measure} {noun}",
+        "load": "step",
+        "seconds": seconds,
+        "table_ms": info["latency_ms"],
+        "profile": {**profile, "latency_ms": {s: {str(b): ms for b, ms in row.items()} for s, row in profile["latency_ms"].items()}},
+        "result": result,
+    }
+
+
+def combine_measured(cells: list[dict]) -> int:
+    """``benchmarks/serving.py``'s step-load table for the measured cells (their profile must be the same)."""
+    serving = serving_script()
+    profile = serving.read_profile(cells[0]["profile"])
+    if any(c["profile"]["loads"] != cells[0]["profile"]["loads"] for c in cells[1:]):
+        raise UserError("--combine-measured: the cells ran different loads (give them the same --profile)")
+    cells = sorted(cells, key=lambda c: c["replicas"])
+    serving.print_tables(profile, cells)
+    print()
+    for cell in cells:
+        o = cell["result"]["overall"]
+        print(f"{cell['policy']}: {o['requests']} requests, attainment {o['attainment']:.1f} %, effective accuracy {o['effective_accuracy']:.1f} %, "
+              f"p99 {o['p99_ms'] or 0:.0f} ms, goodput {o['goodput'] or 0:.1f}/s, dropped {o['dropped']}, failed {o['failed']}; "
+              f"rsvision_replicas {cell['replicas_seen']}")
+    return 0
+
+
 def tiny(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), "mean_rate": 300.0, "duration": 40.0, "startup_s": 5.0, "down_s": 10.0, "max_replicas": 16})
 
@@ -176,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.combine:
             return combine([json.loads(Path(p).read_text()) for p in args.combine])
+        if args.combine_measured:
+            return combine_measured([json.loads(Path(p).read_text()) for p in args.combine_measured])
+        if args.measure is not None:
+            cell = measure_cell(args)
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(cell, indent=1) + "\n")
+            return combine_measured([cell])
         if args.tiny:
             args = tiny(args)
         if args.sweep or args.tiny:

@@ -9,7 +9,8 @@ answers the same routes with the same JSON; Ray only feeds it requests:
   router, power of two choices: of two replicas drawn at random, the one with fewer requests
   in flight (queue length). A replica takes up to ``max_queue`` plus the largest batch
   size at once, so its own scheduler, not Ray's queue, decides what waits and what is shed;
-  past that the proxy queues ``max_queue`` more, then answers 503.
+  past that the proxy holds one largest batch more, then answers 503 at once: a request
+  held in the proxy ages without the scheduler seeing its deadline.
 - **Signals.** Every replica reports cumulative counters to the autoscaler
   (``record_autoscaling_stats``): requests taken, requests shed (503), batches run, batches
   run below the most accurate sub-network of the policy, and the milliseconds its executor
@@ -218,15 +219,19 @@ def start(source: str | Path, config, *, host: str, port: int, device: str | Non
         with listen(host, 0) as sock:
             port = sock.getsockname()[1]
     if not ray.is_initialized():  # a local instance on loopback, or the cluster at --address
-        local = {"address": "local", "_node_ip_address": "127.0.0.1"} if address is None else {"address": address}
+        # A local instance's workers are the server: at the priority of the command, not Ray's default nice 15.
+        local = ({"address": "local", "_node_ip_address": "127.0.0.1", "_system_config": {"worker_niceness": 0}} if address is None
+                 else {"address": address})
         ray.init(**local, include_dashboard=False, log_to_driver=False, logging_level="error")
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its start-up lines; the replicas' logs stay in Ray's log folder
-    serve.start(http_options={"host": host, "port": port})
+    quiet = {"enable_access_log": False, "log_level": "WARNING"}  # a log line per request costs the proxy and the replicas CPU
+    serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
     sizes = config.batch_sizes
     deployment = serve.deployment(serve.ingress()(Replica)).options(
         name=DEPLOYMENT,
         max_ongoing_requests=config.max_queue + max(sizes),
-        max_queued_requests=config.max_queue,
+        max_queued_requests=max(sizes),
+        logging_config=quiet,
         ray_actor_options={"num_cpus": config.threads or 1},
         autoscaling_config={
             "min_replicas": min_replicas, "max_replicas": max_replicas, "initial_replicas": min_replicas,
