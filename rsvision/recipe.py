@@ -90,8 +90,10 @@ class DataConfig(_Section):
     #: How the S training resolutions are made: ``batch`` resizes whole batches on the
     #: training device, ``sample`` resizes every image to every resolution in the workers.
     resize: Literal["batch", "sample"] = "batch"
-    #: ``memory``: decode every image once and keep it in RAM.
-    cache: Literal["none", "memory"] = "none"
+    #: ``memory``: decode every sample once and keep it in RAM; ``auto``: so when the dataset's
+    #: samples are fixed, the run reads them more than once and they fit in an eighth of
+    #: the machine's memory (:func:`rsvision.data.cache.cache_choice`); ``none``: never.
+    cache: Literal["auto", "none", "memory"] = "auto"
     #: A fraction of the training split held out as the validation split (seeded by
     #: ``train.seed``), for data with one split (an image folder without ``val/``); unset: the
     #: dataset's own ``val`` split.
@@ -145,8 +147,8 @@ class TrainConfig(_Section):
     val_every: int = Field(1, ge=1)
     sync_bn: bool = False
     memory: Literal["standard", "low"] = "standard"
-    #: Memory layout: ``device`` follows a fixed rule (channels-last on CUDA, contiguous
-    #: elsewhere); ``auto`` times the first training steps in each layout and keeps the
+    #: Memory layout: ``device`` follows a fixed rule (channels-last on CUDA and CPUs,
+    #: contiguous elsewhere); ``auto`` times the first training steps in each layout and keeps the
     #: faster (the choice, and so the weights, can then depend on the machine's load).
     channels_last: bool | Literal["device", "auto"] = "device"
     compile: bool = False

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from rsvision.data.cache import InMemory
+from rsvision.data.cache import InMemory, cache_choice, decoded_sample
 from rsvision.data.sampling import mix_seed, split_off
 from rsvision.data.transforms import InputFormat
 from rsvision.data.workers import loader_workers
@@ -87,6 +87,8 @@ class Task:
         self._datasets: dict[str, Dataset] = {}
         #: What :meth:`build_model` loaded (``weights``, ``classifier``), for the run's metadata.
         self.pretrained: dict[str, Any] | None = None
+        #: Split → why it is, or is not, decoded once (``data.cache``).
+        self.cache_reasons: dict[str, str] = {}
 
     def build_model(self) -> RSNet:
         """The switchable network for this recipe (``model.num_classes`` from the data when unset)."""
@@ -109,7 +111,8 @@ class Task:
         return m.num_classes
 
     def dataset(self, split: str) -> Dataset:
-        """The raw dataset of ``split``, built once (and decoded once with ``data.cache: memory``).
+        """The raw dataset of ``split``, built once, and decoded once when ``data.cache`` says so
+        (:func:`~rsvision.data.cache.cache_choice`; the reason is kept in :attr:`cache_reasons`).
 
         Data naming more classes than the network predicts is refused here, before training.
         """
@@ -119,8 +122,13 @@ class Task:
             if d.val_split:
                 dataset = split_off(dataset, split, d.val_split, self.recipe.train.seed)
             self.check_classes(dataset, split)
-            self._datasets[split] = InMemory(dataset) if d.cache == "memory" else dataset
+            cached, self.cache_reasons[split] = cache_choice(d.cache, dataset, self.decoded, self.recipe.train.epochs)
+            self._datasets[split] = InMemory(dataset, self.decoded) if cached else dataset
         return self._datasets[split]
+
+    def decoded(self, sample: Any) -> Any:
+        """One raw sample as ``data.cache`` keeps it: PIL images as uint8 arrays."""
+        return decoded_sample(sample)
 
     def check_classes(self, dataset: Dataset, split: str) -> None:
         """The network predicts the data's classes: unset, ``model.num_classes`` becomes their

@@ -80,6 +80,12 @@ class ClassificationTask(Task):
                 raise UserError(f"{recipe.source}: data: multi_crop draws a crop per resolution, so it needs resize: sample")
             d.resize = "sample"
 
+    def decoded(self, sample: tuple[Any, int]) -> tuple[torch.Tensor, int]:
+        """``(image, label)`` with the image in the network's input format (a uint8 tensor of
+        ``model.in_channels``), so a cached image is not converted again at every read."""
+        image, label = sample
+        return self.input_format.image(image), label
+
     def train_dataset(self) -> Dataset:
         d = self.recipe.data
         transform = MultiResolutionTransform(

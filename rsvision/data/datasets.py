@@ -41,6 +41,8 @@ class SyntheticShapes(Dataset):
     colour, and pixel noise are random too; horizontal flips keep every class.
     """
 
+    #: Every read of a sample gives the same image (``data.cache: auto`` may decode it once).
+    fixed_samples = True
     shapes = ("disc", "square", "triangle", "ring", "cross")
     marks = ("plus", "x")
     mark_range = (1 / 144, 1 / 12)
@@ -216,6 +218,9 @@ def read_image(path: str | Path) -> torch.Tensor:
 class ClassListFolder(ImageFolder):
     """An image folder whose class indices come from a given class list (the training split's)."""
 
+    #: Every read of a file gives the same image (``data.cache: auto`` may decode it once).
+    fixed_samples = True
+
     def __init__(self, folder: Path, classes: list[str]) -> None:
         self.class_list = list(classes)
         super().__init__(str(folder), loader=read_image, allow_empty=True)
@@ -286,6 +291,7 @@ def _cifar(cls_name: str, root: str | None, split: str) -> Dataset:
             f"data.root: {cls_name} not found under {root}; download {archive} and extract it there "
             f"(it unpacks to {root}/{folder})"
         ) from None
+    ds.fixed_samples = True  # images held in memory, the same on every read
     return ds
 
 

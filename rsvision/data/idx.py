@@ -70,6 +70,9 @@ def _find(root: Path, name: str) -> Path:
 class IdxDataset(Dataset):
     """Grey images and labels from a pair of IDX files, kept in memory as uint8 arrays."""
 
+    #: Every read of a sample gives the same sample (``data.cache: auto`` may decode it once).
+    fixed_samples = True
+
     def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> None:
         self.images, self.labels, self.classes = images, labels, classes
 

@@ -111,11 +111,12 @@ VAL_SPLIT_STREAM = 0x5A17
 
 class SplitPart(Subset):
     """One part of a split dataset; keeps its ``classes`` and ``class_to_idx`` (what the task
-    checks and the run records) and the part's ``targets``."""
+    checks and the run records), ``fixed_samples`` (what ``data.cache: auto`` reads) and the
+    part's ``targets``."""
 
     def __init__(self, dataset: Dataset, indices: list[int]) -> None:
         super().__init__(dataset, indices)
-        for name in ("classes", "class_to_idx"):
+        for name in ("classes", "class_to_idx", "fixed_samples"):
             if hasattr(dataset, name):
                 setattr(self, name, getattr(dataset, name))
         if hasattr(dataset, "targets"):

@@ -25,6 +25,7 @@ calibration and export included, takes them as they are).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Sequence
 
 import numpy as np
@@ -98,6 +99,8 @@ class InputFormat:
     def image(self, image: Any) -> torch.Tensor:
         """A PIL image, ``HxW``/``HxWxC`` array or ``CxHxW`` tensor as a uint8 tensor of ``channels``
         (16-bit and float images through :func:`eight_bit`)."""
+        if type(image) is torch.Tensor and image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == self.channels:
+            return image  # already in this format (e.g. decoded once by data.cache)
         image = eight_bit(image)
         if isinstance(image, np.ndarray) and image.ndim == 2:
             image = image[..., None]
@@ -112,12 +115,17 @@ class InputFormat:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or [0, 1] float) ``[..., C, H, W]`` → normalised float."""
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        fresh = x.dtype == torch.uint8
+        x = x.float().div_(255) if fresh else x.float()
         if self.mean is None:
             return x
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        return (x - mean) / std
+        mean, std = (t.to(x.device, x.dtype) for t in self._statistics)
+        return x.sub_(mean).div_(std) if fresh else (x - mean) / std
+
+    @cached_property
+    def _statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean`` and ``std`` as ``[C, 1, 1]`` tensors, made once."""
+        return torch.tensor(self.mean).view(-1, 1, 1), torch.tensor(self.std).view(-1, 1, 1)
 
     def tensor(self, image: Any) -> torch.Tensor:
         """Any image → the normalised float tensor the network takes (at its own size)."""
