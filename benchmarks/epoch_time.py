@@ -1,14 +1,18 @@
 """Training end to end: `rsvision train` against a plain loop, in process and as a user runs it.
 
     python benchmarks/epoch_time.py [--settings fashion synthetic imagefolder] [--repeats 2]
-        [--fashion-root /usr/share/datasets/fashion-mnist]
+        [--fashion-root /usr/share/datasets/fashion-mnist] [--out DIR]
+    python benchmarks/epoch_time.py --combine DIR     # the table of the settings run so far
+
+Each setting is a cell: with ``--out`` it writes ``DIR/SETTING.json`` (times of every repeat,
+top-1, the layout, cache and loader choices rsvision made, the load average).
 
 Same model, same images, same resolutions, same loss (MRED, Eq. 9), same optimiser and
 schedule; both timed in this process after imports (wall clock), repeats interleaved.
 
-- rsvision: ``rsvision.engine.train`` on a recipe with ``epochs: 1`` and ``data.cache:
-  memory`` (everything else as a user would leave it: batched resizing, ``channels_last:
-  auto`` timed on the first training steps, per-epoch evaluation of every resolution and the
+- rsvision: ``rsvision.engine.train`` on a recipe with ``epochs: 1`` and everything else as
+  a user would leave it (batched resizing, the default memory layout, ``data.cache: auto``,
+  which with one epoch decodes nothing ahead, evaluation of every resolution and the
   ensemble, MAdds, the run folder written atomically).
 - plain: a hand-written PyTorch loop in this file, as a user in a hurry would write it:
   every image decoded once into one uint8 tensor; per batch one random-resized crop and
@@ -38,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -119,7 +124,7 @@ def recipe_for(setting: str, output_dir: str, fashion_root: str) -> dict:
             "model": {"backbone": "resnet20", "backbone_args": {"width": 16}, "num_classes": 10, "in_channels": 1},
             "data": {
                 "dataset": "mnist", "root": fashion_root, "args": {"train_size": 4000, "val_size": 2000, "names": "fashion"},
-                "mean": [0.286], "std": [0.353], "batch_size": 128, "workers": 0, "cache": "memory", "crop_scale": [0.35, 1.0],
+                "mean": [0.286], "std": [0.353], "batch_size": 128, "workers": 0, "crop_scale": [0.35, 1.0],
             },
             "train": {"epochs": 1, "lr": 0.1, "weight_decay": 5e-4, "seed": 0},
             "output_dir": output_dir,
@@ -130,7 +135,7 @@ def recipe_for(setting: str, output_dir: str, fashion_root: str) -> dict:
         "model": {"backbone": "resnet8", "backbone_args": {"width": 16, "stem_stride": 4}, "num_classes": 10},
         "data": {
             "dataset": "synthetic", "args": {"train_size": 2000, "val_size": 500, "image_size": 144},
-            "batch_size": 32, "workers": 0, "cache": "memory", "crop_scale": [0.35, 1.0],
+            "batch_size": 32, "workers": 0, "crop_scale": [0.35, 1.0],
         },
         "train": {"epochs": 1, "lr": 0.05, "weight_decay": 5e-4, "seed": 0},
         "output_dir": output_dir,
@@ -243,8 +248,8 @@ def timed(command: list[str]) -> tuple[float, float, str]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), done.stdout
 
 
-def user_path(repeats: int, fashion_root: str) -> None:
-    """The ``imagefolder`` setting: both sides as commands, repeats interleaved."""
+def user_path(repeats: int, fashion_root: str) -> dict:
+    """The ``imagefolder`` setting: both sides as commands, repeats interleaved; its result row."""
     plain_script = Path(__file__).with_name("plain_rsnet.py")
     with tempfile.TemporaryDirectory() as out:
         recipe = prepare_imagefolder(Path(out), fashion_root)
@@ -261,13 +266,65 @@ def user_path(repeats: int, fashion_root: str) -> None:
         run = sorted((Path(out) / "runs").iterdir())[-1]
         meta = json.loads((run / "rsvision.json").read_text())
         rows = {row["resolution"]: row["top1"] for row in meta["metrics"] if "resolution" in row}
-    rs_wall, rs_cpu = (statistics.median(t[i] for t in times["rsvision"]) for i in (0, 1))
-    pl_wall, pl_cpu = (statistics.median(t[i] for t in times["plain"]) for i in (0, 1))
-    print(
-        f"| imagefolder (4000 PNGs + plugin, workers 1, 2 epochs; as commands) | {rs_wall:.1f} (CPU {rs_cpu:.0f}) | "
-        f"{pl_wall:.1f} (CPU {pl_cpu:.0f}) | {rs_wall / pl_wall:.2f} (CPU {rs_cpu / pl_cpu:.2f}) | "
-        f"{rows[28]:.1f} / {rows[12]:.1f} | {plain_top1['28']:.1f} / {plain_top1['12']:.1f} |"
-    )
+    return {
+        "setting": "imagefolder (4000 PNGs + plugin, workers 1, 2 epochs; as commands)",
+        "rsvision_s": [t[0] for t in times["rsvision"]], "plain_s": [t[0] for t in times["plain"]],
+        "rsvision_cpu_s": [t[1] for t in times["rsvision"]], "plain_cpu_s": [t[1] for t in times["plain"]],
+        "rsvision_top1": [rows[28], rows[12]], "plain_top1": [plain_top1["28"], plain_top1["12"]],
+        "layout": meta["memory_layout"], "cache": meta.get("data_cache"), "workers": meta["data_workers"],
+    }  # fmt: skip
+
+
+def in_process(setting: str, repeats: int, fashion_root: str) -> dict:
+    """The ``fashion`` or ``synthetic`` setting, timed in this process; its result row."""
+    with tempfile.TemporaryDirectory() as out:
+        data = recipe_for(setting, out, fashion_root)
+        recipe = validate_recipe(data, f"epoch_time:{setting}")
+        d = recipe.data
+        train_set = DATASETS.build(d.dataset, root=d.root, split="train", **d.args)
+        val_set = DATASETS.build(d.dataset, root=d.root, split="val", **d.args)
+        times = {"rsvision": [], "plain": []}
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run = train(validate_recipe(data, f"epoch_time:{setting}"), name=setting, quiet=True)
+            times["rsvision"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            train_images, train_labels = decode(train_set, recipe.model.in_channels)
+            val_images, val_labels = decode(val_set, recipe.model.in_channels)
+            decoding = time.perf_counter() - start
+            layout = faster_layout(recipe, train_images)  # known to a hand-written loop: not timed
+            start = time.perf_counter()
+            plain = plain_loop(recipe, train_images, train_labels, val_images, val_labels, layout)
+            times["plain"].append(time.perf_counter() - start + decoding)
+        meta = json.loads((Path(run) / "rsvision.json").read_text())
+        rows = {row["resolution"]: row["top1"] for row in meta["metrics"] if "resolution" in row}
+    res = recipe.resolutions
+    return {
+        "setting": f"{setting} ({len(train_set)} images, {res[0]}..{res[-1]} px; in process)",
+        "rsvision_s": times["rsvision"], "plain_s": times["plain"],
+        "rsvision_top1": [rows[res[0]], rows[res[-1]]], "plain_top1": [plain[res[0]], plain[res[-1]]],
+        "layout": meta["memory_layout"], "plain_layout": "channels_last" if layout == torch.channels_last else "contiguous",
+        "cache": meta.get("data_cache"), "workers": meta["data_workers"],
+    }  # fmt: skip
+
+
+def table(results: list[dict]) -> str:
+    """The Markdown table of result rows (median of the repeats; CPU time where measured)."""
+    lines = [
+        "| setting | rsvision train (s) | plain loop (s) | ratio | rsvision top-1 @max/@min | plain top-1 @max/@min |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for r in results:
+        rs, pl = statistics.median(r["rsvision_s"]), statistics.median(r["plain_s"])
+        ratio = f"{rs / pl:.2f}"
+        if "rsvision_cpu_s" in r:
+            rc, pc = statistics.median(r["rsvision_cpu_s"]), statistics.median(r["plain_cpu_s"])
+            rs_cell, pl_cell, ratio = f"{rs:.1f} (CPU {rc:.0f})", f"{pl:.1f} (CPU {pc:.0f})", f"{ratio} (CPU {rc / pc:.2f})"
+        else:
+            rs_cell, pl_cell = f"{rs:.1f}", f"{pl:.1f}"
+        a, b = r["rsvision_top1"], r["plain_top1"]
+        lines.append(f"| {r['setting']} | {rs_cell} | {pl_cell} | {ratio} | {a[0]:.1f} / {a[1]:.1f} | {b[0]:.1f} / {b[1]:.1f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -275,41 +332,22 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["fashion", "synthetic", "imagefolder"], choices=["fashion", "synthetic", "imagefolder"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--fashion-root", default=FASHION_ROOT)
+    parser.add_argument("--out", type=Path, help="write each setting's result to OUT/SETTING.json")
+    parser.add_argument("--combine", type=Path, metavar="DIR", help="print the table of the results in DIR and exit")
     args = parser.parse_args()
-    print(f"{torch.get_num_threads()} threads; repeats interleaved, median wall time in seconds")
-    print("| setting | rsvision train (s) | plain loop (s) | ratio | rsvision top-1 @max/@min | plain top-1 @max/@min |")
-    print("|---|---:|---:|---:|---|---|")
+    if args.combine:
+        print(table([json.loads(p.read_text()) for p in sorted(args.combine.glob("*.json"))]))
+        return
+    print(f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; repeats interleaved, median wall time in seconds")
+    results = []
     for setting in args.settings:
-        if setting == "imagefolder":
-            user_path(args.repeats, args.fashion_root)
-            continue
-        with tempfile.TemporaryDirectory() as out:
-            data = recipe_for(setting, out, args.fashion_root)
-            recipe = validate_recipe(data, f"epoch_time:{setting}")
-            d = recipe.data
-            train_set = DATASETS.build(d.dataset, root=d.root, split="train", **d.args)
-            val_set = DATASETS.build(d.dataset, root=d.root, split="val", **d.args)
-            times = {"rsvision": [], "plain": []}
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                run = train(validate_recipe(data, f"epoch_time:{setting}"), name=setting, quiet=True)
-                times["rsvision"].append(time.perf_counter() - start)
-                start = time.perf_counter()
-                train_images, train_labels = decode(train_set, recipe.model.in_channels)
-                val_images, val_labels = decode(val_set, recipe.model.in_channels)
-                decoding = time.perf_counter() - start
-                layout = faster_layout(recipe, train_images)  # known to a hand-written loop: not timed
-                start = time.perf_counter()
-                plain = plain_loop(recipe, train_images, train_labels, val_images, val_labels, layout)
-                times["plain"].append(time.perf_counter() - start + decoding)
-            meta = json.loads((Path(run) / "rsvision.json").read_text())
-            rows = {row["resolution"]: row["top1"] for row in meta["metrics"] if "resolution" in row}
-        res = recipe.resolutions
-        rs, pl = statistics.median(times["rsvision"]), statistics.median(times["plain"])
-        print(
-            f"| {setting} ({len(train_set)} images, {res[0]}..{res[-1]} px) | {rs:.1f} | {pl:.1f} | {rs / pl:.2f} | "
-            f"{rows[res[0]]:.1f} / {rows[res[-1]]:.1f} | {plain[res[0]]:.1f} / {plain[res[-1]]:.1f} |"
-        )
+        result = user_path(args.repeats, args.fashion_root) if setting == "imagefolder" else in_process(setting, args.repeats, args.fashion_root)
+        result.update(threads=torch.get_num_threads(), repeats=args.repeats, load_average_after=os.getloadavg()[0], torch=torch.__version__)
+        results.append(result)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"{setting}.json").write_text(json.dumps(result, indent=1))
+    print(table(results))
 
 
 if __name__ == "__main__":
