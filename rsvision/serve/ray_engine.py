@@ -38,6 +38,7 @@ A request's deadline starts when it reaches its replica: the proxy's hop is not 
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -191,6 +192,17 @@ class Replica:
                 "batches": float(self.tally.batches), "below_top": float(self.tally.below_top), "busy_ms": self.tally.busy_ms}
 
 
+def check(source: Path, config, name: str | None) -> None:
+    """The errors every replica would hit, as one line before Ray starts: the source cannot be
+    loaded, or the policy names no sub-network of it (a replica's failure surfaces from Ray late
+    and wordy)."""
+    from rsvision.deploy.load import load
+    from rsvision.serve.runner import Runner
+    from rsvision.serve.scheduler import parse_policy
+
+    parse_policy(config.policy, list(Runner(load(source), name, config.threads).subnets))
+
+
 def _ray():
     try:
         import ray
@@ -211,8 +223,7 @@ def start(source: str | Path, config, *, host: str, port: int, device: str | Non
         raise UserError(f"--min-replicas {min_replicas} --max-replicas {max_replicas}: expected 1 <= min <= max")
     config.check()
     source = Path(source)
-    if not source.exists():
-        raise UserError(f"{source}: no such run folder or file")
+    check(source, config, name)
     if port == 0:  # any free port: Serve's proxy needs a number
         from rsvision.serve.app import listen
 
@@ -242,10 +253,11 @@ def start(source: str | Path, config, *, host: str, port: int, device: str | Non
     app = deployment.bind(str(source.resolve()), replace(config, on_ready=None), device, name, tuple(str(p) for p in plugins))
     try:
         serve.run(app, name=APP, route_prefix="/")
-    except RuntimeError as exc:  # a replica's constructor or lifespan failed: its error is the message's last line
+    except RuntimeError as exc:  # a replica's constructor or lifespan failed: name its error, the traceback's last "...Error: " line
         stop()
-        last = next((line for line in reversed(str(exc).splitlines()) if line.strip()), "")
-        raise UserError(f"{source}: the Ray Serve deployment did not start ({last.strip()})") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        cause = next((line for line in reversed(lines) if re.match(r"[\w.]*(Error|Exception): ", line)), lines[-1] if lines else "")
+        raise UserError(f"{source}: the Ray Serve deployment did not start ({cause})") from None
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 

@@ -68,6 +68,18 @@ def test_engine_ray_without_ray_is_one_line(tmp_path, capsys, monkeypatch):
     assert code == 2 and err.strip() == f"error: {NEEDS_RAY}"
 
 
+def test_engine_ray_refuses_what_every_replica_would_before_ray_starts(tmp_path_factory, tmp_path, capsys):
+    pytest.importorskip("ray")
+    run = cls_run(tmp_path_factory)
+    for args, words in [
+        ([str(run), "--policy", "fixed:99"], "--policy fixed:99: no sub-network 99 here (served: 16, 8)"),
+        ([str(run), "--min-replicas", "3", "--max-replicas", "2"], "--min-replicas 3 --max-replicas 2: expected 1 <= min <= max"),
+        ([str(tmp_path / "missing")], str(tmp_path / "missing")),
+    ]:
+        code, _, err = run_cli(["serve", *args, "--engine", "ray", "--port", "0"], capsys)
+        assert code == 2 and err.startswith("error: " + words) and len(err.strip().splitlines()) == 1, (args, err)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
