@@ -28,9 +28,9 @@ answers the same routes with the same JSON; Ray only feeds it requests:
   applies ``--min-replicas``/``--max-replicas`` and waits :data:`DOWNSCALE_DELAY_S` before
   removing one.
 - **Metrics.** Each replica's ``/metrics`` adds ``rsvision_replicas``, the deployment's
-  running replicas (from Serve's status); its other metrics are the replica's own (a
-  Prometheus server scrapes every replica through the proxy's routing only at random: for
-  the totals, sum Serve's own metrics or scrape the replicas' ports).
+  running replicas (from Serve's status); its other metrics are the replica's own: a scrape
+  through the proxy reaches the one replica the router picks (Ray's own ``ray_serve_*``
+  metrics carry the deployment's totals).
 
 A request's deadline starts when it reaches its replica: the proxy's hop is not counted.
 """
