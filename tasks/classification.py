@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from pydantic import field_validator
 from rsvision.tasks.base import Metrics, Task
 from torch.utils.data import Dataset
@@ -17,24 +18,36 @@ from rsvision.registry import register_task
 
 
 class ClassificationMetrics(Metrics):
-    """Top-1 and top-5 accuracy in percent (top-k capped at the number of classes)."""
+    """Top-1 and top-5 accuracy in percent (top-k capped at the number of classes).
+
+    A prediction counts for top-k when its label is among its k largest logits. Three counts
+    (top-1 hits, top-k hits, samples) live where the evaluation runs (:meth:`to`) and are
+    summed over the processes of a group in :meth:`compute`. Counting needs no metrics
+    library: importing torchmetrics (it loads scipy) took 2.7 s on a 2-core CPU, more than
+    a small run's evaluation.
+    """
 
     names = ("top1", "top5")
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
-        from torchmetrics.classification import MulticlassAccuracy  # imported on first use: it loads scipy
+        self.k = min(5, num_classes)
+        self.counts = torch.zeros(3, dtype=torch.long, device=device)
 
-        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device)
-        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro").to(device)
+    def to(self, device: torch.device | str) -> "ClassificationMetrics":
+        self.counts = self.counts.to(device)
+        return self
 
     def update(self, logits: torch.Tensor, batch: dict[str, Any]) -> None:
-        # The states stay where they were put (:meth:`Metrics.to`), batch or no batch.
-        logits, target = logits.to(self.top1.device), batch["target"].to(self.top1.device)
-        self.top1.update(logits, target)
-        self.top5.update(logits, target)
+        target = batch["target"].to(self.counts.device)
+        hits = logits.to(self.counts.device).topk(self.k, dim=1).indices == target[:, None]
+        self.counts += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), torch.tensor(len(target), device=hits.device)])
 
     def compute(self) -> dict[str, float]:
-        return {"top1": 100 * float(self.top1.compute()), "top5": 100 * float(self.top5.compute())}
+        counts = self.counts.clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        top1, topk, samples = counts.tolist()
+        return {"top1": 100 * top1 / max(samples, 1), "top5": 100 * topk / max(samples, 1)}
 
 
 class LabelledImage:

@@ -175,10 +175,10 @@ def test_metric_states_move_with_to():
     cls, seg, det = ClassificationMetrics(5), SegmentationMetrics(3), DetectionMetrics()
     for m in (cls, seg, det):
         assert m.to("meta") is m
-    states = [*cls.top1.metric_state.values(), *cls.top5.metric_state.values(), *seg.confusion.metric_state.values()]
+    states = [cls.counts, *seg.confusion.metric_state.values()]
     assert states and all(s.device.type == "meta" for s in states)
     assert det.map.device.type == "meta"
-    assert ClassificationMetrics(5, device="meta").top1.tp.device.type == "meta"
+    assert ClassificationMetrics(5, device="meta").counts.device.type == "meta"
     assert DetectionMetrics(device="meta").map.device.type == "meta"
 
 
