@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.distributed as dist
@@ -11,7 +11,8 @@ from rsvision.tasks.base import Metrics, Task
 from torch.utils.data import Dataset
 
 from rsvision.data.mapped import MappedDataset
-from rsvision.data.transforms import EvalTransform, MultiResolutionTransform
+from rsvision.data.cache import InMemory
+from rsvision.data.transforms import EvalTransform, MultiResolutionTransform, crop_batch
 from rsvision.errors import UserError
 from rsvision.recipe import Recipe, TaskFields, ordered_pair
 from rsvision.registry import register_task
@@ -76,6 +77,11 @@ class ClassificationFields(TaskFields):
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     #: A crop and a flip per resolution (the Table 6 ablation; needs ``resize: sample``).
     multi_crop: bool = False
+    #: Where the training crops are cut: ``sample`` crops and resizes each image in the
+    #: loader; ``batch`` draws each image's crop and flip there (the same draws) and cuts the
+    #: whole batch at once (:func:`~rsvision.data.transforms.crop_batch`), which needs images
+    #: decoded once (``data.cache``) and of one size; ``auto`` is ``batch`` where it can be.
+    crop: Literal["auto", "sample", "batch"] = "auto"
 
     _ordered = field_validator("crop_scale", "crop_ratio")(ordered_pair)
 
@@ -101,10 +107,41 @@ class ClassificationTask(Task):
 
     def train_dataset(self) -> Dataset:
         d = self.recipe.data
+        dataset = self.dataset("train")
+        on_batch, self.crop_reason = self.crop_choice(dataset)
         transform = MultiResolutionTransform(
-            self.resolutions, d.crop_scale, d.crop_ratio, d.multi_crop, self.input_format, per_sample=d.resize == "sample"
+            self.resolutions, d.crop_scale, d.crop_ratio, d.multi_crop, self.input_format, per_sample=d.resize == "sample", crop_on_batch=on_batch
         )
-        return MappedDataset(self.dataset("train"), LabelledImage(transform))
+        return MappedDataset(dataset, LabelledImage(transform))
+
+    def crop_choice(self, dataset: Dataset) -> tuple[bool, str]:
+        """``(crop the batch at once, reason)`` for ``data.crop`` on the training ``dataset``."""
+        setting, d = self.fields.crop, self.recipe.data
+        if setting == "sample":
+            return False, "data.crop: sample"
+        why_not = None
+        if d.resize == "sample" or self.fields.multi_crop:
+            why_not = "resize: sample cuts every resolution in the loader"
+        elif not isinstance(dataset, InMemory):
+            why_not = f"the training images are not decoded once ({self.cache_reasons.get('train', 'data.cache')})"
+        else:
+            sizes = {tuple(image.shape[-2:]) for image, _ in dataset.samples}
+            if len(sizes) > 1:
+                why_not = f"the training images come in {len(sizes)} sizes"
+        if why_not is None:
+            return True, f"data.crop: {setting}" + (" -> batch" if setting == "auto" else "")
+        if setting == "batch":
+            raise UserError(f"{self.recipe.source}: data.crop: batch needs training images decoded once and of one size; {why_not}")
+        return False, f"data.crop: auto -> sample: {why_not}"
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Training samples into a batch; samples handed over whole with their drawn crops
+        (``data.crop: batch``) are cut here, at the largest resolution."""
+        if "crop" not in samples[0]:
+            return super().collate(samples)
+        images = torch.stack([s["image"] for s in samples])
+        crops = torch.stack([s["crop"] for s in samples])
+        return {"image": crop_batch(images, crops, max(self.resolutions)), "target": torch.tensor([s["target"] for s in samples])}
 
     def eval_dataset(self, resolutions: Sequence[int], split: str = "val") -> Dataset:
         return MappedDataset(self.dataset(split), LabelledImage(EvalTransform(resolutions, self.input_format)))

@@ -9,7 +9,8 @@ format); the transforms take either, and give the same values as from the undeco
 ``memory`` always decodes once; ``none`` never; ``auto`` (the default) decodes once when
 that can change nothing but the time (:func:`cache_choice`): the dataset says its samples
 are the same on every read (a ``fixed_samples`` attribute, set by the built-in
-classification datasets), the run reads them more than once (``train.epochs`` > 1), and the
+classification datasets), the run reads them more than once (``train.epochs`` > 1) or they
+are held in memory already (an ``in_memory`` attribute: decoding is then a copy), and the
 decoded split takes at most :data:`MEMORY_SHARE` of the machine's memory, shared by the
 run's processes on the machine (``LOCAL_WORLD_SIZE``, set by ``torchrun`` and Accelerate:
 each holds its own copy).
@@ -69,7 +70,7 @@ def cache_choice(setting: str, dataset: Dataset, decode: Callable[[Any], Any], e
     name = type(dataset).__name__
     if not getattr(dataset, "fixed_samples", False):
         return False, f"data.cache: auto -> none: {name} does not declare fixed_samples (its samples might change between reads)"
-    if epochs < 2:
+    if epochs < 2 and not getattr(dataset, "in_memory", False):
         return False, "data.cache: auto -> none: one epoch reads each sample once"
     size = len(dataset)
     probes = sorted({0, size // 2, size - 1}) if size else []

@@ -291,7 +291,7 @@ def _cifar(cls_name: str, root: str | None, split: str) -> Dataset:
             f"data.root: {cls_name} not found under {root}; download {archive} and extract it there "
             f"(it unpacks to {root}/{folder})"
         ) from None
-    ds.fixed_samples = True  # images held in memory, the same on every read
+    ds.fixed_samples = ds.in_memory = True  # images held in memory, the same on every read
     return ds
 
 

@@ -72,6 +72,8 @@ class IdxDataset(Dataset):
 
     #: Every read of a sample gives the same sample (``data.cache: auto`` may decode it once).
     fixed_samples = True
+    #: The arrays are in memory already: decoding once is a copy, worth it even for one epoch.
+    in_memory = True
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> None:
         self.images, self.labels, self.classes = images, labels, classes

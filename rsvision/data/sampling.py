@@ -111,12 +111,12 @@ VAL_SPLIT_STREAM = 0x5A17
 
 class SplitPart(Subset):
     """One part of a split dataset; keeps its ``classes`` and ``class_to_idx`` (what the task
-    checks and the run records), ``fixed_samples`` (what ``data.cache: auto`` reads) and the
+    checks and the run records), ``fixed_samples`` and ``in_memory`` (what ``data.cache: auto`` reads) and the
     part's ``targets``."""
 
     def __init__(self, dataset: Dataset, indices: list[int]) -> None:
         super().__init__(dataset, indices)
-        for name in ("classes", "class_to_idx", "fixed_samples"):
+        for name in ("classes", "class_to_idx", "fixed_samples", "in_memory"):
             if hasattr(dataset, name):
                 setattr(self, name, getattr(dataset, name))
         if hasattr(dataset, "targets"):

@@ -168,7 +168,12 @@ def batch_resolutions(batch: dict[str, Any], resolutions: Sequence[int], input_f
 
 class MultiResolutionTransform:
     """Image → ``{"image": uint8 crop at r_1}`` (batch resizing) or ``{"images": [S uint8 crops]}``,
-    one crop and flip; :func:`batch_resolutions` makes the network inputs from them."""
+    one crop and flip; :func:`batch_resolutions` makes the network inputs from them.
+
+    With ``crop_on_batch`` the image is handed over whole with its drawn crop and flip
+    (``{"image": uint8 image, "crop": (top, left, h, w, flip)}``, the same draws as
+    :meth:`crop_and_flip`), and :func:`crop_batch` crops the batch at once.
+    """
 
     def __init__(
         self,
@@ -178,19 +183,28 @@ class MultiResolutionTransform:
         multi_crop: bool = False,
         input_format: InputFormat = InputFormat(),
         per_sample: bool = False,
+        crop_on_batch: bool = False,
     ) -> None:
         self.resolutions = sorted(resolutions, reverse=True)
         self.scale, self.ratio, self.multi_crop = scale, ratio, multi_crop
         self.input_format = input_format
         self.per_sample = per_sample or multi_crop
+        self.crop_on_batch = crop_on_batch and not self.per_sample
 
     def crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
         top, left, h, w = v2.RandomResizedCrop.get_params(x, self.scale, self.ratio)
         crop = x[..., top : top + h, left : left + w]
         return crop.flip(-1) if torch.rand(()) < 0.5 else crop
 
+    def crop_box(self, x: torch.Tensor) -> torch.Tensor:
+        """The draws of :meth:`crop_and_flip` as numbers: ``(top, left, h, w, flip)``."""
+        top, left, h, w = v2.RandomResizedCrop.get_params(x, self.scale, self.ratio)
+        return torch.tensor([top, left, h, w, int(torch.rand(()) < 0.5)])
+
     def __call__(self, image: Any) -> dict[str, Any]:
         x = self.input_format.image(image)
+        if self.crop_on_batch:
+            return {"image": x, "crop": self.crop_box(x)}
         crop = self.crop_and_flip(x)
         if not self.per_sample:
             return {"image": resize(crop, self.resolutions[0])}
@@ -200,6 +214,27 @@ class MultiResolutionTransform:
                 crop = self.crop_and_flip(x)
             out.append(resize(crop, r))
         return {"images": out}
+
+
+def crop_batch(images: torch.Tensor, crops: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images ``[B, C, H, W]`` cropped to their boxes ``crops`` (``[B, 5]``: top, left, h, w,
+    flip), resized to ``size`` x ``size`` and flipped where drawn, as uint8, in one call.
+
+    ``torchvision.ops.roi_align`` with ``aligned=True`` samples each output pixel bilinearly at
+    its centre mapped into the box, the point an ``align_corners=False`` resize of the crop
+    reads; a box wider than ``size`` averages ``ceil(w / size)`` samples per output pixel and
+    axis (an antialiasing filter). The crop distribution is the per-sample path's: the same
+    draws; only the interpolation near the box edges and the antialiasing filter differ.
+    """
+    from torchvision.ops import roi_align
+
+    top, left, h, w, flip = crops.to(images.device).unbind(1)
+    index = torch.arange(len(images), device=images.device)
+    boxes = torch.stack([index, left, top, left + w, top + h], 1).float()
+    out = roi_align(images.float(), boxes, output_size=size, aligned=True).round_().clamp_(0, 255).to(torch.uint8)
+    flipped = flip.bool()
+    out[flipped] = out[flipped].flip(-1)
+    return out
 
 
 class EvalTransform:

@@ -508,6 +508,8 @@ def _save_epoch(loop: Loop, rows: list[dict]) -> None:
         meta["memory_layout"] = {"layout": state.layout, "reason": state.layout_reason}
         meta["data_workers"] = {"workers": loop.workers[0], "reason": loop.workers[1]}
         meta["data_cache"] = dict(getattr(loop.task, "cache_reasons", {}))
+        if getattr(loop.task, "crop_reason", None):
+            meta["data_crop"] = loop.task.crop_reason
         meta["cudnn_benchmark"] = {"enabled": loop.autotuning[0], "reason": loop.autotuning[1]}
         meta["mixed_precision"] = {"precision": loop.precision[0], "source": loop.precision[1]}
         if state.best is not None:

@@ -42,6 +42,9 @@ def test_auto_decodes_once_only_what_cannot_change():
     assert not keep and "does not declare fixed_samples" in reason
     keep, reason = cache_choice("auto", Images(True), decoded_sample, 1)
     assert not keep and "one epoch" in reason
+    held = Images(True)
+    held.in_memory = True  # decoding is a copy: worth it for one epoch too
+    assert cache_choice("auto", held, decoded_sample, 1)[0]
 
 
 def test_auto_leaves_what_does_not_fit(monkeypatch):
@@ -84,6 +87,7 @@ def test_cached_classification_batches_equal_decoded_ones(tmp_path, channels):
     for setting in ("auto", "none"):
         data = tiny_recipe_dict(tmp_path)
         data["data"]["cache"] = setting
+        data["data"]["crop"] = "sample"  # the per-sample crop of both (data.crop: batch cuts differently)
         data["model"]["in_channels"] = channels
         data["data"]["mean"], data["data"]["std"] = [0.5] * channels, [0.25] * channels
         task = ClassificationTask(validate_recipe(data, "test"))
