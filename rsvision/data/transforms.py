@@ -102,6 +102,8 @@ class InputFormat:
         if type(image) is torch.Tensor and image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == self.channels:
             return image  # already in this format (e.g. decoded once by data.cache)
         image = eight_bit(image)
+        if self.channels == 1 and isinstance(image, Image.Image) and image.mode == "RGB":
+            image = image.convert("L")  # Pillow's integer luma: the values of luma(), without the RGB tensor
         if isinstance(image, np.ndarray) and image.ndim == 2:
             image = image[..., None]
         x = TF.to_image(image).as_subclass(torch.Tensor)

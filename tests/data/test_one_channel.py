@@ -81,3 +81,14 @@ def test_a_grey_file_read_as_rgb_keeps_its_values_in_one_channel(tmp_path):
     rgb = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], dtype=torch.uint8).T.reshape(3, 1, 4)
     assert luma(rgb).flatten().tolist() == [76, 150, 29, 18]
     assert luma(rgb).flatten().tolist() == list(Image.fromarray(rgb.permute(1, 2, 0).numpy()).convert("L").getdata())
+
+
+def test_a_colour_image_into_one_channel_is_luma_by_any_route():
+    """A PIL RGB image goes through Pillow's own conversion, an RGB tensor through luma(): the same values."""
+    from rsvision.data.transforms import InputFormat, luma
+
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    fmt = InputFormat(channels=1, mean=None, std=None)
+    through_pillow = fmt.image(Image.fromarray(rgb))
+    assert torch.equal(through_pillow, luma(torch.from_numpy(rgb).permute(2, 0, 1)))
+    assert torch.equal(through_pillow, fmt.image(torch.from_numpy(rgb).permute(2, 0, 1).contiguous()))
