@@ -257,11 +257,12 @@ def user_path(repeats: int, fashion_root: str) -> dict:
             "rsvision": [str(Path(sys.executable).with_name("rsvision")), "train", str(recipe)],
             "plain": [sys.executable, str(plain_script), str(Path(out) / "images"), str(Path(out) / "user_resnet.py")],
         }
-        times, output = {name: [] for name in commands}, {}
+        times, output, plain_layouts = {name: [] for name in commands}, {}, []
         for _ in range(repeats):
             for name, command in commands.items():
                 wall, cpu, output[name] = timed(command)
                 times[name].append((wall, cpu))
+            plain_layouts.append("channels_last" if json.loads(output["plain"].strip().splitlines()[-1])["channels_last"] else "contiguous")
         plain_top1 = json.loads(output["plain"].strip().splitlines()[-1])["top1"]
         run = sorted((Path(out) / "runs").iterdir())[-1]
         meta = json.loads((run / "rsvision.json").read_text())
@@ -271,7 +272,8 @@ def user_path(repeats: int, fashion_root: str) -> dict:
         "rsvision_s": [t[0] for t in times["rsvision"]], "plain_s": [t[0] for t in times["plain"]],
         "rsvision_cpu_s": [t[1] for t in times["rsvision"]], "plain_cpu_s": [t[1] for t in times["plain"]],
         "rsvision_top1": [rows[28], rows[12]], "plain_top1": [plain_top1["28"], plain_top1["12"]],
-        "layout": meta["memory_layout"], "cache": meta.get("data_cache"), "workers": meta["data_workers"],
+        "layout": meta["memory_layout"], "plain_layouts": plain_layouts, "cache": meta.get("data_cache"),
+        "crop": meta.get("data_crop"), "workers": meta["data_workers"],
     }  # fmt: skip
 
 
