@@ -50,7 +50,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import httpx
 
@@ -167,20 +167,22 @@ def serve_command(run: Path, policy: str, args: argparse.Namespace, port: int) -
 
 
 @contextmanager
-def server(run: Path, policy: str, args: argparse.Namespace, log: Path) -> Iterator[tuple[str, dict]]:
-    """``rsvision serve RUN --policy POLICY`` on a free loopback port: (its URL, its /info) once
-    ready; stopped with SIGTERM on exit (killed if it does not stop within a minute)."""
+def server(
+    run: Path, policy: str, args: argparse.Namespace, log: Path, extra: Sequence[str] = (), stop_s: float = 60.0
+) -> Iterator[tuple[str, dict]]:
+    """``rsvision serve RUN --policy POLICY [EXTRA...]`` on a free loopback port: (its URL, its
+    /info) once ready; stopped with SIGTERM on exit (killed if it does not stop within ``stop_s``)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log, "a") as out:
-        process = subprocess.Popen(serve_command(run, policy, args, port), stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(serve_command(run, policy, args, port) + list(extra), stdout=out, stderr=subprocess.STDOUT)
     try:
         info = _wait_ready(url, process, log)
         yield url, info
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(60)
+            process.wait(stop_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

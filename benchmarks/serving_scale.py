@@ -57,14 +57,10 @@ import importlib.util
 import json
 import math
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -204,27 +200,15 @@ def serving_script():
     return module
 
 
-@contextmanager
-def ray_server(serving, run: Path, policy: str, profile: dict, replicas: int, log: Path) -> Iterator[tuple[str, dict]]:
-    """``rsvision serve RUN --engine ray`` on ``replicas`` replicas and a free loopback port, with
-    the profile's SLO, threads and batch sizes: (its URL, its /info) once ready; SIGTERM on exit
-    (to the command only: it shuts Serve and its local Ray instance down itself)."""
+def ray_server(serving, run: Path, policy: str, profile: dict, replicas: int, log: Path):
+    """``rsvision serve RUN --engine ray`` on ``replicas`` replicas (the serving benchmark's
+    :func:`server`, with the profile's SLO, threads and batch sizes): (its URL, its /info) once
+    ready; SIGTERM on exit (to the command only: it shuts Serve and its local Ray instance down
+    itself, within two minutes)."""
     settings = argparse.Namespace(slo_ms=profile["slo_ms"], threads=profile["threads"], repeats=None,
                                   batch_sizes=",".join(str(b) for b in profile["batch_sizes"]))
-    port = serving.free_port()
-    command = serving.serve_command(run, policy, settings, port) + ["--engine", "ray", "--min-replicas", str(replicas), "--max-replicas", str(replicas)]
-    with open(log, "a") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        yield url, serving._wait_ready(url, process, log)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    extra = ["--engine", "ray", "--min-replicas", str(replicas), "--max-replicas", str(replicas)]
+    return serving.server(run, policy, settings, log, extra, stop_s=120.0)
 
 
 def measure_cell(args: argparse.Namespace) -> dict:
