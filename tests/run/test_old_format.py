@@ -23,8 +23,8 @@ def _same_row(new: dict, old: dict) -> None:
         assert new["resolution"] == old["resolution"] and new["subnet"] == str(old["resolution"])
         assert new["status"] == ("interpolated" if old.get("interpolated") else "trained")
     for key in ("top1", "top5", "madds", "alpha"):
-        if key in old:
-            assert new[key] == pytest.approx(old[key], abs=1e-6), key
+        if key in old:  # the stored percentages were computed in float32 (7 of 12 right: 58.33333134651184)
+            assert new[key] == pytest.approx(old[key], rel=1e-7, abs=1e-6), key
 
 
 @pytest.mark.parametrize("name", ["old_run", "old_packed.lq"])
