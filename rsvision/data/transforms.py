@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.ops import roi_align
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -193,15 +194,16 @@ class MultiResolutionTransform:
         self.per_sample = per_sample or multi_crop
         self.crop_on_batch = crop_on_batch and not self.per_sample
 
-    def crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
-        top, left, h, w = v2.RandomResizedCrop.get_params(x, self.scale, self.ratio)
-        crop = x[..., top : top + h, left : left + w]
-        return crop.flip(-1) if torch.rand(()) < 0.5 else crop
-
     def crop_box(self, x: torch.Tensor) -> torch.Tensor:
-        """The draws of :meth:`crop_and_flip` as numbers: ``(top, left, h, w, flip)``."""
+        """One random-resized crop and flip of ``x``, drawn: ``(top, left, h, w, flip)``."""
         top, left, h, w = v2.RandomResizedCrop.get_params(x, self.scale, self.ratio)
         return torch.tensor([top, left, h, w, int(torch.rand(()) < 0.5)])
+
+    def crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` cut to the box of :meth:`crop_box` and flipped where drawn."""
+        top, left, h, w, flip = self.crop_box(x).tolist()
+        crop = x[..., top : top + h, left : left + w]
+        return crop.flip(-1) if flip else crop
 
     def __call__(self, image: Any) -> dict[str, Any]:
         x = self.input_format.image(image)
@@ -220,7 +222,8 @@ class MultiResolutionTransform:
 
 def crop_batch(images: torch.Tensor, crops: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 images ``[B, C, H, W]`` cropped to their boxes ``crops`` (``[B, 5]``: top, left, h, w,
-    flip), resized to ``size`` x ``size`` and flipped where drawn, as uint8, in one call.
+    flip, from :meth:`MultiResolutionTransform.crop_box`), resized to ``size`` x ``size`` and
+    flipped where drawn, as uint8, in one call.
 
     ``torchvision.ops.roi_align`` with ``aligned=True`` samples each output pixel bilinearly at
     its centre mapped into the box, the point an ``align_corners=False`` resize of the crop
@@ -228,8 +231,6 @@ def crop_batch(images: torch.Tensor, crops: torch.Tensor, size: int) -> torch.Te
     axis (an antialiasing filter). The crop distribution is the per-sample path's: the same
     draws; only the interpolation near the box edges and the antialiasing filter differ.
     """
-    from torchvision.ops import roi_align
-
     top, left, h, w, flip = crops.to(images.device).unbind(1)
     index = torch.arange(len(images), device=images.device)
     boxes = torch.stack([index, left, top, left + w, top + h], 1).float()
